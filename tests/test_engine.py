@@ -1,0 +1,118 @@
+"""The engine, catalog and recipe loader through the CLI and library API on a tiny SQL recipe."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import xwin_data
+from xwin_data.catalog import Catalog
+from xwin_data.recipe import load_recipe
+from xwin_data.yaml_lines import RecipeError
+
+RECIPE = """\
+name: smoke
+vars:
+  input: conv.jsonl
+  min_len: 3
+stages:
+  - id: raw
+    op: sql
+    params:
+      query: "SELECT id, messages::STRUCT(role VARCHAR, content VARCHAR)[] AS messages FROM read_json('${input}')"
+  - id: kept
+    op: filter
+    inputs: [raw]
+    schema: conversations
+    params:
+      where:
+        too_short: "len(messages) >= 2"
+        short_content: "length(messages[1].content) >= ${min_len}"
+"""
+
+ROWS = [
+    {"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+    {"id": "b", "messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hey you"}]},
+    {"id": "c", "messages": [{"role": "user", "content": "x"}]},
+]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "conv.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    return tmp_path
+
+
+def test_build_skip_and_partial_rebuild(workdir: Path, cli) -> None:
+    cli("build", "r.yaml", cwd=workdir)
+    cat = Catalog(workdir / "xwin-catalog")
+    raw_v, kept_v = cat.current("raw"), cat.current("kept")
+    assert (raw_v.rows, kept_v.rows, kept_v.n_drops) == (3, 1, 2)
+
+    out = cli("build", "r.yaml", cwd=workdir)
+    assert "nothing to do" in out.stderr
+    assert cat.current("kept").version == kept_v.version
+
+    cli("build", "r.yaml", "--set", "min_len=1", cwd=workdir)
+    assert cat.current("raw").version == raw_v.version  # upstream untouched
+    assert cat.current("kept").version == kept_v.version + 1
+    assert cat.current("kept").rows == 2
+
+    # Going back to the first config restores the stored version without recomputing.
+    cli("build", "r.yaml", cwd=workdir)
+    assert cat.current("kept").version == kept_v.version
+
+    con = xwin_data.connect(workdir / "xwin-catalog")
+    reasons = dict(con.execute("SELECT reason, count(*) FROM drops GROUP BY 1").fetchall())
+    assert reasons == {"too_short": 1, "short_content": 1}
+    statuses = [r[0] for r in con.execute("SELECT status FROM builds ORDER BY started_at").fetchall()]
+    assert statuses == ["ok"] * 4
+
+
+def test_sql_json_and_readonly(workdir: Path, cli) -> None:
+    cli("build", "r.yaml", cwd=workdir)
+    out = cli("sql", "--format", "json", "SELECT id FROM kept ORDER BY id", cwd=workdir)
+    assert json.loads(out.stdout) == [{"id": "b"}]
+    bad = cli("sql", "DELETE FROM catalog_db.builds", cwd=workdir, check=False)
+    assert bad.returncode != 0
+
+
+@pytest.mark.parametrize("mutation, line, key", [
+    (lambda t: t.replace("    op: filter", "    op: filter\n    colour: red"), 12, "colour"),
+    (lambda t: t.replace("op: filter", "op: filtr"), 11, "kept.op"),
+    (lambda t: t.replace("too_short:", "too short:").replace("where:", "wher:"), 15, "wher"),
+    (lambda t: t.replace("inputs: [raw]", "inputs: [nowhere]"), 12, "kept.inputs"),
+])
+def test_broken_recipe_names_line_and_key(workdir: Path, mutation, line, key) -> None:
+    path = workdir / "bad.yaml"
+    path.write_text(mutation(RECIPE))
+    with pytest.raises(RecipeError) as err:
+        from xwin_data.engine import plan
+
+        plan(load_recipe(path), Catalog(workdir / "cat"))
+    assert err.value.line == line, str(err.value)
+    assert key in str(err.value)
+    assert str(path) in str(err.value)
+    assert not (workdir / "cat" / "tables").exists() or not any((workdir / "cat" / "tables").iterdir())
+
+
+def test_unknown_set_key_fails_before_work(workdir: Path, cli) -> None:
+    out = cli("build", "r.yaml", "--set", "min_lenn=2", cwd=workdir, check=False)
+    assert out.returncode == 2
+    assert "min_lenn" in out.stderr and "unknown key" in out.stderr
+    assert not (workdir / "xwin-catalog" / "tables").exists()
+
+
+def test_failed_validation_blocks_publish(workdir: Path, cli) -> None:
+    bad = RECIPE.replace('too_short: "len(messages) >= 2"', 'too_short: "len(messages) >= 1"')
+    (workdir / "bad.yaml").write_text(bad)
+    out = cli("build", "bad.yaml", "--set", "min_len=1", cwd=workdir, check=False)
+    assert out.returncode == 1
+    assert "last_turn_assistant" in out.stderr and "'c'" in out.stderr
+    cat = Catalog(workdir / "xwin-catalog")
+    assert cat.current("raw") is not None and cat.current("kept") is None
+    con = xwin_data.connect(cat.root)
+    assert con.execute("SELECT count(*) FROM validations WHERE NOT success").fetchone()[0] == 1
+    assert con.execute("SELECT status FROM builds").fetchone()[0] == "failed"

@@ -1,0 +1,320 @@
+"""The catalog: Parquet tables in versioned folders, and a DuckDB file of metadata (versions, lineage, builds,
+validations). A table version becomes current only in one metadata transaction, after its files are complete
+and validated, so a build killed at any moment leaves the catalog as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+from filelock import FileLock, Timeout
+
+DEFAULT_CATALOG = "xwin-catalog"
+META_FILE = "catalog.duckdb"
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS table_versions (
+    name VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    fingerprint VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    rows BIGINT,
+    n_drops BIGINT,
+    schema_name VARCHAR,
+    columns JSON,
+    build_id VARCHAR,
+    recipe VARCHAR,
+    recipe_path VARCHAR,
+    stage VARCHAR,
+    op VARCHAR,
+    params JSON,
+    inputs JSON,
+    library_versions JSON,
+    stats JSON,
+    seconds DOUBLE,
+    created_at TIMESTAMP,
+    is_current BOOLEAN,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS builds (
+    build_id VARCHAR PRIMARY KEY,
+    recipe VARCHAR,
+    recipe_path VARCHAR,
+    recipe_sha VARCHAR,
+    overrides JSON,
+    pid INTEGER,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    status VARCHAR,
+    stages_run JSON,
+    stages_skipped JSON,
+    error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS validations (
+    build_id VARCHAR,
+    table_name VARCHAR,
+    version INTEGER,
+    fingerprint VARCHAR,
+    schema_name VARCHAR,
+    success BOOLEAN,
+    results JSON,
+    created_at TIMESTAMP
+);
+"""
+
+DROPS_COLUMNS = "stage VARCHAR, table_name VARCHAR, source_id VARCHAR, reason VARCHAR, detail VARCHAR, build_id VARCHAR"
+
+
+class CatalogBusy(RuntimeError):
+    """Another build holds the catalog."""
+
+
+@dataclass
+class TableVersion:
+    name: str
+    version: int
+    fingerprint: str
+    path: str
+    rows: int
+    n_drops: int
+    schema_name: str | None
+    build_id: str | None
+    recipe: str | None
+    stage: str | None
+    op: str | None
+    created_at: Any
+    is_current: bool
+    stats: dict | None = None
+    inputs: list | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Catalog:
+    """A folder holding tables and the metadata file. Opened briefly per operation, never held open."""
+
+    def __init__(self, root: str | Path = DEFAULT_CATALOG):
+        self.root = Path(root).resolve()
+        self.meta_path = self.root / META_FILE
+        self.tables_dir = self.root / "tables"
+        self.staging_dir = self.root / "staging"
+        self.cache_dir = self.root / "cache"
+        self.work_dir = self.root / "work"
+        self.tmp_dir = self.root / "tmp"
+
+    # ------------------------------------------------------------------------------------- setup & locking
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    def init(self) -> "Catalog":
+        for d in (self.root, self.tables_dir, self.staging_dir, self.cache_dir, self.work_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        with self.meta(write=True) as con:
+            con.execute(_SCHEMA_SQL)
+        return self
+
+    @contextmanager
+    def meta(self, write: bool = False, wait: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection to the metadata file; retries while another process has it open."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                con = duckdb.connect(str(self.meta_path), read_only=not write)
+                break
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def build_lock(self, wait: float = 0.0, info: dict | None = None) -> Iterator[None]:
+        """One build at a time per catalog: wait up to `wait` seconds, then fail naming the holder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.root / ".build.lock"))
+        info_path = self.root / ".build.lock.json"
+        try:
+            lock.acquire(timeout=wait)
+        except Timeout:
+            holder = ""
+            try:
+                h = json.loads(info_path.read_text())
+                holder = f" by build {h.get('build_id')} (pid {h.get('pid')}, recipe {h.get('recipe')}, " \
+                         f"started {h.get('started_at')})"
+            except (OSError, ValueError):
+                pass
+            raise CatalogBusy(f"catalog {self.root} is locked{holder}; wait with --wait SECONDS or try later") from None
+        try:
+            info_path.write_text(json.dumps({**(info or {}), "pid": os.getpid()}, default=str))
+            yield
+        finally:
+            try:
+                info_path.unlink()
+            except OSError:
+                pass
+            lock.release()
+
+    # ------------------------------------------------------------------------------------- reading metadata
+    def _rows(self, sql: str, params: list | None = None) -> list[dict]:
+        if not self.exists():
+            return []
+        with self.meta() as con:
+            cur = con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    @staticmethod
+    def _to_version(row: dict) -> TableVersion:
+        load = lambda v: json.loads(v) if isinstance(v, str) else v  # noqa: E731
+        return TableVersion(
+            name=row["name"], version=row["version"], fingerprint=row["fingerprint"], path=row["path"],
+            rows=row["rows"], n_drops=row["n_drops"], schema_name=row["schema_name"], build_id=row["build_id"],
+            recipe=row["recipe"], stage=row["stage"], op=row["op"], created_at=row["created_at"],
+            is_current=row["is_current"], stats=load(row.get("stats")), inputs=load(row.get("inputs")),
+        )
+
+    def current(self, name: str) -> TableVersion | None:
+        rows = self._rows("SELECT * FROM table_versions WHERE name = ? AND is_current", [name])
+        return self._to_version(rows[0]) if rows else None
+
+    def current_tables(self) -> list[TableVersion]:
+        return [self._to_version(r) for r in self._rows("SELECT * FROM table_versions WHERE is_current ORDER BY name")]
+
+    def versions(self, name: str) -> list[TableVersion]:
+        rows = self._rows("SELECT * FROM table_versions WHERE name = ? ORDER BY version", [name])
+        return [self._to_version(r) for r in rows]
+
+    def find_version(self, name: str, fingerprint: str) -> TableVersion | None:
+        rows = self._rows(
+            "SELECT * FROM table_versions WHERE name = ? AND fingerprint = ? ORDER BY version DESC LIMIT 1",
+            [name, fingerprint],
+        )
+        if not rows:
+            return None
+        tv = self._to_version(rows[0])
+        return tv if (self.root / tv.path).exists() else None
+
+    def data_glob(self, tv: TableVersion) -> str:
+        return str(self.root / tv.path / "data" / "*.parquet")
+
+    def drops_glob(self, tv: TableVersion) -> str:
+        return str(self.root / tv.path / "drops" / "*.parquet")
+
+    def builds(self, limit: int = 20) -> list[dict]:
+        return self._rows("SELECT * FROM builds ORDER BY started_at DESC LIMIT ?", [limit])
+
+    # ------------------------------------------------------------------------------------- builds
+    def start_build(self, recipe: str, recipe_path: str, recipe_sha: str, overrides: list[str]) -> str:
+        build_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        with self.meta(write=True) as con:
+            con.execute(
+                "INSERT INTO builds VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 'running', '[]', '[]', NULL)",
+                [build_id, recipe, recipe_path, recipe_sha, json.dumps(overrides), os.getpid(), utcnow()],
+            )
+        return build_id
+
+    def finish_build(self, build_id: str, status: str, run: list[str], skipped: list[str], error: str | None) -> None:
+        with self.meta(write=True) as con:
+            con.execute(
+                "UPDATE builds SET finished_at = ?, status = ?, stages_run = ?, stages_skipped = ?, error = ? "
+                "WHERE build_id = ?",
+                [utcnow(), status, json.dumps(run), json.dumps(skipped), error, build_id],
+            )
+
+    def mark_abandoned_builds(self) -> int:
+        """Builds left 'running' by a killed process become 'killed' (called while holding the build lock)."""
+        if not self.exists():
+            return 0
+        with self.meta(write=True) as con:
+            n = con.execute("SELECT count(*) FROM builds WHERE status = 'running'").fetchone()[0]
+            con.execute("UPDATE builds SET status = 'killed' WHERE status = 'running'")
+        return n
+
+    # ------------------------------------------------------------------------------------- publishing
+    def staging_for(self, build_id: str, stage: str) -> Path:
+        path = self.staging_dir / build_id / stage
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def publish(self, entries: list[dict], validations: list[dict]) -> list[TableVersion]:
+        """Move staged folders into place and make them current in one metadata transaction.
+
+        Each entry: name, fingerprint, staged (Path), rows, n_drops, schema_name, columns, build_id, recipe,
+        recipe_path, stage, op, params, inputs, library_versions, stats, seconds.
+        """
+        self.tables_dir.mkdir(parents=True, exist_ok=True)
+        with self.meta(write=True) as con:
+            plan = []
+            for e in entries:
+                version = (con.execute("SELECT coalesce(max(version), 0) + 1 FROM table_versions WHERE name = ?",
+                                       [e["name"]]).fetchone()[0])
+                rel = f"tables/{e['name']}/v{version:04d}-{e['fingerprint'][:12]}"
+                target = self.root / rel
+                if target.exists():  # left by a publish killed before its metadata commit
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(e["staged"], target)
+                plan.append((e, version, rel))
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for e, version, rel in plan:
+                    con.execute("UPDATE table_versions SET is_current = false WHERE name = ?", [e["name"]])
+                    con.execute(
+                        "INSERT INTO table_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,true)",
+                        [e["name"], version, e["fingerprint"], rel, e["rows"], e["n_drops"], e.get("schema_name"),
+                         json.dumps(e.get("columns")), e["build_id"], e.get("recipe"), e.get("recipe_path"),
+                         e.get("stage"), e.get("op"), json.dumps(e.get("params"), default=str),
+                         json.dumps(e.get("inputs")), json.dumps(e.get("library_versions")),
+                         json.dumps(e.get("stats"), default=str), e.get("seconds"), utcnow()],
+                    )
+                for v in validations:
+                    version = next(ver for e, ver, _ in plan if e["name"] == v["table_name"])
+                    con.execute(
+                        "INSERT INTO validations VALUES (?,?,?,?,?,?,?,?)",
+                        [v["build_id"], v["table_name"], version, v["fingerprint"], v.get("schema_name"),
+                         v["success"], json.dumps(v.get("results"), default=str), utcnow()],
+                    )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return [self.current(e["name"]) for e in entries]  # type: ignore[misc]
+
+    def restore(self, tv: TableVersion) -> None:
+        """Make an older version with the wanted fingerprint current again (no recomputation)."""
+        with self.meta(write=True) as con:
+            con.execute("BEGIN TRANSACTION")
+            con.execute("UPDATE table_versions SET is_current = false WHERE name = ?", [tv.name])
+            con.execute("UPDATE table_versions SET is_current = true WHERE name = ? AND version = ?",
+                        [tv.name, tv.version])
+            con.execute("COMMIT")
+
+    def record_validation_failure(self, v: dict) -> None:
+        with self.meta(write=True) as con:
+            con.execute(
+                "INSERT INTO validations VALUES (?,?,NULL,?,?,?,?,?)",
+                [v["build_id"], v["table_name"], v["fingerprint"], v.get("schema_name"), v["success"],
+                 json.dumps(v.get("results"), default=str), utcnow()],
+            )
+
+    def clean_staging(self, build_id: str | None = None) -> None:
+        target = self.staging_dir / build_id if build_id else self.staging_dir
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
