@@ -51,3 +51,20 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def _openai_server_session():
+    from openai_server import OpenAIServer  # tests/openai_server.py
+
+    with OpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def openai_server(_openai_server_session):
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 (see tests/openai_server.py), reset for each test:
+    script it with `openai_server.latency = 0.02`, `.reply = fn`, `.fail_next(3, "429", retry_after=0.1)`."""
+    _openai_server_session.reset()
+    yield _openai_server_session
+    _openai_server_session.reset()
