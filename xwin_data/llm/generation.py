@@ -1,0 +1,241 @@
+"""One interface for every way of sampling responses from a policy: `transformers` (the default, CPU-capable),
+`vllm` (the in-process engine) and `openai` (any OpenAI-compatible server: vLLM's, SGLang's, OpenAI's).
+
+    gen = make_generator(GeneratorSpec(model="tiny-policy"))
+    out = gen.generate([[{"role": "user", "content": "Hi"}]], n=4, sampling=SamplingConfig(seed=1))
+    out[0][3].text, out[0][3].tokens, out[0][3].finish_reason      # "stop" (eos) or "length"
+
+Seeds: sample j of prompt i is drawn with seed `seeds[i] + j`, whatever the backend and however the prompts are
+batched, so a sample is identified by (model, rendered prompt, sampling parameters, seed) and can be cached and
+regenerated one by one (see `generate_cached`). Without explicit seeds, `seeds[i]` is derived from
+`sampling.seed` and the prompt. The local backends honour this exactly; an OpenAI server receives `seed` and `n`
+and is only as reproducible as it is.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..fingerprint import path_fingerprint, stable_hash
+
+Messages = list[dict]
+MAX_SEED = 2**31 - 1
+
+
+class SamplingConfig(BaseModel):
+    """Sampling parameters shared by every backend. temperature 0 means greedy decoding."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, ge=0.0, description="softmax temperature; 0 is greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass; 1 is off")
+    top_k: int = Field(-1, description="keep the k most likely tokens; -1 (or 0) is off")
+    max_new_tokens: int = Field(256, ge=1, description="generated tokens per response at most")
+    seed: int = Field(0, ge=0, description="base seed; per-prompt seeds derive from it and the prompt")
+
+    def cache_params(self) -> dict:
+        """Everything except the seed, which the per-sample seed replaces in cache keys."""
+        return self.model_dump(exclude={"seed"})
+
+
+class GeneratorSpec(BaseModel):
+    """Which model answers and how: the `policy:` block of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str = Field("tiny-policy", description="local path, hub id, tiny-policy/small-policy, or served name")
+    tokenizer: str | None = Field(None, description="tokenizer path/id when it differs from the model")
+    chat_template: str | None = Field(None, description="Jinja chat template (text or a file path) overriding "
+                                                         "the tokenizer's own")
+    base_url: str | None = Field(None, description="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai backend: NAME of the env var holding the key")
+    batch_size: int = Field(16, ge=1, description="sequences per forward batch (transformers), prompts per "
+                                                  "request wave (vllm, openai)")
+    max_model_len: int | None = Field(None, ge=8, description="prompt + response tokens at most")
+    extra: dict[str, Any] = Field(default_factory=dict, description="backend options: revision, dtype, device, "
+                                                                    "concurrency, timeout, model_id, vllm kwargs")
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int          # generated tokens, the stop token included (what a server bills)
+    finish_reason: str   # "stop" (end of sequence) or "length" (max_new_tokens / max_model_len reached)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PromptTooLongError(ValueError):
+    """A prompt does not leave room for one generated token within max_model_len."""
+
+
+class Generator:
+    """Base class of the backends. Subclasses set `model_id` and implement `_generate`."""
+
+    spec: GeneratorSpec
+    model_id: str
+
+    def generate(self, prompts: Sequence[Messages], n: int, sampling: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """n completions per prompt; completion j of prompt i is sampled with seed `seeds[i] + j`."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        prompts = [validate_messages(p, i) for i, p in enumerate(prompts)]
+        if seeds is None:
+            seeds = [derive_seed(sampling.seed, self.render(p)) for p in prompts]
+        elif len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        if not prompts:
+            return []
+        return self._generate(prompts, n, sampling, [int(s) for s in seeds])
+
+    def _generate(self, prompts: list[Messages], n: int, sampling: SamplingConfig,
+                  seeds: list[int]) -> list[list[Completion]]:
+        raise NotImplementedError
+
+    def render(self, messages: Messages) -> str:
+        """The exact prompt the model sees (chat template applied): the part of a cache key that names the input."""
+        return json.dumps(messages, ensure_ascii=False, sort_keys=True)
+
+    def prompts_per_call(self, n: int) -> int:
+        """How many prompts one `generate` call should carry so that results are cached at a useful grain."""
+        return max(1, self.spec.batch_size // max(1, n)) if self.spec.backend == "transformers" else \
+            max(1, self.spec.batch_size)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Generator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def validate_messages(messages: Any, index: int = 0) -> Messages:
+    """A prompt is a non-empty list of {role, content} with known roles; anything else is a clear error."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError(f"prompt {index}: expected a non-empty list of messages, got {type(messages).__name__}")
+    out = []
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"prompt {index}: each message needs 'role' and 'content', got {m!r:.120}")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"prompt {index}: unknown role {m['role']!r}")
+        if not isinstance(m["content"], str):
+            raise ValueError(f"prompt {index}: content must be a string, got {type(m['content']).__name__}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def derive_seed(base_seed: int, rendered_prompt: str) -> int:
+    """A per-prompt seed from the recipe's seed and the prompt, spaced so that `seed + j` never collides in practice."""
+    return int(stable_hash([int(base_seed), rendered_prompt], length=15), 16) % (MAX_SEED - 1_000_000)
+
+
+def model_identity(model: str, revision: str | None = None) -> str:
+    """Identifier for fingerprints and cache keys: a local folder by name and content hash, a hub id by id@revision."""
+    from .tiny import resolve_model
+
+    resolved = resolve_model(model)
+    path = Path(resolved)
+    if path.exists():
+        return f"{path.name}@{path_fingerprint(path)[:16]}"
+    return f"{model}@{revision}" if revision else model
+
+
+def load_chat_template(value: str | None) -> str | None:
+    """A chat template given inline or as a path to a .jinja file."""
+    if value is None:
+        return None
+    if "{" not in value and Path(value).is_file():
+        return Path(value).read_text(encoding="utf-8")
+    return value
+
+
+def make_generator(spec: GeneratorSpec | dict) -> Generator:
+    """Build the backend a spec names; heavy libraries are imported here, not at module import."""
+    if isinstance(spec, dict):
+        spec = GeneratorSpec.model_validate(spec)
+    if spec.backend == "transformers":
+        from .backends.transformers_backend import TransformersGenerator
+        return TransformersGenerator(spec)
+    if spec.backend == "vllm":
+        from .backends.vllm_backend import VLLMGenerator
+        return VLLMGenerator(spec)
+    if spec.backend == "openai":
+        from .backends.openai_backend import OpenAIGenerator
+        return OpenAIGenerator(spec)
+    raise ValueError(f"unknown generation backend {spec.backend!r}")
+
+
+def sample_key(model_id: str, rendered_prompt: str, sampling: SamplingConfig, seed: int) -> str:
+    """Cache key of one sample: model, exact prompt, sampling parameters and the sample's own seed."""
+    from .cache import request_key
+
+    return request_key(kind="generation", model=model_id, prompt=rendered_prompt,
+                       sampling=sampling.cache_params(), seed=int(seed))
+
+
+def generate_cached(generator: Generator, cache, prompts_with_ids: Sequence[tuple[str, Messages]], n: int,
+                    sampling: SamplingConfig, on_done: Callable[[str, list[Completion], bool], None] | None = None,
+                    start: int = 0, stats: dict | None = None) -> list[list[Completion]]:
+    """n samples per prompt (sample indices start..start+n-1), each looked up in and stored to a RequestCache.
+
+    Each sample is stored as soon as the call that made it returns, so a killed build resumes where it stopped.
+    Asking again with `start=n` draws the next n samples of the same prompts (for "sample until k unique").
+    `on_done(prompt_id, completions, from_cache)` is called once per prompt, in completion order.
+    Returns the completions in input order. `stats` (if given) receives counts of cached and generated samples.
+    """
+    if stats is None:
+        stats = {}
+    stats.setdefault("cached", 0)
+    stats.setdefault("generated", 0)
+    items = []
+    for i, (pid, messages) in enumerate(prompts_with_ids):
+        messages = validate_messages(messages, i)
+        rendered = generator.render(messages)
+        base = derive_seed(sampling.seed, rendered) + start
+        keys = [sample_key(generator.model_id, rendered, sampling, base + j) for j in range(n)]
+        items.append((str(pid), messages, base, keys))
+
+    found = cache.get_many(k for item in items for k in item[3])
+    results: list[list[Completion] | None] = [None] * len(items)
+    todo: list[tuple[int, int, int]] = []   # (item index, first missing sample, samples to draw)
+    for idx, (pid, _m, _base, keys) in enumerate(items):
+        missing = [j for j, k in enumerate(keys) if k not in found]
+        if not missing:
+            results[idx] = [Completion(**found[k]) for k in keys]
+            stats["cached"] += n
+            if on_done:
+                on_done(pid, results[idx], True)
+        else:
+            first = missing[0]
+            todo.append((idx, first, missing[-1] - first + 1))
+
+    per_call = generator.prompts_per_call(n)
+    namespace = f"generation:{generator.model_id}"
+    for lo in range(0, len(todo), per_call):
+        wave = todo[lo:lo + per_call]
+        # One call per distinct sample count keeps `n` uniform within a call.
+        by_count: dict[int, list[tuple[int, int, int]]] = {}
+        for entry in wave:
+            by_count.setdefault(entry[2], []).append(entry)
+        for count, entries in by_count.items():
+            outs = generator.generate([items[idx][1] for idx, _f, _c in entries], count, sampling,
+                                      seeds=[items[idx][2] + first for idx, first, _c in entries])
+            for (idx, first, _c), comps in zip(entries, outs):
+                pid, _m, _base, keys = items[idx]
+                for j, comp in enumerate(comps):
+                    cache.put(keys[first + j], comp.to_dict(), namespace)
+                    found[keys[first + j]] = comp.to_dict()
+                stats["generated"] += len(comps)
+                stats["cached"] += n - len(comps)
+                results[idx] = [Completion(**found[k]) for k in keys]
+                if on_done:
+                    on_done(pid, results[idx], False)
+    return [r if r is not None else [] for r in results]
