@@ -116,3 +116,51 @@ def test_failed_validation_blocks_publish(workdir: Path, cli) -> None:
     con = xwin_data.connect(cat.root)
     assert con.execute("SELECT count(*) FROM validations WHERE NOT success").fetchone()[0] == 1
     assert con.execute("SELECT status FROM builds").fetchone()[0] == "failed"
+
+
+def test_second_build_fails_clearly_or_waits(workdir: Path, cli) -> None:
+    import threading
+
+    from filelock import FileLock
+
+    cat = Catalog(workdir / "xwin-catalog")
+    cat.root.mkdir(parents=True)
+    holder = FileLock(str(cat.root / ".build.lock"), thread_local=False)  # another "build" holds the catalog
+    holder.acquire()
+    (cat.root / ".build.lock.json").write_text('{"build_id": "b-1", "pid": 4242, "recipe": "other"}')
+    try:
+        out = cli("build", "r.yaml", cwd=workdir, check=False)
+        assert out.returncode == 2
+        assert "locked by build b-1" in out.stderr and "4242" in out.stderr
+        assert cat.current("raw") is None
+
+        timer = threading.Timer(1.0, holder.release)
+        timer.start()
+        out = cli("build", "r.yaml", "--wait", "30", cwd=workdir)
+        timer.join()
+    finally:
+        if holder.is_locked:
+            holder.release()
+    assert cat.current("kept").rows == 1
+
+
+def test_sql_write_is_opt_in(workdir: Path, cli) -> None:
+    cli("build", "r.yaml", cwd=workdir)
+    cli("sql", "CREATE TABLE notes AS SELECT 1 AS x", cwd=workdir)
+    assert cli("sql", "--format", "csv", "SELECT count(*) FROM information_schema.tables WHERE table_name = 'notes'",
+               cwd=workdir).stdout.splitlines()[1] == "0"
+    cli("sql", "--write", "CREATE TABLE catalog_db.notes AS SELECT 1 AS x", cwd=workdir)
+    out = cli("sql", "--write", "--format", "csv", "SELECT x FROM catalog_db.notes", cwd=workdir)
+    assert out.stdout.splitlines() == ["x", "1"]
+
+
+def test_library_build_and_connect(workdir: Path, monkeypatch) -> None:
+    monkeypatch.chdir(workdir)
+    report = xwin_data.build("r.yaml", catalog=workdir / "cat", sets=["min_len=1"], show_progress=False)
+    assert report.status == "ok"
+    assert [s.status for s in report.stages] == ["built", "built"]
+    con = xwin_data.connect(workdir / "cat")
+    assert con.execute("SELECT count(*) FROM kept").fetchone()[0] == 2
+    lineage = con.execute("SELECT inputs, library_versions FROM table_versions WHERE name = 'kept'").fetchone()
+    assert json.loads(lineage[0])[0]["name"] == "raw"
+    assert "duckdb" in json.loads(lineage[1])
