@@ -175,7 +175,7 @@ def sql(
     if query is None:
         from .shell import interactive_shell
 
-        interactive_shell(con, cat)
+        interactive_shell(con, cat, fmt)
         return
     try:
         cur = con.execute(query)

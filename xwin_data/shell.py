@@ -1,4 +1,5 @@
-"""An interactive SQL shell over the catalog: line editing and history kept in the catalog folder."""
+"""An interactive SQL shell over the catalog: line editing, history kept in the catalog folder across sessions,
+dot commands (.tables, .views, .format, .help), and results as a table, CSV or JSON."""
 from __future__ import annotations
 
 import duckdb
@@ -6,8 +7,49 @@ import duckdb
 from .catalog import Catalog
 from .progress import console
 
+FORMATS = ("table", "csv", "json")
+HELP = """\
+.tables               tables of the catalog (name, version, rows)
+.views                canned views (funnel, drops_by_reason, cost_by_stage, pair_stats, set_spread, ...)
+.format table|csv|json  how results print
+.help                 this text
+.quit                 leave (also Ctrl-D)
+End SQL statements with ';'. History is kept in <catalog>/.sql_history."""
 
-def interactive_shell(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
+
+def _names(con: duckdb.DuckDBPyConnection, kind: str) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_type = ? ORDER BY 1", [kind]).fetchall()]
+
+
+def dot_command(con: duckdb.DuckDBPyConnection, catalog: Catalog, line: str, state: dict) -> bool:
+    """Run a dot command; False means leave the shell."""
+    from .cli import print_rows
+    from .connection import create_canned_views
+
+    cmd, _, arg = line.strip().partition(" ")
+    if cmd in (".quit", ".exit", "\\q"):
+        return False
+    if cmd == ".tables":
+        cur = con.execute("SELECT name, version, rows, n_drops, recipe, stage FROM tables ORDER BY name")
+        print_rows([d[0] for d in cur.description], cur.fetchall(), state["format"])
+    elif cmd == ".views":
+        canned = set(create_canned_views(con))
+        rows = [(v, "canned" if v in canned else "catalog") for v in _names(con, "VIEW")]
+        print_rows(["view", "kind"], rows, state["format"])
+    elif cmd == ".format":
+        if arg.strip() not in FORMATS:
+            console.print(f"[red].format takes one of {', '.join(FORMATS)}[/]")
+        else:
+            state["format"] = arg.strip()
+    elif cmd == ".help":
+        console.print(HELP, markup=False)
+    else:
+        console.print(f"[red]unknown command {cmd}[/] (.help lists them)")
+    return True
+
+
+def interactive_shell(con: duckdb.DuckDBPyConnection, catalog: Catalog, fmt: str = "table") -> None:
     try:
         import readline
     except ImportError:  # pragma: no cover - platforms without readline
@@ -18,11 +60,12 @@ def interactive_shell(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
             readline.read_history_file(str(history))
         except OSError:
             pass
+        readline.set_history_length(5000)
     from .cli import print_rows
 
-    names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()]
-    console.print(f"xwin-data sql on {catalog.root} — tables and views: {', '.join(names)}")
-    console.print("End statements with ';'. Type .quit to leave.")
+    state = {"format": fmt}
+    names = _names(con, "VIEW") + _names(con, "BASE TABLE")
+    console.print(f"xwin-data sql on {catalog.root} — {len(names)} tables and views (.tables, .views, .help)")
     buffer: list[str] = []
     while True:
         try:
@@ -30,17 +73,24 @@ def interactive_shell(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
         except (EOFError, KeyboardInterrupt):
             print()
             break
-        if not buffer and line.strip() in (".quit", ".exit", "\\q"):
-            break
+        if not buffer and line.strip().startswith((".", "\\q")):
+            if readline is not None:
+                readline.add_history(line.strip())
+            if not dot_command(con, catalog, line, state):
+                break
+            continue
         buffer.append(line)
         text = "\n".join(buffer).strip()
         if not text.endswith(";"):
             continue
         buffer.clear()
+        if readline is not None:
+            # one history entry per statement (also when input is piped and readline is not in the loop)
+            readline.add_history(" ".join(text.split()))
         try:
             cur = con.execute(text)
             if cur.description:
-                print_rows([d[0] for d in cur.description], cur.fetchall(), "table")
+                print_rows([d[0] for d in cur.description], cur.fetchall(), state["format"])
         except duckdb.Error as err:
             console.print(f"[red]{str(err).strip()}[/]")
     if readline is not None:
