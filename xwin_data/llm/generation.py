@@ -173,11 +173,12 @@ def make_generator(spec: GeneratorSpec | dict) -> Generator:
     raise ValueError(f"unknown generation backend {spec.backend!r}")
 
 
-def sample_key(model_id: str, rendered_prompt: str, sampling: SamplingConfig, seed: int) -> str:
-    """Cache key of one sample: model, exact prompt, sampling parameters and the sample's own seed."""
+def sample_key(backend: str, model_id: str, rendered_prompt: str, sampling: SamplingConfig, seed: int) -> str:
+    """Cache key of one sample: backend (samplers differ), model, exact prompt, sampling parameters and the
+    sample's own seed."""
     from .cache import request_key
 
-    return request_key(kind="generation", model=model_id, prompt=rendered_prompt,
+    return request_key(kind="generation", backend=backend, model=model_id, prompt=rendered_prompt,
                        sampling=sampling.cache_params(), seed=int(seed))
 
 
@@ -200,7 +201,7 @@ def generate_cached(generator: Generator, cache, prompts_with_ids: Sequence[tupl
         messages = validate_messages(messages, i)
         rendered = generator.render(messages)
         base = derive_seed(sampling.seed, rendered) + start
-        keys = [sample_key(generator.model_id, rendered, sampling, base + j) for j in range(n)]
+        keys = [sample_key(generator.spec.backend, generator.model_id, rendered, sampling, base + j) for j in range(n)]
         items.append((str(pid), messages, base, keys))
 
     found = cache.get_many(k for item in items for k in item[3])
@@ -218,7 +219,7 @@ def generate_cached(generator: Generator, cache, prompts_with_ids: Sequence[tupl
             todo.append((idx, first, missing[-1] - first + 1))
 
     per_call = generator.prompts_per_call(n)
-    namespace = f"generation:{generator.model_id}"
+    namespace = f"generation:{generator.spec.backend}:{generator.model_id}"
     for lo in range(0, len(todo), per_call):
         wave = todo[lo:lo + per_call]
         # One call per distinct sample count keeps `n` uniform within a call.

