@@ -1,0 +1,76 @@
+"""Cleaning of conversation text (HTML to markdown, unicode repair, whitespace), column-at-a-time over Arrow.
+
+Only values whose cheap regex test says they need HTML or unicode work go through Python; whitespace rules run as
+vectorised regex over whole columns. See `xwin_data.text.cleaning` for what each step does.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from .base import Op, Params, register
+
+
+def flat_messages(messages: pa.ListArray) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
+    """(role, content, parent row index, offsets starting at 0) of a list<struct<role, content>> column."""
+    flat = pc.list_flatten(messages)
+    parents = pc.list_parent_indices(messages)
+    offsets = pc.subtract(messages.offsets, messages.offsets[0])
+    return flat.field("role"), flat.field("content"), parents, offsets
+
+
+def rebuild_messages(role: pa.Array, content: pa.Array, offsets: pa.Array) -> pa.ListArray:
+    struct = pa.StructArray.from_arrays([role, content], names=["role", "content"])
+    return pa.ListArray.from_arrays(offsets, struct)
+
+
+class CleanParams(Params):
+    html: bool = Field(True, description="convert assistant values that are HTML (ShareGPT page scrapes) to markdown")
+    unicode: Literal["fast", "full", "off"] = Field(
+        "fast", description="ftfy repair: fast = values with mojibake signatures, entities or control characters; "
+                            "full = every non-ASCII value; off")
+    whitespace: bool = Field(True, description="CRLF→LF, nbsp/zero-width, trailing spaces, 3+ newlines→2, trim")
+    batch_size: int = Field(20_000, ge=1)
+
+
+@register
+class CleanConversations(Op):
+    """Clean every message value; a conversation left with an empty value is dropped (`empty_after_cleaning`)."""
+
+    name = "clean_conversations"
+    Params = CleanParams
+    schema = "conversations"
+    min_inputs = max_inputs = 1
+    summary = "HTML→markdown, unicode repair (ftfy, fast path), whitespace normalisation"
+
+    def run(self, ctx, params: CleanParams) -> None:
+        from ..text.cleaning import clean_column
+
+        totals = {"html_values": 0, "unicode_values": 0, "empty_after_cleaning": 0}
+
+        def clean(batch: pa.RecordBatch) -> pa.Table:
+            table = pa.Table.from_batches([batch])
+            messages = table.column("messages").combine_chunks()
+            role, content, parents, offsets = flat_messages(messages)
+            content, counts = clean_column(content, role, params.html, params.unicode, params.whitespace)
+            totals["html_values"] += counts["html"]
+            totals["unicode_values"] += counts["unicode"]
+            table = table.set_column(table.schema.get_field_index("messages"), "messages",
+                                     rebuild_messages(role, content, offsets))
+            empty = pc.equal(pc.utf8_length(content), 0)
+            if pc.any(empty).as_py():
+                bad_rows = pc.unique(pc.filter(parents, empty))
+                keep = pc.invert(pc.is_in(pa.array(range(table.num_rows)), bad_rows))
+                for rid in table.column("id").take(bad_rows).to_pylist():
+                    ctx.drop(rid, "empty_after_cleaning", "a message value is empty once cleaned")
+                totals["empty_after_cleaning"] += len(bad_rows)
+                table = table.filter(keep)
+            return table
+
+        schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
+        ctx.map_batches(f"SELECT * FROM {ctx.input()}", clean, schema, batch_size=params.batch_size,
+                        description=f"{ctx.stage_id}: cleaning")
+        ctx.stats.update(totals)

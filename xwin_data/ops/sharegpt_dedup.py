@@ -1,0 +1,168 @@
+"""Deduplication of conversations: exact (normalised text, in SQL) and near-duplicate (MinHash LSH).
+
+Both keep, in every group of duplicates, the record with the smallest id, so the result does not depend on input
+order; each removed record is a drops row whose detail names the kept id.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from .base import Op, Params, register
+
+TEXT_SQL = {
+    "conversation": "array_to_string(list_transform(messages, lambda m: m.role || ': ' || m.content), '\n')",
+    "first_user": "list_filter(messages, lambda m: m.role = 'user')[1].content",
+}
+
+
+def normalised_text_sql(on: str) -> str:
+    """Lower case, runs of whitespace as one space: what counts as 'the same text'."""
+    return f"trim(lower(regexp_replace({TEXT_SQL[on]}, '\\s+', ' ', 'g')))"
+
+
+class ExactParams(Params):
+    on: Literal["conversation", "first_user"] = Field(
+        "conversation", description="compare whole conversations, or only the first user message (prompt dedup)")
+
+
+@register
+class DedupExact(Op):
+    """Drop conversations whose normalised text equals that of one with a smaller id."""
+
+    name = "dedup_exact"
+    Params = ExactParams
+    schema = "conversations"
+    min_inputs = max_inputs = 1
+    summary = "exact duplicates on normalised text; keeps the smallest id"
+
+    def run(self, ctx, params: ExactParams) -> None:
+        con = ctx.con
+        con.execute(f"CREATE TEMP TABLE __keys AS SELECT id, md5_number({normalised_text_sql(params.on)}) AS k "
+                    f"FROM {ctx.input()}")
+        con.execute("CREATE TEMP TABLE __dups AS SELECT id, kept FROM "
+                    "(SELECT id, min(id) OVER (PARTITION BY k) AS kept FROM __keys) WHERE id <> kept")
+        ctx.write_sql(f"SELECT * FROM {ctx.input()} WHERE id NOT IN (SELECT id FROM __dups)")
+        ctx.drop_sql("SELECT id AS source_id, 'exact_duplicate' AS reason, 'duplicate of ' || kept AS detail FROM __dups")
+        ctx.stats["duplicates"] = con.execute("SELECT count(*) FROM __dups").fetchone()[0]
+
+
+class NearParams(Params):
+    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity of word shingles to drop at")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    bands: int = Field(16, ge=1, description="LSH bands (num_perm / bands rows each)")
+    shingle_words: int = Field(5, ge=1, description="words per shingle")
+    max_words: int = Field(4000, ge=10, description="signatures cover the first this many words of a conversation")
+    on: Literal["conversation", "first_user"] = "conversation"
+    seed: int = 1
+    batch_size: int = Field(5_000, ge=1)
+    enabled: bool = Field(True, description="false passes the table through (e.g. for speed comparisons)")
+
+    @model_validator(mode="after")
+    def _bands_divide(self) -> "NearParams":
+        if self.num_perm % self.bands:
+            raise ValueError(f"bands ({self.bands}) must divide num_perm ({self.num_perm})")
+        return self
+
+
+@register
+class DedupNear(Op):
+    """Drop near-duplicate conversations (MinHash LSH over word shingles), keeping the smallest id of a cluster."""
+
+    name = "dedup_near"
+    Params = NearParams
+    schema = "conversations"
+    min_inputs = max_inputs = 1
+    summary = "near-duplicates by MinHash LSH (numpy signatures, SQL band joins); keeps the smallest id"
+
+    def run(self, ctx, params: NearParams) -> None:
+        import pyarrow.parquet as pq
+
+        from ..text.minhash import band_keys, permutations, shingles, signatures
+
+        con = ctx.con
+        if not params.enabled:
+            ctx.write_sql(f"SELECT * FROM {ctx.input()}")
+            ctx.stats["near_duplicates"] = "disabled"
+            return
+        scratch = ctx.tmp_dir / f"{ctx.stage_id}-minhash"
+        scratch.mkdir(parents=True, exist_ok=True)
+        a, b = permutations(params.num_perm, params.seed)
+        words_sql = (f"list_transform(string_split_regex(trim(regexp_replace(lower({TEXT_SQL[params.on]}), "
+                     f"'[^\\p{{L}}\\p{{N}}_]+', ' ', 'g')), ' ')[1:{params.max_words}], lambda w: hash(w))")
+        reader = con.cursor().execute(f"SELECT id, {words_sql} AS words FROM {ctx.input()}").to_arrow_reader(params.batch_size)
+        sig_path, band_path = scratch / "sigs.parquet", scratch / "bands.parquet"
+        sig_writer = band_writer = None
+        with ctx.track("minhash signatures", ctx.input_rows(), "rows") as bar:
+            for batch in reader:
+                words_col = batch.column(1)
+                offsets = np.asarray(words_col.offsets.to_numpy(), dtype=np.int64)
+                offsets = offsets - offsets[0]
+                flat = words_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
+                hashes, sh_off = shingles(flat, offsets, params.shingle_words)
+                sig = signatures(hashes, sh_off, a, b)
+                keys = band_keys(sig, params.bands, params.seed)
+                ids = batch.column(0)
+                sig_table = pa.table({"id": ids, "sig": pa.FixedSizeListArray.from_arrays(sig.ravel(), params.num_perm)})
+                n = len(ids)
+                band_table = pa.table({"id": pa.array(np.repeat(ids.to_numpy(zero_copy_only=False), params.bands)),
+                                       "band": pa.array(np.tile(np.arange(params.bands, dtype=np.int16), n)),
+                                       "bucket": pa.array(keys.ravel())})
+                sig_writer = sig_writer or pq.ParquetWriter(sig_path, sig_table.schema)
+                band_writer = band_writer or pq.ParquetWriter(band_path, band_table.schema)
+                sig_writer.write_table(sig_table)
+                band_writer.write_table(band_table)
+                bar.advance(n)
+        for w in (sig_writer, band_writer):
+            if w is not None:
+                w.close()
+        dropped = []
+        if band_writer is not None:
+            # Star edges from each bucket's smallest id keep the candidate list linear in the table size.
+            edges = con.execute(f"""
+                WITH b AS (SELECT id, band, bucket, min(id) OVER (PARTITION BY band, bucket) AS head
+                           FROM read_parquet('{band_path}')),
+                     pairs AS (SELECT DISTINCT head, id FROM b WHERE id <> head),
+                     s AS (SELECT id, sig::UINTEGER[] AS sig FROM read_parquet('{sig_path}'))
+                SELECT pairs.head, pairs.id,
+                       len(list_filter(range(1, {params.num_perm} + 1), lambda i: s1.sig[i] = s2.sig[i])) / {params.num_perm} AS j
+                FROM pairs JOIN s s1 ON s1.id = pairs.head JOIN s s2 ON s2.id = pairs.id
+            """).fetchall()
+            dropped = _clusters([(h, i, j) for h, i, j in edges if j >= params.threshold])
+        table = pa.table({"id": [d[0] for d in dropped], "kept": [d[1] for d in dropped],
+                          "jaccard": [d[2] for d in dropped]},
+                         schema=pa.schema([("id", pa.string()), ("kept", pa.string()), ("jaccard", pa.float64())]))
+        con.register("__near", table)
+        ctx.write_sql(f"SELECT * FROM {ctx.input()} WHERE id NOT IN (SELECT id FROM __near)")
+        ctx.drop_sql("SELECT id AS source_id, 'near_duplicate' AS reason, "
+                     "'near duplicate of ' || kept || ' (estimated jaccard ' || round(jaccard, 3) || ')' AS detail FROM __near")
+        ctx.stats["near_duplicates"] = len(dropped)
+
+
+def _clusters(edges: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+    """Union-find over verified edges: every member but the smallest id of a cluster is dropped."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    best: dict[str, float] = {}
+    for h, i, j in edges:
+        ra, rb = find(h), find(i)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+        best[i] = max(best.get(i, 0.0), j)
+        best[h] = max(best.get(h, 0.0), j)
+    out = []
+    for x in parent:
+        root = find(x)
+        if x != root:
+            out.append((x, root, best.get(x, 0.0)))
+    return sorted(out)

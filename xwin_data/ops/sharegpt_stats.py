@@ -1,0 +1,96 @@
+"""Computed columns of a conversation table: n_turns (assistant turns), n_chars, tokens per message, language.
+
+Counts are vectorised over Arrow columns; tokens use the built-in approximation (regex pieces, see
+`xwin_data.text.tokens`) or a Hugging Face tokenizer; language comes from py3langid on a short text sample.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from .base import Op, Params, register
+from .sharegpt_clean import flat_messages
+
+STAT_FIELDS = [("n_turns", pa.int32()), ("n_chars", pa.int64()), ("turn_tokens", pa.list_(pa.int32())),
+               ("n_tokens", pa.int64()), ("language", pa.string())]
+
+
+class StatsParams(Params):
+    tokenizer: str = Field("approx", description="'approx' (regex pieces, fast, no download) or a HF tokenizer "
+                                                 "path / hub id loaded with AutoTokenizer.from_pretrained")
+    language: bool = Field(True, description="identify the language (py3langid, model inside the package)")
+    language_chars: int = Field(400, ge=20, description="characters of the first messages used to decide the language")
+    batch_size: int = Field(20_000, ge=1)
+
+
+def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    csum = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    return csum[offsets[1:]] - csum[offsets[:-1]]
+
+
+def add_stats(table: pa.Table, tokenizer: str, language: bool, language_chars: int) -> pa.Table:
+    """The table with the stat columns (re)computed from `messages`."""
+    from ..text.language import detect, sample_py
+    from ..text.tokens import APPROX, PIECE_PATTERN, count_with_tokenizer
+
+    messages = table.column("messages").combine_chunks()
+    role, content, _, offsets = flat_messages(messages)
+    offs = offsets.to_numpy()
+    if tokenizer == APPROX:
+        tokens = pc.count_substring_regex(content, PIECE_PATTERN).cast(pa.int32())
+    else:
+        tokens = pa.array(count_with_tokenizer(tokenizer, content.to_pylist()), pa.int32())
+    tok_np = tokens.to_numpy()
+    is_asst = pc.equal(role, "assistant").to_numpy(zero_copy_only=False).astype(np.int32)
+    cols = {
+        "n_turns": pa.array(_segment_sums(is_asst, offs).astype(np.int32)),
+        "n_chars": pa.array(_segment_sums(pc.utf8_length(content).to_numpy(), offs)),
+        "turn_tokens": pa.ListArray.from_arrays(offsets, tokens),
+        "n_tokens": pa.array(_segment_sums(tok_np, offs)),
+    }
+    if language:
+        cols["language"] = pa.array([detect(sample_py(m, 4, language_chars)) for m in _messages_py(messages)],
+                                    pa.string())
+    else:
+        cols["language"] = pa.nulls(table.num_rows, pa.string())
+    for name, _ in STAT_FIELDS:
+        if name in table.column_names:
+            table = table.drop_columns([name])
+    for name, typ in STAT_FIELDS:
+        table = table.append_column(pa.field(name, typ), cols[name].cast(typ))
+    return table
+
+
+def _messages_py(messages: pa.ListArray):
+    """Only the first 4 messages of each conversation become Python objects (the language sample)."""
+    return pc.list_slice(messages, 0, 4).to_pylist()
+
+
+@register
+class ConversationStats(Op):
+    """Add n_turns, n_chars, turn_tokens (per message), n_tokens and language to a conversation table."""
+
+    name = "conversation_stats"
+    Params = StatsParams
+    schema = "conversations"
+    min_inputs = max_inputs = 1
+    summary = "n_turns, n_chars, tokens per message (approx or a HF tokenizer), language (py3langid)"
+
+    def external_fingerprint(self, params: StatsParams) -> dict:
+        from ..text.tokens import tokenizer_fingerprint
+
+        import py3langid
+
+        return {**tokenizer_fingerprint(params.tokenizer), "py3langid": getattr(py3langid, "__version__", "")}
+
+    def run(self, ctx, params: StatsParams) -> None:
+        stat_names = {n for n, _ in STAT_FIELDS}
+        schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
+        schema = pa.schema([f for f in schema if f.name not in stat_names] + [pa.field(n, t) for n, t in STAT_FIELDS])
+        cols = ", ".join(f'"{n}"' for n in schema.names if n not in stat_names)
+        ctx.map_batches(f"SELECT {cols} FROM {ctx.input()}",
+                        lambda b: add_stats(pa.Table.from_batches([b]), params.tokenizer, params.language,
+                                            params.language_chars),
+                        schema, batch_size=params.batch_size, description=f"{ctx.stage_id}: stats + language")

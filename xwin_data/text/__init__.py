@@ -1,0 +1,1 @@
+"""Text helpers of the conversation ops: record normalisation, cleaning, token counts, language, MinHash."""
