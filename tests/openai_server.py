@@ -82,8 +82,8 @@ def echo_reply(req: ChatRequest) -> str:
     return f"Answer to: {req.prompt[:200]}{suffix}"
 
 
-_ANSWER = re.compile(r"\[The Start of Assistant ([AB])'s (?:Answer|Conversation with User)\]\n?(.*?)\n?"
-                     r"\[The End of Assistant \1's (?:Answer|Conversation with User)\]", re.S)
+_ANSWER = re.compile(r"(?:\[|<\|)The Start of Assistant ([AB])'s (?:Answer|Conversation with User)(?:\]|\|>)\n?(.*?)\n?"
+                     r"(?:\[|<\|)The End of Assistant \1's (?:Answer|Conversation with User)(?:\]|\|>)", re.S)
 
 
 def judge_answers(text: str) -> dict[str, str]:
@@ -159,11 +159,22 @@ class OpenAIServer:
         """Forget counts and faults and restore the default script, then apply `script` (latency=..., reply=...)."""
         self.latency, self.reply, self.fault_fn, self.usage_fn = 0.0, echo_reply, None, None
         self.faults.clear()
+        if self._loop is not None and not self._loop.is_closed() and self._thread is not None:
+            asyncio.run_coroutine_threadsafe(self._release_hangs(), self._loop).result(10)
         self._clear_counts()
         for k, v in script.items():
             if not hasattr(self, k):
                 raise AttributeError(f"OpenAIServer has no setting {k!r}")
             setattr(self, k, v)
+
+    async def _release_hangs(self) -> None:
+        """End requests that are still hanging from an earlier script, and wait until none is in flight."""
+        self._release.set()
+        for _ in range(1000):
+            if self.in_flight <= 0:
+                break
+            await asyncio.sleep(0.001)
+        self._release = asyncio.Event()
 
     def _clear_counts(self) -> None:
         self.total = self.served = 0
@@ -188,6 +199,7 @@ class OpenAIServer:
             asyncio.set_event_loop(loop)
             try:
                 self._stopping = asyncio.Event()
+                self._release = asyncio.Event()
                 self._server = loop.run_until_complete(
                     asyncio.start_server(self._handle, self.host, self.port, backlog=1024))
                 self.port = self._server.sockets[0].getsockname()[1]
@@ -290,21 +302,28 @@ class OpenAIServer:
         fault = self.faults.popleft() if self.faults else None
         if fault is None and self.fault_fn is not None:
             fault = self.fault_fn(body, number)
-        self.in_flight += 1
+        self.in_flight += 1  # until its answer is written (not drained: the client may already be reading it)
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        done = False
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
             if fault is not None:
+                if fault.kind != "hang":
+                    self.in_flight -= 1
+                    done = True
                 return await self._apply_fault(fault, writer)
             payload = self._completion(body)
             self.served += 1
             self.served_counts[body_key(body)] += 1
+            self.in_flight -= 1
+            done = True
             self._send(writer, 200, payload)
             await writer.drain()
             return True
         finally:
-            self.in_flight -= 1
+            if not done:
+                self.in_flight -= 1
 
     async def _apply_fault(self, fault: Fault, writer: asyncio.StreamWriter) -> bool:
         if fault.kind == "429":
@@ -317,9 +336,10 @@ class OpenAIServer:
         elif fault.kind == "malformed":
             self._send(writer, 200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "message": {"role": "ass')
         elif fault.kind == "hang":
-            stop = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait([stop], timeout=fault.hang_seconds)
-            stop.cancel()
+            waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._release.wait())]
+            await asyncio.wait(waits, timeout=fault.hang_seconds, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
             return False
         elif fault.kind == "drop":
             return False

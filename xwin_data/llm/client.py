@@ -1,0 +1,339 @@
+"""An async chat-completions client for any OpenAI-compatible endpoint (OpenAI, vLLM, SGLang, ...).
+
+Every call goes through the request cache first (keyed by the endpoint's model id, the rendered messages, the
+sampling parameters and whatever the caller adds, such as a template version and an attempt index) and is
+written to it durably as soon as it completes, so a killed run pays for nothing twice. New calls run with
+bounded concurrency under request-per-minute and token-per-minute limits, retried with jittered exponential
+backoff that honours `Retry-After` (the openai client's own retries are off), and are charged to a cost
+ledger with a budget cap. Failures surface as typed errors.
+
+The API key is read from the environment variable named by `api_key_env` at call time; it is never part of a
+cache key, a cached value, a log line or an error message (errors are redacted).
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .cache import RequestCache, request_key
+from .costs import BudgetExceeded, CostLedger, PriceTable
+
+__all__ = ["ClientSettings", "ChatCall", "ChatResult", "ChatClient", "LLMError", "RateLimited", "ServerError",
+           "Timeout", "BadResponse", "ConnectionFailed", "RequestRejected", "AuthError", "MissingKey",
+           "BudgetExceeded"]
+
+LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class LLMError(RuntimeError):
+    """A model call failed; `retryable` says whether trying again may help."""
+
+    retryable = False
+
+
+class RateLimited(LLMError):
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServerError(LLMError):
+    retryable = True
+
+
+class Timeout(LLMError):
+    retryable = True
+
+
+class ConnectionFailed(LLMError):
+    retryable = True
+
+
+class BadResponse(LLMError):
+    """The endpoint answered with something that is not a chat completion (malformed JSON, no choices)."""
+
+    retryable = True
+
+
+class RequestRejected(LLMError):
+    """A 4xx other than 429: the request itself is wrong (unknown model, context too long); retrying won't help."""
+
+
+class AuthError(RequestRejected):
+    pass
+
+
+class MissingKey(LLMError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- settings
+class ClientSettings(BaseModel):
+    """Where and how to call; only `model`, the sampling parameters and caller-given parts enter cache keys."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field("judge", description="model id served by the endpoint (part of every cache key)")
+    base_url: str | None = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint; "
+                                 "https://api.openai.com/v1 for OpenAI")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never stored)")
+    concurrency: int = Field(16, ge=1, description="requests in flight at once")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1, description="prompt + max completion tokens per minute")
+    timeout_s: float = Field(120.0, gt=0, description="per-request time-out")
+    max_retries: int = Field(6, ge=0, description="retries of a failed request (429, 5xx, time-out, bad JSON)")
+    backoff_initial_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    budget_usd: float | None = Field(None, ge=0, description="stop making new calls past this many dollars")
+    prices: dict[str, list[float]] = Field(default_factory=dict,
+                                           description="model -> [prompt $/1M tokens, completion $/1M tokens]")
+
+    def needs_real_key(self) -> bool:
+        return "api.openai.com" in (self.base_url or "https://api.openai.com")
+
+
+@dataclass
+class ChatCall:
+    messages: list[dict]
+    params: dict = field(default_factory=dict)  # temperature, max_tokens, n, seed, top_p, stop
+    key_parts: dict = field(default_factory=dict)  # template version, attempt index, ...
+    tag: Any = None  # the caller's bookkeeping, returned untouched
+
+
+@dataclass
+class ChatResult:
+    call: ChatCall
+    key: str
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cached: bool = False
+    attempts: int = 0
+    error: LLMError | BudgetExceeded | None = None
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*.]{4,})")
+
+
+class ChatClient:
+    """Cached, rate-limited, retried chat calls. `run(calls)` is the synchronous entry point ops use."""
+
+    def __init__(self, settings: ClientSettings, cache: RequestCache | None = None,
+                 ledger: CostLedger | None = None, *, sleep: Callable[[float], Any] = asyncio.sleep):
+        self.settings = settings
+        self.cache = cache
+        self.ledger = ledger or CostLedger(PriceTable.with_overrides(settings.prices), settings.budget_usd)
+        self._sleep = sleep
+        self._pause_until = 0.0
+        self.retries = 0  # retried attempts, all causes
+        self.errors_by_kind: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------------------ keys
+    def key(self, call: ChatCall) -> str:
+        return request_key(kind="chat", model=self.settings.model, messages=call.messages,
+                           params=dict(sorted(call.params.items())), **call.key_parts)
+
+    def _api_key(self) -> str:
+        key = os.environ.get(self.settings.api_key_env)
+        if key:
+            return key
+        if self.settings.needs_real_key():
+            raise MissingKey(f"set the environment variable {self.settings.api_key_env} to call "
+                             f"{self.settings.base_url or 'api.openai.com'}")
+        return LOCAL_PLACEHOLDER_KEY
+
+    def redact(self, text: str) -> str:
+        key = os.environ.get(self.settings.api_key_env)
+        if key:
+            text = text.replace(key, "***")
+        return _KEYLIKE.sub("sk-***", text)
+
+    # ------------------------------------------------------------------------------------------ sync entry
+    def run(self, calls: Sequence[ChatCall], on_done: Callable[[ChatResult], None] | None = None) -> list[ChatResult]:
+        """Answer every call (from the cache or the endpoint); failures are returned in `result.error`."""
+        return asyncio.run(self.arun(calls, on_done))
+
+    async def arun(self, calls: Sequence[ChatCall],
+                   on_done: Callable[[ChatResult], None] | None = None) -> list[ChatResult]:
+        results: list[ChatResult | None] = [None] * len(calls)
+        keys = [self.key(c) for c in calls]
+        hits = self.cache.get_many(set(keys)) if self.cache is not None else {}
+        todo: dict[str, list[int]] = {}
+        for i, (call, key) in enumerate(zip(calls, keys)):
+            if key in hits:
+                results[i] = self._from_cache(call, key, hits[key])
+                if on_done:
+                    on_done(results[i])
+            else:
+                todo.setdefault(key, []).append(i)  # identical calls in one run are asked once
+        if todo:
+            await self._call_all(calls, todo, results, on_done)
+        return results  # type: ignore[return-value]
+
+    def _from_cache(self, call: ChatCall, key: str, value: dict) -> ChatResult:
+        self.ledger.record_cached(float(value.get("cost_usd", 0.0)))
+        return ChatResult(call, key, list(value["texts"]), list(value.get("finish_reasons", [])),
+                          int(value.get("prompt_tokens", 0)), int(value.get("completion_tokens", 0)),
+                          float(value.get("cost_usd", 0.0)), cached=True, attempts=0)
+
+    async def _call_all(self, calls, todo, results, on_done) -> None:
+        from aiolimiter import AsyncLimiter
+        from openai import AsyncOpenAI
+
+        s = self.settings
+        api_key = self._api_key()
+        client = AsyncOpenAI(api_key=api_key, base_url=s.base_url, max_retries=0, timeout=s.timeout_s)
+        sem = asyncio.Semaphore(s.concurrency)
+        rpm = AsyncLimiter(s.requests_per_minute, 60) if s.requests_per_minute else None
+        tpm = AsyncLimiter(s.tokens_per_minute, 60) if s.tokens_per_minute else None
+
+        async def one(key: str, idxs: list[int]) -> None:
+            call = calls[idxs[0]]
+            try:
+                res = await self._call_with_retries(client, sem, rpm, tpm, call, key)
+            except (LLMError, BudgetExceeded) as err:
+                self.errors_by_kind[type(err).__name__] = self.errors_by_kind.get(type(err).__name__, 0) + 1
+                res = ChatResult(call, key, error=err)
+            for j, i in enumerate(idxs):
+                results[i] = res if j == 0 else ChatResult(calls[i], key, res.texts, res.finish_reasons,
+                                                           res.prompt_tokens, res.completion_tokens, 0.0,
+                                                           True, 0, res.error)
+                if on_done:
+                    on_done(results[i])
+
+        try:
+            await asyncio.gather(*(one(k, idxs) for k, idxs in todo.items()))
+        finally:
+            await client.close()
+
+    # ------------------------------------------------------------------------------------------ one call
+    def _wait_seconds(self, attempt: int, err: LLMError) -> float:
+        s = self.settings
+        if isinstance(err, RateLimited) and err.retry_after is not None:
+            return err.retry_after + random.uniform(0, 0.1 * err.retry_after + 0.01)
+        cap = min(s.backoff_max_s, s.backoff_initial_s * (2 ** (attempt - 1)))
+        return random.uniform(cap / 2, cap)  # "equal jitter": never zero, never synchronised
+
+    async def _call_with_retries(self, client, sem, rpm, tpm, call: ChatCall, key: str) -> ChatResult:
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+        def wait(state) -> float:
+            return self._wait_seconds(state.attempt_number, state.outcome.exception())
+
+        def before_sleep(state) -> None:
+            self.retries += 1
+
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.settings.max_retries + 1), wait=wait,
+                                 retry=retry_if_exception(lambda e: isinstance(e, LLMError) and e.retryable),
+                                 sleep=self._sleep, before_sleep=before_sleep, reraise=True)
+        attempts = 0
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                result = await self._attempt(client, sem, rpm, tpm, call, key)
+        result.attempts = attempts
+        return result
+
+    async def _attempt(self, client, sem, rpm, tpm, call: ChatCall, key: str) -> ChatResult:
+        import openai
+
+        s = self.settings
+        max_tokens = int(call.params.get("max_tokens") or 1024) * int(call.params.get("n") or 1)
+        prompt_estimate = sum(len(str(m.get("content") or "")) for m in call.messages) // 4 + 8
+        reserved = 0.0
+        try:
+            async with sem:
+                reserved = self.ledger.estimate(s.model, prompt_estimate, max_tokens)
+                self.ledger.reserve(reserved)  # raises BudgetExceeded before any spend
+                while (delay := self._pause_until - time.monotonic()) > 0:  # a 429 asked everyone to wait
+                    await self._sleep(delay)
+                if rpm is not None:
+                    await rpm.acquire()
+                if tpm is not None:
+                    await tpm.acquire(min(prompt_estimate + max_tokens, s.tokens_per_minute))
+                try:
+                    raw = await client.chat.completions.with_raw_response.create(
+                        model=s.model, messages=call.messages, **call.params)
+                    body = raw.http_response.content
+                except openai.APITimeoutError as err:
+                    raise Timeout(f"no answer within {s.timeout_s:g}s") from err
+                except openai.APIConnectionError as err:
+                    raise ConnectionFailed(self.redact(f"connection failed: {err}")) from err
+                except openai.RateLimitError as err:
+                    wait = _retry_after(err.response.headers)
+                    if wait:
+                        self._pause_until = max(self._pause_until, time.monotonic() + wait)
+                    raise RateLimited(self.redact(f"429 rate limited: {err.message}"), wait) from err
+                except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+                    raise AuthError(self.redact(f"{err.status_code} not authorised: {err.message}")) from err
+                except openai.APIStatusError as err:
+                    if err.status_code >= 500 or err.status_code in (408, 409):
+                        raise ServerError(self.redact(f"{err.status_code}: {err.message}")) from err
+                    raise RequestRejected(self.redact(f"{err.status_code}: {err.message}")) from err
+        except BaseException:
+            self.ledger.release(reserved)
+            raise
+        try:
+            data = json.loads(body)
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            texts = [c["message"]["content"] or "" for c in choices]
+            finish = [c.get("finish_reason") or "" for c in choices]
+            usage = data.get("usage") or {}
+            p_tok, c_tok = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            self.ledger.release(reserved)
+            raise BadResponse(f"not a chat completion ({type(err).__name__}: {str(err)[:120]}): "
+                              f"{body[:200]!r}") from err
+        if not texts:
+            self.ledger.release(reserved)
+            raise BadResponse("a chat completion with no choices")
+        cost = self.ledger.settle(reserved, s.model, p_tok, c_tok)
+        if self.cache is not None:  # durable before the result is used
+            self.cache.put(key, {"texts": texts, "finish_reasons": finish, "prompt_tokens": p_tok,
+                                 "completion_tokens": c_tok, "cost_usd": cost, "model": s.model,
+                                 "created": time.time()}, namespace="chat")
+        return ChatResult(call, key, texts, finish, p_tok, c_tok, cost, cached=False)
