@@ -1,0 +1,142 @@
+"""Training configs: TRL's own config classes plus the fields every stage shares (catalog, table, model, the
+after-training evaluation). Loaded from YAML with `key=value` overrides; an unknown key is an error.
+
+Defaults that differ from TRL's, on purpose: `bf16` is on only where a CUDA device supports it (TRL turns it
+on everywhere), gradient checkpointing is off (tiny models; turn it on in the YAML for big ones), no reporting
+integrations and no intermediate checkpoints (the script saves the final model itself).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import yaml
+from trl import DPOConfig, RewardConfig, SFTConfig
+
+T = TypeVar("T")
+
+
+@dataclass
+class StageArgs:
+    """Fields shared by every training stage (mixed into the TRL config classes)."""
+
+    catalog: str = field(default="xwin-catalog", metadata={"help": "Catalog folder holding the training table."})
+    table: str = field(default="", metadata={"help": "Catalog table to train on (current version)."})
+    model_name_or_path: str = field(default="tiny-policy", metadata={
+        "help": "Model to start from: tiny-policy / tiny-reward (built locally), a folder, or a hub id."})
+    tokenizer_name_or_path: Optional[str] = field(default=None, metadata={
+        "help": "Tokenizer, when it is not stored with the model."})
+    max_rows: Optional[int] = field(default=None, metadata={
+        "help": "Use at most this many rows of the table (first by id order; for smoke runs)."})
+    stage_name: Optional[str] = field(default=None, metadata={
+        "help": "Name recorded in `runs` and `evals` (default: the script's stage, e.g. sft)."})
+    record_run: bool = field(default=True, metadata={"help": "Append a row to the catalog's `runs` table."})
+    # Evaluation after training: mean reward of best-of-n samples on held-out prompts, written to `evals`.
+    bon_eval_prompts_table: Optional[str] = field(default=None, metadata={
+        "help": "Catalog table of held-out prompts (a `prompt` or `messages` column); empty = no evaluation."})
+    bon_eval_max_prompts: int = field(default=32, metadata={"help": "Held-out prompts to evaluate on."})
+    bon_eval_n: list[int] = field(default_factory=lambda: [1, 16, 64], metadata={
+        "help": "n of the best-of-n means; max(n) samples are drawn per prompt and E[max] is exact."})
+    bon_eval_reward_model: str = field(default="tiny-reward", metadata={"help": "Reward model that scores samples."})
+    bon_eval_max_new_tokens: int = field(default=64, metadata={"help": "Sample length limit for the evaluation."})
+    bon_eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for the evaluation."})
+    bon_eval_batch_size: int = field(default=64, metadata={"help": "Sequences per generation / scoring batch."})
+
+
+def _cpu_friendly_defaults(cfg: Any) -> None:
+    """Called before the TRL `__post_init__`: bf16 only on a bf16-capable CUDA device unless set."""
+    if getattr(cfg, "bf16", None) is None:
+        try:
+            import torch
+
+            cfg.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported() and not cfg.use_cpu)
+        except Exception:  # noqa: BLE001 - no torch build info: stay in fp32
+            cfg.bf16 = False
+
+
+def _stage_defaults(**overrides: Any) -> dict:
+    return {"gradient_checkpointing": None, "report_to": "none", "save_strategy": "no", "logging_steps": 1,
+            "dataloader_num_workers": 0, **overrides}
+
+
+def _stage_config(name: str, base: type, **defaults: Any) -> type:
+    """`base` (a TRL config) + StageArgs, with inherited fields re-declared under new defaults (so
+    HfArgumentParser shows them) and bf16 decided before TRL's own `__post_init__`."""
+    ns: dict[str, Any] = {"__annotations__": {}, "__module__": __name__, "__qualname__": name,
+                          "__doc__": f"TRL's {base.__name__} plus the catalog / model / evaluation fields of StageArgs."}
+    for f in dataclasses.fields(base):
+        if f.name in defaults:
+            ns["__annotations__"][f.name] = f.type
+            ns[f.name] = field(default=defaults[f.name], metadata=f.metadata)
+
+    def __post_init__(self):
+        _cpu_friendly_defaults(self)
+        base.__post_init__(self)
+
+    ns["__post_init__"] = __post_init__
+    return dataclass(type(name, (base, StageArgs), ns))
+
+
+XwinSFTConfig = _stage_config("XwinSFTConfig", SFTConfig,
+                              **_stage_defaults(max_length=1024, assistant_only_loss=True))
+XwinRewardConfig = _stage_config("XwinRewardConfig", RewardConfig, **_stage_defaults(max_length=1024))
+XwinDPOConfig = _stage_config("XwinDPOConfig", DPOConfig, **_stage_defaults(max_length=1024))
+CONFIGS = {"sft": XwinSFTConfig, "rs": XwinSFTConfig, "rm": XwinRewardConfig, "dpo": XwinDPOConfig}
+
+
+def config_class(kind: str) -> type:
+    """`sft` / `rs` / `rm` / `dpo` -> its config class (`wind`: `xwin_data.training.wind.WindConfig`)."""
+    if kind == "wind":
+        from .wind import WindConfig
+
+        return WindConfig
+    return CONFIGS[kind]
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """`key=value` strings, values read as YAML (`max_steps=5`, `report_to=[]`)."""
+    out = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        out[key.strip().lstrip("-").replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Read a YAML config into `cls`; unknown keys fail with their names and the file."""
+    from transformers import HfArgumentParser
+
+    data: dict = {}
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config is a YAML mapping of field: value")
+    data.update(parse_overrides(overrides))
+    if data.get("report_to") == []:
+        data["report_to"] = "none"
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path or 'overrides'}: unknown config key(s) {', '.join(unknown)} for {cls.__name__}")
+    if not data.get("table"):
+        raise ValueError(f"{path or 'overrides'}: `table` (the catalog table to train on) is required")
+    if not data.get("output_dir"):
+        raise ValueError(f"{path or 'overrides'}: `output_dir` (where the trained model is saved) is required")
+    (cfg,) = HfArgumentParser(cls).parse_dict(data)
+    return cfg
+
+
+def config_dict(cfg: Any) -> dict:
+    """A JSON-able view of a config for the run record (hub tokens are dropped)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if "token" in f.name:
+            continue
+        value = getattr(cfg, f.name)
+        out[f.name] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+    return out

@@ -1,0 +1,103 @@
+"""`runs` and `evals`: catalog tables that grow by one row per training run / evaluation.
+
+Each append publishes a new version of the table (previous rows + the new one) through `Catalog.publish`, so the
+records are ordinary versioned Parquet tables: `xwin_data.connect()` and `xwin-data sql` see them like any other
+table, and an older version stays readable. Appends from concurrent processes are serialised by a file lock;
+they are staged outside `staging/` (a build clears that folder when it starts).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock
+
+from ..catalog import Catalog, utcnow
+from ..fingerprint import library_versions, stable_hash
+
+RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("stage", pa.string()), ("kind", pa.string()), ("table_name", pa.string()),
+    ("table_version", pa.int64()), ("table_fingerprint", pa.string()), ("rows_used", pa.int64()),
+    ("model_in", pa.string()), ("output_dir", pa.string()), ("config", pa.string()),
+    ("library_versions", pa.string()), ("metrics", pa.string()), ("seconds", pa.float64()),
+    ("created_at", pa.timestamp("us")),
+])
+
+EVALS_SCHEMA = pa.schema([
+    ("eval_id", pa.string()), ("run_id", pa.string()), ("stage", pa.string()), ("model_path", pa.string()),
+    ("reward_model", pa.string()), ("prompts_table", pa.string()), ("prompts_fingerprint", pa.string()),
+    ("n_prompts", pa.int64()), ("samples_per_prompt", pa.int64()), ("best_of_1", pa.float64()),
+    ("best_of_16", pa.float64()), ("best_of_64", pa.float64()), ("best_of", pa.string()),
+    ("mean_tokens", pa.float64()), ("seconds", pa.float64()), ("created_at", pa.timestamp("us")),
+])
+
+
+def append_record(catalog: str | Path | Catalog, name: str, row: dict, schema: pa.Schema) -> None:
+    """Publish `name` as a new version holding its previous rows plus `row` (columns outside the schema fail)."""
+    cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
+    if not cat.exists():
+        cat.init()
+    extra = set(row) - set(schema.names)
+    if extra:
+        raise ValueError(f"{name}: unknown record field(s) {sorted(extra)}")
+    new = pa.Table.from_pylist([{k: row.get(k) for k in schema.names}], schema=schema)
+    with FileLock(str(cat.root / f".{name}.records.lock"), timeout=120):
+        tv = cat.current(name)
+        if tv is not None:
+            old = pq.read_table(cat.root / tv.path / "data", schema=schema)
+            table = pa.concat_tables([old, new])
+        else:
+            table = new
+        staged = cat.work_dir / "records" / f"{name}-{uuid.uuid4().hex[:8]}"
+        (staged / "data").mkdir(parents=True)
+        try:
+            pq.write_table(table, staged / "data" / "part-00000.parquet")
+            fingerprint = stable_hash([name, table.num_rows, row.get("run_id") or row.get("eval_id"), time.time()])
+            cat.publish([{
+                "name": name, "fingerprint": fingerprint, "staged": staged, "rows": table.num_rows, "n_drops": 0,
+                "schema_name": None, "columns": {f.name: str(f.type) for f in schema}, "build_id": None,
+                "recipe": None, "recipe_path": None, "stage": name, "op": f"record.{name}", "params": None,
+                "inputs": None, "library_versions": library_versions(), "stats": {"rows": table.num_rows},
+                "seconds": 0.0,
+            }], [])
+        finally:
+            if staged.exists():
+                shutil.rmtree(staged, ignore_errors=True)
+
+
+def table_identity(catalog: str | Path | Catalog, table: str) -> dict:
+    """Name, version and fingerprint of a table's current version (what a run trained on)."""
+    cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
+    tv = cat.current(table)
+    if tv is None:
+        known = ", ".join(t.name for t in cat.current_tables()) or "none"
+        raise ValueError(f"table {table!r} is not in catalog {cat.root} (tables: {known})")
+    return {"table_name": tv.name, "table_version": tv.version, "table_fingerprint": tv.fingerprint}
+
+
+def new_run_id(stage: str) -> str:
+    return f"{stage}-{utcnow().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def record_run(catalog, *, run_id: str, stage: str, kind: str, table: str, rows_used: int, model_in: str,
+               output_dir: str, config: dict, metrics: dict, seconds: float) -> dict:
+    row: dict[str, Any] = {
+        "run_id": run_id, "stage": stage, "kind": kind, **table_identity(catalog, table), "rows_used": rows_used,
+        "model_in": model_in, "output_dir": str(output_dir), "config": json.dumps(config, default=str),
+        "library_versions": json.dumps(library_versions()), "metrics": json.dumps(metrics, default=str),
+        "seconds": seconds, "created_at": utcnow(),
+    }
+    append_record(catalog, "runs", row, RUNS_SCHEMA)
+    return row
+
+
+def record_eval(catalog, row: dict) -> dict:
+    row = {"eval_id": uuid.uuid4().hex[:12], "created_at": utcnow(), **row}
+    append_record(catalog, "evals", row, EVALS_SCHEMA)
+    return row

@@ -1,0 +1,98 @@
+"""What every training script does around its trainer: read the command line, measure the loss on a fixed batch
+before and after training, save the model with its tokenizer, record the run, run the best-of-n evaluation.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+def split_argv(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`CONFIG.yaml [key=value | --key value | --key=value ...]` -> (config path, ["key=value", ...])."""
+    config, overrides, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            if "=" in arg:
+                overrides.append(arg[2:])
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                overrides.append(f"{arg[2:]}={argv[i + 1]}")
+                i += 1
+            else:
+                overrides.append(f"{arg[2:]}=true")
+        elif "=" in arg:
+            overrides.append(arg)
+        elif config is None:
+            config = arg
+        else:
+            raise ValueError(f"unexpected argument {arg!r} (give one config file, then key=value overrides)")
+        i += 1
+    return config, overrides
+
+
+def fixed_batch_loss(trainer, n: int = 8) -> float | None:
+    """The trainer's own loss on its first n training examples, in order, without gradients."""
+    import torch
+
+    dataset = trainer.train_dataset
+    if dataset is None or len(dataset) == 0:
+        return None
+    subset = dataset.select(range(min(n, len(dataset))))
+    saved = trainer.args.per_device_eval_batch_size
+    trainer.args.per_device_eval_batch_size = len(subset)
+    try:
+        batch = next(iter(trainer.get_eval_dataloader(subset)))
+    finally:
+        trainer.args.per_device_eval_batch_size = saved
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            loss = trainer.compute_loss(model, trainer._prepare_inputs(batch))
+    finally:
+        model.train(was_training)
+        for store in getattr(trainer, "_metrics", {}).values():  # TRL trainers buffer per-batch metrics
+            if hasattr(store, "clear"):
+                store.clear()
+    value = float(loss.detach().float().mean())
+    return value if math.isfinite(value) else None
+
+
+def loss_curve(trainer) -> dict:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
+            "logged_losses": len(losses), "global_step": trainer.state.global_step}
+
+
+def finish(cfg, trainer, *, kind: str, rows_used: int, skipped: dict, started: float, extra: dict | None = None,
+           loss_before: float | None = None, evaluate: bool = True) -> dict:
+    """Save, then on the main process: fixed-batch loss after, run record, best-of-n evaluation."""
+    from .config import config_dict
+    from .evaluate import BonEvalSettings, evaluate_policy
+    from .records import new_run_id, record_run
+
+    out = Path(cfg.output_dir)
+    trainer.save_model(str(out))
+    if trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(str(out))
+    if not trainer.is_world_process_zero():
+        return {}
+    stage = cfg.stage_name or kind
+    metrics: dict[str, Any] = {
+        "rows_used": rows_used, "skipped": skipped, **loss_curve(trainer),
+        "fixed_batch_loss_before": loss_before, "fixed_batch_loss_after": fixed_batch_loss(trainer),
+        **(extra or {}),
+    }
+    run_id = new_run_id(stage)
+    record = {"run_id": run_id, "stage": stage, "kind": kind, "output_dir": str(out.resolve()), "metrics": metrics}
+    if cfg.record_run:
+        record_run(cfg.catalog, run_id=run_id, stage=stage, kind=kind, table=cfg.table, rows_used=rows_used,
+                   model_in=cfg.model_name_or_path, output_dir=str(out.resolve()), config=config_dict(cfg),
+                   metrics=metrics, seconds=time.perf_counter() - started)
+    settings = BonEvalSettings.from_config(cfg) if evaluate else None
+    if settings is not None and kind != "rm":
+        record["eval"] = evaluate_policy(cfg.catalog, out, stage, settings, run_id=run_id, record=cfg.record_run)
+    return record
