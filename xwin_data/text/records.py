@@ -156,7 +156,7 @@ def normalise(record: Any, fmt: str = "auto", model_field: str | None = None) ->
         raise BadRecord("not_an_object", _short(record))
     kind = detect_format(record) if fmt == "auto" else fmt
     if kind is None:
-        raise BadRecord("unknown_format", f"keys {sorted(record)}")
+        raise BadRecord("missing_field", f"no conversations / messages / instruction field (keys: {sorted(record)})")
     turns = check_turns(_READERS[kind](record))
     model = None
     for field in ((model_field,) if model_field else MODEL_FIELDS):
