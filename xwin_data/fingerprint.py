@@ -37,7 +37,7 @@ def path_fingerprint(path: str | Path) -> str:
         return _file_digest(str(p.resolve()), st.st_size, st.st_mtime_ns)
     if p.is_dir():
         parts = []
-        for f in sorted(x for x in p.rglob("*") if x.is_file() and ".cache" not in x.parts):
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and ".cache" not in x.relative_to(p).parts):
             st = f.stat()
             parts.append((str(f.relative_to(p)), _file_digest(str(f.resolve()), st.st_size, st.st_mtime_ns)))
         return stable_hash(parts)
