@@ -6,7 +6,9 @@ Input columns (any pair table; names are matched, the first present wins):
   (A, B, C or tie, invalid, NULL = not asked), or raw judge text ``judgment_ab`` / ``judgment_ba`` (parsed with
   the ``[[A]]`` parser, then the Vicuna-eval ``"s1 s2"`` parser); a single ``verdict`` / ``judgment`` counts as
   the AB order only;
-- the two responses ``response_a`` / ``response_b`` (text or messages), or their lengths ``len_a`` / ``len_b``;
+- the two responses ``response_a`` / ``response_b`` (text or messages; ``first`` / ``second`` as in the
+  ``xwin_pair_judgments`` table, where a is the response shown first in the AB order), or ``len_a`` / ``len_b``;
+  verdicts may also be the graded judge's labels (``A>B``, ``A>>B``, ``B<A``, ``A=B``);
 - optional ``label`` (a, b, tie; human or reference), optional ``reward_a`` / ``reward_b`` (reward-model scores).
 
 Measures: invalid rate (calls whose verdict could not be parsed), tie rate (valid calls), first-position win share
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from ..catalog import Catalog
@@ -28,6 +31,7 @@ from ..evals.verdicts import parse_any_pair
 from .output import study_dir, write_results
 from .plots import bar_with_ci, confusion
 
+_GRADED = re.compile(r"^([AB])\s*(>>|>|<<|<|==|=)\s*([AB])$")
 VERDICT_ALIASES = {"a": "A", "b": "B", "c": "tie", "tie": "tie", "1": "A", "2": "B", "0": "tie"}
 
 
@@ -45,8 +49,14 @@ def _norm_verdict(value, raw: bool) -> str | None:
         return None
     if raw:
         return parse_any_pair(str(value)) or "invalid"
-    v = str(value).strip().strip("[]").lower()
-    return VERDICT_ALIASES.get(v, "invalid")
+    v = str(value).strip().strip("[]")
+    graded = _GRADED.match(v)  # the graded judge's labels: "A>B", "A>>B", "B<A", "A=B"
+    if graded:
+        left, op, right = graded.groups()
+        if op.startswith("="):
+            return "tie"
+        return left if op.startswith(">") else right
+    return VERDICT_ALIASES.get(v.lower(), "invalid")
 
 
 def _length(value) -> int | None:
@@ -76,7 +86,8 @@ def load_pairs(catalog: Catalog, table: str) -> list[dict]:
         pick = {
             "id": _first(cols, "pair_id", "id", "question_id", "prompt_id"),
             "ab": ab or ab_raw, "ba": ba or ba_raw,
-            "a": _first(cols, "len_a", "response_a", "answer_a"), "b": _first(cols, "len_b", "response_b", "answer_b"),
+            "a": _first(cols, "len_a", "response_a", "answer_a", "first"),
+            "b": _first(cols, "len_b", "response_b", "answer_b", "second"),
             "label": _first(cols, "label", "human_label", "reference_label"),
             "reward_a": _first(cols, "reward_a", "rm_score_a"), "reward_b": _first(cols, "reward_b", "rm_score_b"),
         }
