@@ -61,11 +61,12 @@ def _stage_defaults(**overrides: Any) -> dict:
             "dataloader_num_workers": 0, **overrides}
 
 
-def _stage_config(name: str, base: type, **defaults: Any) -> type:
-    """`base` (a TRL config) + StageArgs, with inherited fields re-declared under new defaults (so
-    HfArgumentParser shows them) and bf16 decided before TRL's own `__post_init__`."""
-    ns: dict[str, Any] = {"__annotations__": {}, "__module__": __name__, "__qualname__": name,
-                          "__doc__": f"TRL's {base.__name__} plus the catalog / model / evaluation fields of StageArgs."}
+def _stage_config(name: str, base: type, mixins: tuple = (StageArgs,), module: str = __name__,
+                  check=None, **defaults: Any) -> type:
+    """`base` (a TRL / transformers config) + mixins, with inherited fields re-declared under new defaults (so
+    HfArgumentParser shows them) and bf16 decided before the base's own `__post_init__`."""
+    ns: dict[str, Any] = {"__annotations__": {}, "__module__": module, "__qualname__": name,
+                          "__doc__": f"{base.__name__} plus the catalog / model / evaluation fields of StageArgs."}
     for f in dataclasses.fields(base):
         if f.name in defaults:
             ns["__annotations__"][f.name] = f.type
@@ -74,9 +75,11 @@ def _stage_config(name: str, base: type, **defaults: Any) -> type:
     def __post_init__(self):
         _cpu_friendly_defaults(self)
         base.__post_init__(self)
+        if check is not None:
+            check(self)
 
     ns["__post_init__"] = __post_init__
-    return dataclass(type(name, (base, StageArgs), ns))
+    return dataclass(type(name, (base, *mixins), ns))
 
 
 XwinSFTConfig = _stage_config("XwinSFTConfig", SFTConfig,

@@ -156,3 +156,28 @@ def prompt_rows(rows: list[dict], table: str = "table", max_prompts: int | None 
     if not out:
         raise TableFormatError(f"{table}: no usable prompts (a prompt must end with a user turn)")
     return out
+
+
+def wind_dataset(rows: list[dict], table: str = "table", max_prompts: int | None = None):
+    """-> Dataset of {"prompt", "responses", "scores"} per prompt. A `wind_groups` table (prompt_id, prompt,
+    response, score, sample_index) gives each prompt its stored group, in sample order; a prompt-only table
+    gives prompts with empty groups (every iteration then samples)."""
+    from datasets import Dataset
+
+    cols = set(rows[0]) if rows else set()
+    if {"prompt_id", "prompt", "response", "score"} <= cols:
+        groups: dict[str, dict] = {}
+        for row in sorted(rows, key=lambda r: (str(r["prompt_id"]), r.get("sample_index") or 0)):
+            prompt = _as_turns(row["prompt"], "user")
+            if not prompt or row["score"] is None or not isinstance(row["response"], str):
+                continue
+            g = groups.setdefault(str(row["prompt_id"]), {"prompt_id": str(row["prompt_id"]), "prompt": prompt,
+                                                          "responses": [], "scores": []})
+            g["responses"].append(row["response"])
+            g["scores"].append(float(row["score"]))
+        out = list(groups.values())[:max_prompts] if max_prompts else list(groups.values())
+    else:
+        out = [{**p, "responses": [], "scores": []} for p in prompt_rows(rows, table, max_prompts)]
+    if not out:
+        raise TableFormatError(f"{table}: no usable prompts for WIND")
+    return Dataset.from_list(out)

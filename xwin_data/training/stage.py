@@ -68,8 +68,9 @@ def loss_curve(trainer) -> dict:
 
 
 def finish(cfg, trainer, *, kind: str, rows_used: int, skipped: dict, started: float, extra: dict | None = None,
-           loss_before: float | None = None, evaluate: bool = True) -> dict:
-    """Save, then on the main process: fixed-batch loss after, run record, best-of-n evaluation."""
+           loss_before: float | None = None, fixed_loss_after: float | None = None, evaluate: bool = True) -> dict:
+    """Save, then on the main process: fixed-batch loss after (unless the caller measured it, as WIND does on
+    its first iteration's samples), run record, best-of-n evaluation."""
     from .config import config_dict
     from .evaluate import BonEvalSettings, evaluate_policy
     from .records import new_run_id, record_run
@@ -83,7 +84,8 @@ def finish(cfg, trainer, *, kind: str, rows_used: int, skipped: dict, started: f
     stage = cfg.stage_name or kind
     metrics: dict[str, Any] = {
         "rows_used": rows_used, "skipped": skipped, **loss_curve(trainer),
-        "fixed_batch_loss_before": loss_before, "fixed_batch_loss_after": fixed_batch_loss(trainer),
+        "fixed_batch_loss_before": loss_before,
+        "fixed_batch_loss_after": fixed_loss_after if fixed_loss_after is not None else fixed_batch_loss(trainer),
         **(extra or {}),
     }
     run_id = new_run_id(stage)
