@@ -30,7 +30,8 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Reque
 class Fault:
     """What to do to one request instead of answering it normally.
 
-    kind: "429" (with optional Retry-After seconds), "500", "hang" (never answer; the client must time out),
+    kind: "429" (with optional Retry-After seconds), "500", "401" (an error that quotes the caller's API key,
+    as OpenAI's does), "hang" (never answer; the client must time out),
     "malformed" (200 with a body that is not JSON), "drop" (close the connection without a reply)."""
 
     kind: str
@@ -254,7 +255,7 @@ class OpenAIServer:
                         headers[k.strip().lower()] = v.strip()
                 length = int(headers.get("content-length") or 0)
                 raw = await reader.readexactly(length) if length else b""
-                keep = await self._dispatch(method, path.split("?")[0], raw, writer)
+                keep = await self._dispatch(method, path.split("?")[0], raw, writer, headers)
                 if not keep or headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -276,7 +277,8 @@ class OpenAIServer:
     def _error(message: str, kind: str, code: str | None = None) -> bytes:
         return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
 
-    async def _dispatch(self, method: str, path: str, raw: bytes, writer: asyncio.StreamWriter) -> bool:
+    async def _dispatch(self, method: str, path: str, raw: bytes, writer: asyncio.StreamWriter,
+                        headers: dict | None = None) -> bool:
         if method == "GET" and path.rstrip("/") == "/v1/models":
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]
             self._send(writer, 200, json.dumps({"object": "list", "data": data}).encode())
@@ -312,7 +314,7 @@ class OpenAIServer:
                 if fault.kind != "hang":
                     self.in_flight -= 1
                     done = True
-                return await self._apply_fault(fault, writer)
+                return await self._apply_fault(fault, writer, headers or {})
             payload = self._completion(body)
             self.served += 1
             self.served_counts[body_key(body)] += 1
@@ -325,12 +327,16 @@ class OpenAIServer:
             if not done:
                 self.in_flight -= 1
 
-    async def _apply_fault(self, fault: Fault, writer: asyncio.StreamWriter) -> bool:
+    async def _apply_fault(self, fault: Fault, writer: asyncio.StreamWriter, headers: dict) -> bool:
         if fault.kind == "429":
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}",
                                                             "retry-after-ms": str(int(fault.retry_after * 1000))}
             self._send(writer, 429, self._error("Rate limit reached", "rate_limit_error", "rate_limit_exceeded"),
                        headers)
+        elif fault.kind == "401":  # like OpenAI's "Incorrect API key provided: sk-...", but unmasked
+            key = headers.get("authorization", "").removeprefix("Bearer ")
+            self._send(writer, 401, self._error(f"Incorrect API key provided: {key}.", "invalid_request_error",
+                                                "invalid_api_key"))
         elif fault.kind == "500":
             self._send(writer, 500, self._error("The server had an error", "server_error"))
         elif fault.kind == "malformed":
