@@ -39,8 +39,11 @@ rm -rf "$VENV"
 CONSTRAINTS="$(mktemp)"
 trap 'rm -f "$CONSTRAINTS"' EXIT
 echo "$TORCH_PIN" > "$CONSTRAINTS"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -c "$CONSTRAINTS" "$TORCH_PIN" "$VLLM_SPEC"
+quiet_pip() {  # the machine's pip config lists local indexes that lack most names: drop those warnings
+  "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+quiet_pip install --quiet --upgrade pip
+quiet_pip install --quiet -c "$CONSTRAINTS" "$TORCH_PIN" "$VLLM_SPEC"
 "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 "$VENV/bin/python" -c "import vllm, torch; from vllm import LLM, SamplingParams; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 echo "$STAMP" > "$MARKER"

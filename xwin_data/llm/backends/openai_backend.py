@@ -1,5 +1,9 @@
 """Any OpenAI-compatible server (vLLM's, SGLang's, OpenAI's) through the real `openai` client.
 
+Token counts per response: the server's own token ids where it returns them (vLLM with
+`extra.return_token_ids: true`), else a re-tokenization with `spec.tokenizer` where one is given, else the
+request's completion-token total shared among its n choices by text length.
+
 One chat-completions request per prompt with `n`, `seed` and `max_tokens`; requests run concurrently on a small
 thread pool (`extra.concurrency`, default 8) and the client's own retries (which honour Retry-After) absorb
 transient errors. The API key is read from the environment variable the spec names, at call time, and is never
@@ -19,6 +23,7 @@ class OpenAIGenerator(Generator):
         self.concurrency = int(spec.extra.get("concurrency", 8))
         self.timeout = float(spec.extra.get("timeout", 600))
         self.max_retries = int(spec.extra.get("max_retries", 5))
+        self.return_token_ids = bool(spec.extra.get("return_token_ids", False))  # vLLM servers: exact counts
         self.model_id = str(spec.extra.get("model_id") or f"openai:{spec.model}")
         self.tokenizer = None
         if spec.tokenizer:  # exact per-response token counts (the API reports one total for all n choices)
@@ -50,6 +55,8 @@ class OpenAIGenerator(Generator):
         extra_body = {}
         if sampling.top_k > 0:
             extra_body["top_k"] = sampling.top_k
+        if self.return_token_ids:
+            extra_body["return_token_ids"] = True
         resp = self._get_client().chat.completions.create(
             model=self.spec.model, messages=messages, n=n, seed=seed, temperature=sampling.temperature,
             top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, extra_body=extra_body or None)
@@ -61,6 +68,9 @@ class OpenAIGenerator(Generator):
                 for t, k, c in zip(texts, self._token_counts(texts, choices, resp.usage), choices)]
 
     def _token_counts(self, texts: list[str], choices, usage) -> list[int]:
+        ids = [getattr(c, "token_ids", None) or (c.model_extra or {}).get("token_ids") for c in choices]
+        if all(isinstance(x, list) for x in ids):
+            return [len(x) for x in ids]
         if self.tokenizer is not None:
             return [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) + (c.finish_reason == "stop")
                     for t, c in zip(texts, choices)]
