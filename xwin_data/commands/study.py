@@ -82,3 +82,36 @@ def bon(
     for p in summary["policies"]:
         console.print(f"{p}: best-of-1 {summary['best_of_1'][p]:.4f} → best-of-max {summary['best_of_max'][p]:.4f}")
     console.print(f"wrote {summary['folder']}")
+
+
+@app.command()
+def scaling(
+    config: Path = typer.Argument(..., help="Study config, e.g. recipes/scaling.yaml."),
+    catalog: Path = CatalogOpt,
+    out: Optional[Path] = OutOpt,
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key: a.b=value (repeatable)."),
+) -> None:
+    """SFT on each nested subset through the training layer, evaluate against reference answers, plot the win
+    rate against subset size. Finished sizes are not retrained; a changed evaluator only re-evaluates."""
+    from ..catalog import Catalog
+    from ..progress import console
+    from ..studies.judge import StudyError
+    from ..studies.scaling import load_scaling_config, run_scaling_study
+
+    try:
+        cfg = load_scaling_config(config, set_ or [])
+        summary = run_scaling_study(Catalog(catalog), cfg, out, log=lambda m: console.print(m))
+    except (StudyError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    import pyarrow.parquet as pq
+    from rich.table import Table
+
+    t = Table(title=f"data scaling ({summary['evaluator']}, {summary['prompts']} prompts)")
+    for c in ("size", "table", "win rate %", "95% CI", "W/T/L", "trained now"):
+        t.add_column(c)
+    for r in pq.read_table(Path(summary["folder"]) / "results.parquet").to_pylist():
+        t.add_row(str(r["size"]), r["table"], f"{r['win_rate']:.1f}", f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
+                  f"{r['win']}/{r['tie']}/{r['loss']}", "yes" if r["trained_now"] else "no")
+    console.print(t)
+    console.print(f"trained {len(summary['trained'])} size(s), reused {len(summary['reused'])}; "
+                  f"wrote {summary['folder']}")
