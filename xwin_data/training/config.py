@@ -8,6 +8,7 @@ integrations and no intermediate checkpoints (the script saves the final model i
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -16,6 +17,8 @@ import yaml
 from trl import DPOConfig, RewardConfig, SFTConfig
 
 T = TypeVar("T")
+_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 @dataclass
@@ -105,7 +108,10 @@ def parse_overrides(overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
-        out[key.strip().lstrip("-").replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
+        text = value.strip()
+        # YAML 1.1 reads no/yes/on/off as booleans; keep the word (save_strategy=no), bool fields convert it
+        out[key.strip().lstrip("-").replace("-", "_")] = text if text.lower() in _WORDS else (
+            yaml.safe_load(value) if text else "")
     return out
 
 
@@ -122,7 +128,18 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     data.update(parse_overrides(overrides))
     if data.get("report_to") == []:
         data["report_to"] = "none"
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = set(fields)
+    for key, value in data.items():  # YAML reads 1e-3 as text; a numeric field gets a number
+        if key in fields and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            kind = str(fields[key].type)
+            if "float" in kind:
+                data[key] = float(value)
+            elif "int" in kind and float(value).is_integer():
+                data[key] = int(float(value))
+        if key in fields and isinstance(value, str) and str(fields[key].type) in ("bool", "<class 'bool'>"):
+            if value.lower() in _WORDS:
+                data[key] = _WORDS[value.lower()]
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path or 'overrides'}: unknown config key(s) {', '.join(unknown)} for {cls.__name__}")

@@ -2,14 +2,17 @@
 
 max(n) samples are drawn per prompt from the policy and scored by a reward model; best-of-n for every n is then
 the exact expectation of the best of n draws without replacement from those samples (order statistics: with
-scores sorted ascending, P(the best of n is the k-th) = C(k-1, n-1) / C(m, n)), computed with the same SQL as
-the `bon_curve` table, so no resampling noise is added on top of the sampling itself.
+scores sorted ascending, P(the best of n is the k-th) = C(k-1, n-1) / C(m, n)), computed with the same formula
+as the `bon_curve` table, so no resampling noise is added on top of the sampling itself.
 """
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from math import comb
 from pathlib import Path
 from typing import Sequence
 
@@ -36,29 +39,30 @@ class BonEvalSettings:
                    cfg.bon_eval_batch_size, cfg.seed)
 
 
+@lru_cache(maxsize=256)
+def best_of_weights(m: int, n: int) -> list[float]:
+    """P(the best of n draws without replacement from m sorted values is the k-th smallest), k = 1..m:
+    C(k-1, n-1) / C(m, n), in exact integer arithmetic, rounded once."""
+    total = comb(m, n)
+    return [float(Fraction(comb(k - 1, n - 1), total)) for k in range(1, m + 1)]
+
+
 def expected_best_of(scores_by_prompt: dict[str, list[float]], ns: Sequence[int]) -> dict[int, float]:
-    """Mean over prompts of E[max of n draws without replacement], exact, via the `bon_curve` SQL."""
-    import duckdb
-    import pyarrow as pa
-
-    from ..ops.set_curves import bon_per_prompt_sql, register_weights
-
-    pids, scores = [], []
-    for pid, ss in scores_by_prompt.items():
-        pids += [pid] * len(ss)
-        scores += list(ss)
-    m = max(len(ss) for ss in scores_by_prompt.values())
-    if max(ns) > min(len(ss) for ss in scores_by_prompt.values()):
-        raise ValueError(f"best-of-{max(ns)} needs at least {max(ns)} samples per prompt")
-    con = duckdb.connect(":memory:")
-    try:
-        con.register("__scores", pa.table({"prompt_id": pids, "score": pa.array(scores, pa.float64())}))
-        weights = register_weights(con, m)
-        rows = con.execute(f"SELECT n, avg(expected_best_score) FROM ({bon_per_prompt_sql('__scores', weights)}) "
-                           f"WHERE n IN ({', '.join(str(int(n)) for n in ns)}) GROUP BY n ORDER BY n").fetchall()
-    finally:
-        con.close()
-    return {int(n): float(v) for n, v in rows}
+    """Mean over prompts of E[max of n draws without replacement from the prompt's scores], exact (the
+    order-statistics formula of the `bon_curve` table; ties are equal values, so their order does not matter)."""
+    if not scores_by_prompt:
+        raise ValueError("no scores to evaluate")
+    smallest = min(len(s) for s in scores_by_prompt.values())
+    if max(ns) > smallest:
+        raise ValueError(f"best-of-{max(ns)} needs at least {max(ns)} samples per prompt (have {smallest})")
+    out = {}
+    for n in ns:
+        per_prompt = []
+        for scores in scores_by_prompt.values():
+            ordered = sorted(float(s) for s in scores)
+            per_prompt.append(sum(w * s for w, s in zip(best_of_weights(len(ordered), n), ordered)))
+        out[int(n)] = sum(per_prompt) / len(per_prompt)
+    return out
 
 
 def sample_and_score(model_path: str | Path, prompts: list[dict], settings: BonEvalSettings,

@@ -37,6 +37,9 @@ class WindArgs:
     max_completion_length: int = field(default=32, metadata={"help": "Sampled tokens per response at most."})
     reward_model: str = field(default="tiny-reward", metadata={"help": "Reward model that scores the samples."})
     reward_batch_size: int = field(default=64, metadata={"help": "Sequences per reward-model batch."})
+    reset_optimizer_each_iteration: bool = field(default=True, metadata={
+        "help": "Clear the optimizer's moments when π_t is refreshed: each iteration is a new regression problem, "
+                "and momentum from the previous targets pushes the fit off."})
     first_iteration_from_table: bool = field(default=True, metadata={
         "help": "Use the table's stored groups (response, score) for iteration 0 when it has them."})
 
@@ -206,6 +209,9 @@ class WindTrainer(Trainer):
         self.iteration += 1
         self.prev_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
         self._buffers = {}
+        if self.args.reset_optimizer_each_iteration and self.optimizer is not None:
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the torch optimizer
+            inner.state.clear()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         ga = self.args.gradient_accumulation_steps
@@ -216,7 +222,8 @@ class WindTrainer(Trainer):
             self._buffers[slot] = self._make_buffer(inputs)
             if slot == ga - 1:
                 self.iteration_log.append({"iteration": self.iteration, "loss_before": self.buffer_loss(),
-                                           "loss_after": None, "reward": self._stats["reward"][-1]})
+                                           "loss_after": None, "reward": self._stats["reward"][-1],
+                                           "from_table": bool(self._stats["from_table"][-1])})
         self._micro += 1
         return super().training_step(model, self._buffers[slot], num_items_in_batch)
 
