@@ -13,6 +13,7 @@ cache key, a cached value, a log line or an error message (errors are redacted).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import os
@@ -77,6 +78,45 @@ class AuthError(RequestRejected):
 
 class MissingKey(LLMError):
     pass
+
+
+class _ClientPool:
+    """`concurrency` request slots over a few AsyncOpenAI clients of <= 8 connections each.
+
+    httpx scans every pooled connection on each request, so one pool of 64 connections costs O(64) per call;
+    shards of 8 keep that scan short and roughly double throughput at high concurrency on a small CPU."""
+
+    PER_SHARD = 8
+
+    def __init__(self, api_key: str, base_url: str | None, timeout_s: float, concurrency: int):
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+
+        try:  # openai >= 3 ships on httpx2, earlier releases on httpx
+            import httpx2
+        except ImportError:  # pragma: no cover - depends on the installed openai
+            import httpx as httpx2
+
+        shards = -(-concurrency // self.PER_SHARD)
+        per_shard = -(-concurrency // shards)
+        limits = httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+        self.clients = [AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s,
+                                    http_client=DefaultAsyncHttpxClient(limits=limits, timeout=timeout_s))
+                        for _ in range(shards)]
+        self._slots: asyncio.Queue = asyncio.Queue()
+        for i in range(concurrency):
+            self._slots.put_nowait(i % shards)
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        shard = await self._slots.get()
+        try:
+            yield self.clients[shard]
+        finally:
+            self._slots.put_nowait(shard)
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -222,12 +262,10 @@ class ChatClient:
 
     async def _call_all(self, calls, todo, results, on_done) -> None:
         from aiolimiter import AsyncLimiter
-        from openai import AsyncOpenAI
 
         s = self.settings
-        api_key = self._api_key()
-        client = AsyncOpenAI(api_key=api_key, base_url=s.base_url, max_retries=0, timeout=s.timeout_s)
-        sem = asyncio.Semaphore(s.concurrency)
+        client = _ClientPool(self._api_key(), s.base_url, s.timeout_s, s.concurrency)
+        sem = None  # the pool's slots bound concurrency
         rpm = AsyncLimiter(s.requests_per_minute, 60) if s.requests_per_minute else None
         tpm = AsyncLimiter(s.tokens_per_minute, 60) if s.tokens_per_minute else None
 
@@ -286,7 +324,7 @@ class ChatClient:
         prompt_estimate = sum(len(str(m.get("content") or "")) for m in call.messages) // 4 + 8
         reserved = 0.0
         try:
-            async with sem:
+            async with client.slot() as api:
                 reserved = self.ledger.estimate(s.model, prompt_estimate, max_tokens)
                 self.ledger.reserve(reserved)  # raises BudgetExceeded before any spend
                 while (delay := self._pause_until - time.monotonic()) > 0:  # a 429 asked everyone to wait
@@ -296,7 +334,7 @@ class ChatClient:
                 if tpm is not None:
                     await tpm.acquire(min(prompt_estimate + max_tokens, s.tokens_per_minute))
                 try:
-                    raw = await client.chat.completions.with_raw_response.create(
+                    raw = await api.chat.completions.with_raw_response.create(
                         model=s.model, messages=call.messages, **call.params)
                     body = raw.http_response.content
                 except openai.APITimeoutError as err:
