@@ -9,10 +9,38 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+import xwin_data
 from xwin_data.evals.stats import cohen_kappa, length_controlled_win_rate
 
 VICUNA = "lm-sys_FastChat_vicuna-eval-2023/fastchat/eval/table"
 FASTCHAT = "lm-sys_FastChat/fastchat/llm_judge/data"
+
+
+def _png_ok(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
+    assert float(img[..., :3].std()) > 0.01  # something is drawn
+
+
+def _eval_results(catalog: Path) -> list[dict]:
+    con = xwin_data.connect(catalog)
+    try:
+        return con.sql("SELECT * FROM eval_results ORDER BY created_at").to_arrow_table().to_pylist()
+    finally:
+        con.close()
+
+
+def test_shipped_mtbench_prompts_are_fastchats(shared_data: Path) -> None:
+    from xwin_data.evals.fastchat import load_judge_prompts
+
+    shipped, original = load_judge_prompts(), load_judge_prompts(shared_data / FASTCHAT / "judge_prompts.jsonl")
+    assert sorted(shipped) == sorted(original) and len(shipped) == 8
+    for name, p in original.items():
+        assert (shipped[name]["system_prompt"], shipped[name]["prompt_template"]) == (p["system_prompt"],
+                                                                                      p["prompt_template"])
+        assert "Apache-2.0" in shipped[name]["source"]
 
 
 def test_recorded_vicuna_reviews_win_tie_loss(shared_data: Path, tmp_path: Path, cli) -> None:
@@ -20,7 +48,9 @@ def test_recorded_vicuna_reviews_win_tie_loss(shared_data: Path, tmp_path: Path,
     files = sorted((base / "review").rglob("review_*.jsonl"))
     out = tmp_path / "rec"
     proc = cli("eval", "recorded", *map(str, files), "--answers", str(base / "answer"), "--out", str(out),
-               "--n-boot", "200")
+               "--n-boot", "200", "--catalog", str(tmp_path / "cat"))
+    rows = {r["judge"]: r for r in _eval_results(tmp_path / "cat")}
+    assert len(rows) == 13
     results = {r["review"]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
     assert len(results) == len(files) == 13
     for f in files:
@@ -34,10 +64,16 @@ def test_recorded_vicuna_reviews_win_tie_loss(shared_data: Path, tmp_path: Path,
         rate = 100 * (expected["win"] + 0.5 * expected["tie"]) / len(scores)
         assert got["win_rate"] == pytest.approx(rate)
         assert got["ci_low"] <= rate <= got["ci_high"]
+        row = rows["recorded:" + f.name]  # the same numbers, by SQL
+        assert (row["win"], row["tie"], row["loss"], row["invalid"]) == (expected["win"], expected["tie"],
+                                                                         expected["loss"], 0)
+        assert row["win_rate"] == pytest.approx(rate) and row["items"] == len(scores)
+        assert got["shares"]["tie"][0] == pytest.approx(100 * expected["tie"] / len(scores))
     gpt35 = results["review_gpt35_vicuna-13b.jsonl"]
     assert gpt35["model"].startswith("vicuna-13b") and gpt35["reference_model"].startswith("gpt-3.5")
     assert (gpt35["win"], gpt35["tie"], gpt35["loss"]) == (14, 22, 44)
     assert pq.read_table(out / "records.parquet").num_rows == 13 * 80
+    _png_ok(out / "recorded.png")
 
 
 def test_length_controlled_win_rate_removes_planted_length_effect() -> None:
@@ -68,8 +104,7 @@ def test_live_alpaca_against_local_judge(shared_data: Path, tmp_path: Path, cli,
     ref_file.write_text("".join(json.dumps({"id": r["question_id"], "instruction": qs[r["question_id"]],
                                             "output": r["text"][: 20 + 30 * i]}) + "\n" for i, r in enumerate(refs)))
     openai_server.reply = pairwise_judge(prefer_longer)
-    args = ("eval", "alpaca", "--model", "tiny-policy", "--reference", str(ref_file), "--judge-prompts",
-            str(shared_data / FASTCHAT / "judge_prompts.jsonl"), "--judge-model", "test-judge",
+    args = ("eval", "alpaca", "--model", "tiny-policy", "--reference", str(ref_file), "--judge-model", "test-judge",
             "--judge-base-url", openai_server.base_url, "--max-new-tokens", "24",
             "--catalog", str(tmp_path / "cat"), "--out", str(tmp_path / "out"))
     cli(*args)
@@ -87,6 +122,12 @@ def test_live_alpaca_against_local_judge(shared_data: Path, tmp_path: Path, cli,
     for r in recs:
         assert {"A": r["answer"].strip(), "B": r["reference"].strip()} in slots
         assert {"A": r["reference"].strip(), "B": r["answer"].strip()} in slots
+    (row,) = _eval_results(tmp_path / "cat")  # the run is a row of the catalog table, with the same numbers
+    assert (row["eval"], row["model"], row["items"]) == ("alpaca", "tiny-policy", 4)
+    assert (row["win"], row["tie"], row["loss"]) == (summary["win"], summary["tie"], summary["loss"])
+    assert row["win_rate"] == pytest.approx(100 * (expected.count("win") + 0.5 * expected.count("tie")) / 4)
+    assert row["template"].startswith("pairwise-abc@v") and row["png"] == str(tmp_path / "out" / "alpaca.png")
+    _png_ok(tmp_path / "out" / "alpaca.png")
     cli(*args)  # a second run is answered from the request cache
     assert openai_server.total == 8
 
@@ -111,8 +152,7 @@ def test_live_mtbench_single_and_pairwise(shared_data: Path, tmp_path: Path, cli
     openai_server.reply = reply
     cli("eval", "mtbench", "--model", "tiny-policy", "--questions", str(tmp_path / "q.jsonl"),
         "--reference-answers", str(src / "reference_answer" / "gpt-4.jsonl"), "--baseline", str(baseline),
-        "--judge-prompts", str(shared_data / FASTCHAT / "judge_prompts.jsonl"), "--judge-model", "test-judge",
-        "--judge-base-url", openai_server.base_url, "--max-new-tokens", "16",
+        "--judge-model", "test-judge", "--judge-base-url", openai_server.base_url, "--max-new-tokens", "16",
         "--catalog", str(tmp_path / "cat"), "--out", str(tmp_path / "out"))
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     # writing q81: turn 1 graded 8, turn 2 (multi-turn prompt) 6; math q111: both turns against a reference, 3
@@ -122,3 +162,7 @@ def test_live_mtbench_single_and_pairwise(shared_data: Path, tmp_path: Path, cli
     # the tiny model's short answers lose to GPT-4o's long ones in both orders under a length-preferring judge
     assert (s["pairwise"]["win"], s["pairwise"]["loss"]) == (0, 2)
     assert openai_server.total == 4 + 4
+    (row,) = _eval_results(tmp_path / "cat")
+    assert row["eval"] == "mtbench" and row["score"] == pytest.approx(5.0) and row["turn_2_score"] == pytest.approx(4.5)
+    assert json.loads(row["by_category"]) == {"math": 3.0, "writing": 7.0} and (row["win"], row["loss"]) == (0, 2)
+    _png_ok(tmp_path / "out" / "mtbench.png")

@@ -9,13 +9,15 @@ import typer
 
 NAME = "eval"
 app = typer.Typer(help="Evaluate a model with an LLM judge (AlpacaEval-style, MT-bench), or aggregate recorded "
-                       "judgments. Results go to <catalog>/evals/<name> (records.parquet, summary.json).",
+                       "judgments. Each run adds a row to the catalog table `eval_results` and writes "
+                       "<catalog>/evals/<name> (records.parquet, summary.json, a PNG).",
                   no_args_is_help=True)
 
 CatalogOpt = typer.Option("xwin-catalog", "--catalog", "-c", envvar="XWIN_DATA_CATALOG", help="Catalog folder.")
 OutOpt = typer.Option(None, "--out", "-o", help="Output folder (default <catalog>/evals/<name>).")
-JudgePromptsOpt = typer.Option(..., "--judge-prompts", envvar="XWIN_JUDGE_PROMPTS",
-                               help="FastChat's judge_prompts.jsonl (env XWIN_JUDGE_PROMPTS).")
+JudgePromptsOpt = typer.Option(None, "--judge-prompts", envvar="XWIN_JUDGE_PROMPTS",
+                               help="Override the shipped FastChat prompts with a judge_prompts.jsonl "
+                                    "(env XWIN_JUDGE_PROMPTS).")
 
 
 def _fail(message: str) -> None:
@@ -64,7 +66,10 @@ def alpaca(
     model: str = typer.Option(..., "--model", help="Model under test: local path, hub id or tiny-policy."),
     reference: str = typer.Option(..., "--reference", help="Reference answers: a JSON/JSONL file "
                                   "(instruction/output or prompt/response) or a catalog table."),
-    judge_prompts: Path = JudgePromptsOpt,
+    template: str = typer.Option("pairwise-abc", "--template", help="Pairwise judge template: a shipped one "
+                                 "(xwin_data/templates/judge: pairwise-abc, pairwise-graded, ...), pair-v2 "
+                                 "(FastChat's MT-bench prompt), or a YAML path."),
+    judge_prompts: Optional[Path] = JudgePromptsOpt,
     catalog: Path = CatalogOpt, out: Optional[Path] = OutOpt,
     judge_model: str = JudgeModel, judge_base_url: str = JudgeURL, judge_key_env: str = JudgeKey,
     concurrency: int = Concurrency, budget_usd: Optional[float] = Budget, backend: str = Backend,
@@ -76,6 +81,7 @@ def alpaca(
     variant and bootstrap CIs."""
     from ..catalog import Catalog
     from ..evals.live import load_reference, run_alpaca
+    from ..evals.results import record_results, result_row, win_rate_png
     from ..llm.cache import RequestCache
 
     cat = Catalog(catalog)
@@ -85,11 +91,19 @@ def alpaca(
     except ValueError as err:
         _fail(str(err))
     cache = RequestCache(cat.cache_dir / "eval_requests.sqlite")
-    records, summary = run_alpaca(model, ref, _judge(judge_model, judge_base_url, judge_key_env, concurrency,
-                                                     budget_usd), judge_prompts, cache, backend=backend,
-                                  max_new_tokens=max_new_tokens, limit=limit, model_base_url=model_base_url)
-    folder = out or cat.root / "evals" / f"alpaca_{Path(model).name}"
-    _write(Path(folder), records, summary)
+    try:
+        records, summary = run_alpaca(model, ref, _judge(judge_model, judge_base_url, judge_key_env, concurrency,
+                                                         budget_usd), cache, template=template,
+                                      judge_prompts=judge_prompts, backend=backend, max_new_tokens=max_new_tokens,
+                                      limit=limit, model_base_url=model_base_url)
+    except ValueError as err:
+        _fail(str(err))
+    folder = Path(out or cat.root / "evals" / f"alpaca_{Path(model).name}")
+    _write(folder, records, summary)
+    png = win_rate_png(folder / "alpaca.png", [(f"{Path(model).name} vs reference", summary)],
+                       f"AlpacaEval-style: {model} (judge {judge_model})")
+    record_results(cat, [result_row("alpaca", summary, model=model, reference_model=reference, items=len(records),
+                                    folder=folder, png=png)])
     _print_win_rate(summary, f"{model} vs reference ({len(records)} instructions, judge {judge_model})")
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, default=str))
 
@@ -98,7 +112,7 @@ def alpaca(
 def mtbench(
     model: str = typer.Option(..., "--model", help="Model under test: local path, hub id or tiny-policy."),
     questions: Path = typer.Option(..., "--questions", help="MT-bench question.jsonl (FastChat)."),
-    judge_prompts: Path = JudgePromptsOpt,
+    judge_prompts: Optional[Path] = JudgePromptsOpt,
     reference_answers: Optional[Path] = typer.Option(None, help="Reference answers (FastChat reference_answer/"
                                                      "gpt-4.jsonl) for math, reasoning and coding."),
     baseline: Optional[Path] = typer.Option(None, help="A baseline's answers (FastChat model_answer/*.jsonl) for "
@@ -113,18 +127,26 @@ def mtbench(
     """MT-bench: two-turn answers graded 1-10 per turn with FastChat's prompts; pairwise against a baseline."""
     from ..catalog import Catalog
     from ..evals.live import run_mtbench
+    from ..evals.results import mtbench_png, record_results, result_row
     from ..llm.cache import RequestCache
     from ..progress import console
 
     cat = Catalog(catalog)
     cat.init()
     cache = RequestCache(cat.cache_dir / "eval_requests.sqlite")
-    records, summary = run_mtbench(model, questions, _judge(judge_model, judge_base_url, judge_key_env, concurrency,
-                                                            budget_usd), judge_prompts, cache,
-                                   reference_answers=reference_answers, baseline=baseline, backend=backend,
-                                   max_new_tokens=max_new_tokens, limit=limit, model_base_url=model_base_url)
-    folder = out or cat.root / "evals" / f"mtbench_{Path(model).name}"
-    _write(Path(folder), records, summary)
+    try:
+        records, summary = run_mtbench(model, questions, _judge(judge_model, judge_base_url, judge_key_env,
+                                                                concurrency, budget_usd), cache,
+                                       judge_prompts=judge_prompts, reference_answers=reference_answers,
+                                       baseline=baseline, backend=backend, max_new_tokens=max_new_tokens,
+                                       limit=limit, model_base_url=model_base_url)
+    except ValueError as err:
+        _fail(str(err))
+    folder = Path(out or cat.root / "evals" / f"mtbench_{Path(model).name}")
+    _write(folder, records, summary)
+    png = mtbench_png(folder / "mtbench.png", summary, f"MT-bench: {model} (judge {judge_model})")
+    record_results(cat, [result_row("mtbench", summary, model=model, reference_model=str(baseline) if baseline
+                                    else None, items=summary["questions"], folder=folder, png=png)])
     for k in ("turn_1", "turn_2", "overall"):
         s = summary[k]
         console.print(f"{k}: {s['score']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] (n={s['n']})")
@@ -138,12 +160,16 @@ def recorded(
     reviews: List[Path] = typer.Argument(..., help="FastChat Vicuna-eval review_*.jsonl files."),
     answers: Optional[Path] = typer.Option(None, help="The answer/ folder (names and lengths; enables LC)."),
     position: int = typer.Option(2, help="Which answer is the evaluated model's: 1 or 2 (Vicuna-eval: 2)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write records.parquet and summary.json here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write records.parquet, summary.json and "
+                                       "recorded.png here."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", "-c", help="Also add one `eval_results` row per "
+                                           "review file to this catalog."),
     n_boot: int = typer.Option(2000, help="Bootstrap resamples."),
 ) -> None:
     """Aggregate recorded pairwise judgments (parsed from the judge's text) into win/tie/loss with CIs."""
     from ..evals.alpaca import summarize
     from ..evals.recorded import load_answers, load_vicuna_reviews, outcome_for
+    from ..evals.results import record_results, win_rate_png
 
     ans = load_answers(answers)
     results, all_records = [], []
@@ -158,6 +184,18 @@ def recorded(
         _print_win_rate(s, f"{path.name} ({s['model']} vs {s['reference_model']})")
         results.append(s)
         all_records += recs
+    png = None
     if out:
         _write(Path(out), all_records, {"results": results})
+        png = win_rate_png(Path(out) / "recorded.png", [(r["review"], r) for r in results],
+                           "recorded judgments (evaluated model vs reference)")
+    if catalog is not None:
+        from ..catalog import Catalog
+        from ..evals.results import result_row
+
+        cat = Catalog(catalog)
+        cat.init()
+        record_results(cat, [result_row("recorded", r | {"judge": "recorded:" + r["review"]}, model=r["model"],
+                                        reference_model=r["reference_model"], items=r["n"] + r["invalid"],
+                                        folder=out, png=png) for r in results])
     print(json.dumps(results, default=str))

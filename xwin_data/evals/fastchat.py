@@ -1,11 +1,19 @@
-"""FastChat's MT-bench judge prompts (``judge_prompts.jsonl``: pair-v2, single-v1, their math and multi-turn
-forms) rendered for a question and answers, as FastChat's ``llm_judge`` does."""
+"""FastChat's MT-bench judge prompts (pair-v2, single-v1, their math and multi-turn forms) rendered for a
+question and answers, as FastChat's ``llm_judge`` does.
+
+The prompts ship with the package (``xwin_data/templates/judge/mtbench/*.yaml``, verbatim from FastChat,
+Apache-2.0); a FastChat ``judge_prompts.jsonl`` given as ``path`` overrides them.
+"""
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
+import yaml
+
 NEED_REF_CATEGORIES = ("math", "reasoning", "coding")  # FastChat judges these against a reference answer
+REQUIRED = {"pair-v2", "single-v1", "single-v1-multi-turn", "single-math-v1"}
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -13,11 +21,23 @@ def load_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def load_judge_prompts(path: Path) -> dict[str, dict]:
-    prompts = {p["name"]: p for p in load_jsonl(path)}
-    missing = {"pair-v2", "single-v1", "single-v1-multi-turn", "single-math-v1"} - set(prompts)
+def shipped_judge_prompts() -> dict[str, dict]:
+    folder = resources.files("xwin_data.templates") / "judge" / "mtbench"
+    out = {}
+    for p in folder.iterdir():
+        if p.name.endswith(".yaml"):
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            out[data["name"]] = data
+    return out
+
+
+def load_judge_prompts(path: Path | None = None) -> dict[str, dict]:
+    """The shipped prompts, or FastChat's judge_prompts.jsonl at `path`."""
+    prompts = {p["name"]: p for p in load_jsonl(path)} if path is not None else shipped_judge_prompts()
+    missing = REQUIRED - set(prompts)
     if missing:
-        raise ValueError(f"{path} is not FastChat's judge_prompts.jsonl (missing {', '.join(sorted(missing))})")
+        where = path if path is not None else "the shipped templates (xwin_data/templates/judge/mtbench)"
+        raise ValueError(f"{where} is not FastChat's judge_prompts.jsonl (missing {', '.join(sorted(missing))})")
     return prompts
 
 

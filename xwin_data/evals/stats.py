@@ -42,7 +42,19 @@ def win_rate_summary(outcomes: Sequence[str | None], n_boot: int = 2000, seed: i
     vals = [OUTCOME_VALUE[o] for o in outcomes if o in OUTCOME_VALUE]
     rate = 100 * float(np.mean(vals)) if vals else math.nan
     lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
-    return {**counts, "n": len(vals), "win_rate": rate, "ci_low": 100 * lo, "ci_high": 100 * hi}
+    return {**counts, "n": len(vals), "win_rate": rate, "ci_low": 100 * lo, "ci_high": 100 * hi,
+            "shares": outcome_shares(outcomes, n_boot=n_boot, seed=seed)}
+
+
+def outcome_shares(outcomes: Sequence[str | None], n_boot: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """Share of win / tie / loss among valid outcomes, in percent, each as [value, ci_low, ci_high]."""
+    valid = [o for o in outcomes if o in OUTCOME_VALUE]
+    out = {}
+    for kind in OUTCOME_VALUE:
+        flags = [float(o == kind) for o in valid]
+        lo, hi = bootstrap_ci(flags, n_boot=n_boot, seed=seed)
+        out[kind] = [100 * float(np.mean(flags)) if flags else math.nan, 100 * lo, 100 * hi]
+    return out
 
 
 def cohen_kappa(a: Sequence, b: Sequence) -> float:

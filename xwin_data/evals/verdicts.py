@@ -1,8 +1,10 @@
-"""Parsers for recorded and live judge outputs.
+"""Verdicts of recorded and live judge replies, read with the judge's own parser (`xwin_data.llm.judge`), so the
+evaluation runners, the judge study and the Xwin-Pair judge stage agree on every reply.
 
-- ``[[A]]`` / ``[[B]]`` / ``[[C]]`` (FastChat pair prompts; C is a tie), also ``[A]`` as FastChat's fallback;
-- ``[[rating]]`` single grades (``Rating: [[7]]``, ``[[8.5]]``), also ``[7]``;
-- the original Vicuna-eval reviews: a first line ``"s1 s2"`` with two 1-10 scores (``"8, 9"`` accepted too).
+- pairwise: ``[[A]]`` / ``[[B]]`` / ``[[C]]`` (MT-bench, C is a tie), the graded ``[[A>B]]`` labels, and the 2023
+  Vicuna-eval reviews' two 1-10 scores (first line ``"s1 s2"``, ``Assistant 1: s``, or a ``(s1, s2)`` tuple);
+  each is returned in presentation terms: 'A' (the answer shown first), 'B' or 'tie';
+- single grades: ``[[rating]]`` (``Rating: [[7]]``, ``[[8.5]]``), FastChat's ``[rating]`` fallback too.
 
 Each returns None when the text holds no verdict; callers keep such rows as invalid, never drop them silently.
 """
@@ -10,62 +12,37 @@ from __future__ import annotations
 
 import re
 
-_PAIR = re.compile(r"\[\[(A|B|C)\]\]")
-_PAIR_LOOSE = re.compile(r"\[(A|B|C)\]")
+from ..llm.judge import parse_verdict
+
+PAIR_KINDS = ("abc", "graded", "scores")
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_LOOSE = re.compile(r"\[(\d+\.?\d*)\]")
 
 
-def parse_pair_verdict(text: str | None) -> str | None:
-    """'A', 'B' or 'tie' in presentation terms (A = the answer shown first)."""
-    if not text:
+def _side(preference: float | None) -> str | None:
+    if preference is None:
         return None
-    found = _PAIR.findall(text) or _PAIR_LOOSE.findall(text)
-    if not found or len(set(found)) > 1:
-        return None  # none, or contradictory verdicts
-    return {"A": "A", "B": "B", "C": "tie"}[found[-1]]
+    return "A" if preference > 0 else "B" if preference < 0 else "tie"
+
+
+def parse_pair_verdict(text: str | None, kind: str = "abc") -> str | None:
+    """'A', 'B' or 'tie' from a reply in the `kind` format of `xwin_data.llm.judge.parse_verdict`."""
+    v = parse_verdict(kind, text)
+    return _side(v.preference) if v.status == "ok" else None
+
+
+def parse_any_pair(text: str | None) -> str | None:
+    """The first format that parses: bracket letters, graded labels, then a pair of scores."""
+    for kind in PAIR_KINDS:
+        side = parse_pair_verdict(text, kind)
+        if side is not None:
+            return side
+    return None
 
 
 def parse_rating(text: str | None) -> float | None:
+    """A single 1-10 grade; the last one given wins (judges restate the format before answering)."""
     if not text:
         return None
     found = _RATING.findall(text) or _RATING_LOOSE.findall(text)
     return float(found[-1]) if found else None
-
-
-_NUM = r"(\d+(?:\.\d+)?)"
-_TUPLE = re.compile(r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)")
-_ASSISTANT = re.compile(r"Assistant\s*([12])\s*(?:'s score)?\s*[:=]\s*" + _NUM, re.I)
-
-
-def parse_score_pair(text: str | None) -> tuple[float, float] | None:
-    """Two scores, for the first and the second assistant, from a Vicuna-eval review: the first line "s1 s2"
-    (general prompt); else the last "Assistant 1: s1" and "Assistant 2: s2" lines; else the last "(s1, s2)" tuple
-    (the math and coding prompts ask for a Python tuple; problems also contain coordinate tuples, so it is last)."""
-    if not text:
-        return None
-    parts = text.strip().split("\n", 1)[0].replace(",", " ").split()
-    if len(parts) == 2:
-        try:
-            return float(parts[0]), float(parts[1])
-        except ValueError:
-            pass
-    named = {k: float(v) for k, v in _ASSISTANT.findall(text)}
-    if set(named) == {"1", "2"}:
-        return named["1"], named["2"]
-    tuples = _TUPLE.findall(text)
-    if tuples:
-        return float(tuples[-1][0]), float(tuples[-1][1])
-    return None
-
-
-def score_pair_verdict(text: str | None) -> str | None:
-    scores = parse_score_pair(text)
-    if scores is None:
-        return None
-    return "A" if scores[0] > scores[1] else "B" if scores[0] < scores[1] else "tie"
-
-
-def parse_any_pair(text: str | None) -> str | None:
-    """Try the bracket verdict, then the score-pair first line."""
-    return parse_pair_verdict(text) or score_pair_verdict(text)
