@@ -207,3 +207,17 @@ def test_api_key_never_reaches_disk_or_logs(openai_server, workdir: Path, cli) -
         data = p.read_bytes()
         assert secret.encode() not in data, p
         assert secret[len("sk-"):].encode() not in data, p
+
+
+def test_budget_cap_stops_the_judge_cleanly_and_a_larger_budget_resumes(openai_server, workdir: Path) -> None:
+    openai_server.reply = serve(pairwise_judge(prefer_longer))
+    openai_server.usage_fn = lambda req, texts: (1000, 1000)  # $0.0125 a call at gpt-4o's $2.50 / $10 per 1M
+    cat = workdir / "cat"
+    sets = sets_for(openai_server, workdir, **{"judge.concurrency": 2, "judge.budget_usd": 0.1})
+    with pytest.raises(Exception, match=r"judge budget of \$0.1 reached: 8 of 36 calls answered"):
+        xwin_data.build(RECIPE, cat, sets, show_progress=False)
+    assert len(judge_bodies(openai_server)) == 8 and Catalog(cat).current("xwin_pair") is None
+    sets[-1] = "judge.budget_usd=10"
+    xwin_data.build(RECIPE, cat, sets, show_progress=False)
+    assert len(judge_bodies(openai_server)) == 36 and openai_server.repeated == 0
+    assert Catalog(cat).current("xwin_pair").stats["spend_this_build"]["cached_calls"] == 8
