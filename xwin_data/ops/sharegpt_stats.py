@@ -30,9 +30,9 @@ def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return csum[offsets[1:]] - csum[offsets[:-1]]
 
 
-def add_stats(table: pa.Table, tokenizer: str, language: bool, language_chars: int) -> pa.Table:
-    """The table with the stat columns (re)computed from `messages`."""
-    from ..text.language import detect, sample_py
+def add_stats(table: pa.Table, tokenizer: str, language: bool, lang_text: pa.Array | None = None) -> pa.Table:
+    """The table with the stat columns (re)computed from `messages` (language from `lang_text`, if given)."""
+    from ..text.language import detect_batch
     from ..text.tokens import APPROX, PIECE_PATTERN, count_with_tokenizer
 
     messages = table.column("messages").combine_chunks()
@@ -42,30 +42,19 @@ def add_stats(table: pa.Table, tokenizer: str, language: bool, language_chars: i
         tokens = pc.count_substring_regex(content, PIECE_PATTERN).cast(pa.int32())
     else:
         tokens = pa.array(count_with_tokenizer(tokenizer, content.to_pylist()), pa.int32())
-    tok_np = tokens.to_numpy()
     is_asst = pc.equal(role, "assistant").to_numpy(zero_copy_only=False).astype(np.int32)
     cols = {
         "n_turns": pa.array(_segment_sums(is_asst, offs).astype(np.int32)),
         "n_chars": pa.array(_segment_sums(pc.utf8_length(content).to_numpy(), offs)),
         "turn_tokens": pa.ListArray.from_arrays(offsets, tokens),
-        "n_tokens": pa.array(_segment_sums(tok_np, offs)),
+        "n_tokens": pa.array(_segment_sums(tokens.to_numpy(), offs)),
+        "language": pa.array(detect_batch(lang_text.to_pylist()), pa.string()) if language and lang_text is not None
+        else pa.nulls(table.num_rows, pa.string()),
     }
-    if language:
-        cols["language"] = pa.array([detect(sample_py(m, 4, language_chars)) for m in _messages_py(messages)],
-                                    pa.string())
-    else:
-        cols["language"] = pa.nulls(table.num_rows, pa.string())
-    for name, _ in STAT_FIELDS:
-        if name in table.column_names:
-            table = table.drop_columns([name])
+    table = table.drop_columns([n for n, _ in STAT_FIELDS if n in table.column_names])
     for name, typ in STAT_FIELDS:
         table = table.append_column(pa.field(name, typ), cols[name].cast(typ))
     return table
-
-
-def _messages_py(messages: pa.ListArray):
-    """Only the first 4 messages of each conversation become Python objects (the language sample)."""
-    return pc.list_slice(messages, 0, 4).to_pylist()
 
 
 @register
@@ -86,11 +75,18 @@ class ConversationStats(Op):
         return {**tokenizer_fingerprint(params.tokenizer), "py3langid": getattr(py3langid, "__version__", "")}
 
     def run(self, ctx, params: StatsParams) -> None:
+        from ..text.language import sample_sql
+
         stat_names = {n for n, _ in STAT_FIELDS}
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
         schema = pa.schema([f for f in schema if f.name not in stat_names] + [pa.field(n, t) for n, t in STAT_FIELDS])
         cols = ", ".join(f'"{n}"' for n in schema.names if n not in stat_names)
-        ctx.map_batches(f"SELECT {cols} FROM {ctx.input()}",
-                        lambda b: add_stats(pa.Table.from_batches([b]), params.tokenizer, params.language,
-                                            params.language_chars),
-                        schema, batch_size=params.batch_size, description=f"{ctx.stage_id}: stats + language")
+        lang = sample_sql("messages", 4, params.language_chars)
+
+        def stats(batch: pa.RecordBatch) -> pa.Table:
+            table = pa.Table.from_batches([batch])
+            text = table.column("__lang").combine_chunks()
+            return add_stats(table.drop_columns(["__lang"]), params.tokenizer, params.language, text)
+
+        ctx.map_batches(f"SELECT {cols}, {lang} AS __lang FROM {ctx.input()}", stats, schema,
+                        batch_size=params.batch_size, description=f"{ctx.stage_id}: stats + language")

@@ -100,9 +100,13 @@ def clean_column(content: pa.Array, role: pa.Array, html: bool = True, unicode: 
         values, roles = content.take(idx).to_pylist(), role.take(idx).to_pylist()
         fixed = [python_fixes(v, r, html, unicode) for v, r in zip(values, roles)]
         content = pc.replace_with_mask(content, need, pa.array(fixed, type=content.type))
-    if whitespace:
-        for pattern, repl in _WS_RULES:
-            pat = pattern.replace("\u200b", r"\x{200B}").replace("\u00a0", r"\x{A0}")
-            content = pc.replace_substring_regex(content, pat, repl)
+    if whitespace:  # one matching pass finds the few values the rewriting passes need to touch
+        rules = [(p.replace("\u200b", r"\x{200B}").replace("\u00a0", r"\x{A0}"), r) for p, r in _WS_RULES]
+        touch = pc.match_substring_regex(content, "|".join(p for p, _ in rules))
+        if pc.any(touch).as_py():
+            part = content.filter(touch)
+            for pattern, repl in rules:
+                part = pc.replace_substring_regex(part, pattern, repl)
+            content = pc.replace_with_mask(content, touch, part)
         content = pc.utf8_trim_whitespace(content)
     return content, counts

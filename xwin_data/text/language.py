@@ -1,27 +1,103 @@
-"""Language identification with py3langid, whose model ships inside the package (nothing is downloaded).
+"""Language identification with py3langid's model, which ships inside the package (nothing is downloaded).
+
+py3langid walks a byte-level DFA in a Python loop, one text at a time (~300 µs for a few hundred characters).
+`detect_batch` runs the same model over a whole batch at once: texts are encoded exactly as py3langid does, the DFA
+advances one byte column for all texts per numpy step, feature counts become a sparse matrix, and the naive Bayes
+scores are one sparse-dense product. The result is py3langid's label (up to float rounding in near ties).
 
 A conversation's language is that of a sample of its text: the first few non-system messages, cut to a number of
-characters (py3langid's cost grows with length, and a few hundred characters decide the language well).
+characters (a few hundred characters decide the language well).
 """
 from __future__ import annotations
 
+import unicodedata
 from functools import lru_cache
+
+import numpy as np
+
+UNDETERMINED = "und"
 
 
 @lru_cache(maxsize=1)
-def _identifier():
+def _model():
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    return LanguageIdentifier.from_pickled_model(MODEL_FILE) if hasattr(LanguageIdentifier, "from_pickled_model") \
-        else None
+    ident = LanguageIdentifier.from_model_file(MODEL_FILE)
+    nextmove = np.asarray(ident.tk_nextmove, dtype=np.int64)
+    rowbase = np.asarray(ident.tk_row, dtype=np.int64) << 8
+    output = np.asarray(ident.tk_output, dtype=np.int64)
+    return ident, nextmove, rowbase, output
+
+
+def _encode(text: str) -> bytes:
+    """py3langid's own input encoding."""
+    if text.isupper():
+        text = text.lower()
+    return unicodedata.normalize("NFC", text).encode("utf8", errors="surrogatepass")
+
+
+def _has_letters(text: str) -> bool:
+    return any(ch.isalpha() for ch in text[:200])
 
 
 def detect(text: str) -> str:
+    """Language code of one text (py3langid), `und` for text without letters."""
     import py3langid
 
-    if not text or not any(ch.isalpha() for ch in text[:200]):
-        return "und"
+    if not text or not _has_letters(text):
+        return UNDETERMINED
     return py3langid.classify(text)[0]
+
+
+def detect_batch(texts: list[str]) -> list[str]:
+    """Language codes of many texts, vectorised over the batch."""
+    from scipy import sparse
+
+    ident, nextmove, rowbase, output = _model()
+    out = [UNDETERMINED] * len(texts)
+    keep = [i for i, t in enumerate(texts) if t and _has_letters(t)]
+    if not keep:
+        return out
+    encoded = [_encode(texts[i]) for i in keep]
+    lens = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+    order = np.argsort(-lens, kind="stable")  # longest first: the texts still walking are always a prefix
+    lens_sorted = lens[order]
+    flat = np.frombuffer(b"".join(encoded[i] for i in order), dtype=np.uint8).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens_sorted)[:-1]])
+    width = int(lens_sorted[0])
+    matrix = np.zeros((len(encoded), width), dtype=np.int64)
+    rows = np.repeat(np.arange(len(encoded)), lens_sorted)
+    matrix[rows, np.arange(len(flat)) - np.repeat(starts, lens_sorted)] = flat
+    active_until = np.searchsorted(-lens_sorted, -np.arange(1, width + 1), side="right")  # texts longer than j
+    state = np.zeros(len(encoded), dtype=np.int64)
+    hit_rows, hit_feats = [], []
+    for j in range(width):
+        k = int(active_until[j])
+        s = nextmove[rowbase[state[:k]] + matrix[:k, j]]
+        state[:k] = s
+        f = output[s]
+        hit = np.nonzero(f >= 0)[0]
+        if len(hit):
+            hit_rows.append(hit)
+            hit_feats.append(f[hit])
+    n_feat, n_cls = ident.nb_ptc.shape
+    scores = np.full((len(encoded), n_cls), np.finfo(np.float32).min, dtype=np.float32)
+    if hit_rows:
+        r = np.concatenate(hit_rows)
+        c = np.concatenate(hit_feats)
+        counts = sparse.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(encoded), n_feat))
+        counts.sum_duplicates()
+        counts.data = np.log1p(counts.data)
+        has = np.diff(counts.indptr) > 0
+        dense = np.asarray(counts @ np.asarray(ident.nb_ptc, dtype=np.float32), dtype=np.float32) + ident.nb_pc
+        scores[has] = dense[has]
+    for i, j in ident._alias_pairs:
+        scores[:, i] = np.maximum(scores[:, i], scores[:, j])
+        scores[:, j] = np.finfo(np.float32).min
+    labels = np.asarray(ident.nb_classes, dtype=object)[scores.argmax(axis=1)]
+    for pos, label in zip(order, labels):
+        out[keep[pos]] = str(label)
+    return out
 
 
 def sample_sql(messages: str = "messages", n_messages: int = 4, chars: int = 400) -> str:

@@ -1,0 +1,232 @@
+"""ShareGPT SFT build: the xwin-data recipe against a `datasets` map/filter pipeline doing the same work.
+
+    python benchmarks/sft_build.py                 # 200K conversations
+    python benchmarks/sft_build.py --n 1000000     # the 1M target (< 4 GB peak memory)
+
+The input is real conversations from ../shared/data (FastChat, LLaMA-Factory demos, axolotl, MT-bench answers of
+32 models joined with their questions; the project's sample where that folder is absent), replicated with
+perturbations up to --n: every copy gets a changed first question, some gain HTML answers or mojibake, ~5% are
+exact copies. Both pipelines then do the same work: normalise roles, clean (same `clean_value` semantics: HTML to
+markdown, ftfy repair, whitespace), count turns, characters and approximate tokens, identify the language, filter
+(English, ≥1 turn, no message over 8192 tokens, no "As an AI language model" answers), exact dedup on normalised
+text, split over 2048 tokens. Near-duplicate removal is off for parity (the baseline has none).
+
+The baseline is written the way such scripts usually are: `load_dataset("json")`, then per-example `map`/`filter`
+calls and a Python set for dedup, then `save_to_disk`. Each pipeline runs in its own subprocess; the wall time and
+that process's peak RSS (from wait4) are reported, with the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared" / "data"
+RECIPE = PROJECT / "recipes" / "sharegpt_sft.yaml"
+
+
+# ------------------------------------------------------------------------------------------------ input
+def real_conversations() -> list[list[dict]]:
+    """ShareGPT-form conversations from the real files (or the project sample)."""
+    sys.path.insert(0, str(PROJECT))
+    from xwin_data.text.records import BadRecord, normalise
+    from xwin_data.text.sources import iter_records
+
+    files = ["lm-sys_FastChat/data/dummy_conversation.json", "hiyouga_LLaMA-Factory/data/glaive_toolcall_en_demo.json",
+             "hiyouga_LLaMA-Factory/data/v1_sft_demo.jsonl", "hiyouga_LLaMA-Factory/data/alpaca_en_demo.json",
+             "hiyouga_LLaMA-Factory/data/alpaca_zh_demo.json", "axolotl-ai-cloud_axolotl/tests/fixtures/conversation.json"]
+    paths = [SHARED / f for f in files if (SHARED / f).exists()]
+    out: list[list[dict]] = []
+    for p in paths or [PROJECT / "recipes" / "data" / "sharegpt_sample.jsonl.gz"]:
+        for _, rec in iter_records(str(p)):
+            try:
+                out.append(normalise(rec)[0])
+            except (BadRecord, AttributeError):
+                continue
+    qfile = SHARED / "lm-sys_FastChat/fastchat/llm_judge/data/mt_bench/question.jsonl"
+    adir = SHARED / "ku-nlp_ja-vicuna-qa-benchmark/fastchat/llm_judge/data/mt_bench/model_answer"
+    if qfile.exists() and adir.exists():
+        questions = {json.loads(l)["question_id"]: json.loads(l)["turns"] for l in qfile.read_text().splitlines()}
+        for f in sorted(adir.glob("*.jsonl")):
+            for line in f.read_text().splitlines():
+                ans = json.loads(line)
+                msgs = []
+                for q, a in zip(questions[ans["question_id"]], ans["choices"][0]["turns"]):
+                    msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                if all(m["content"].strip() for m in msgs):
+                    out.append(msgs)
+    return out
+
+
+def write_input(path: Path, n: int, seed: int = 0) -> None:
+    pool = real_conversations()
+    rng = random.Random(seed)
+    role_names = {"user": "human", "assistant": "gpt", "system": "system"}
+    with path.open("w", encoding="utf-8") as fh:
+        last = None
+        for i in range(n):
+            if last is not None and rng.random() < 0.05:
+                rec = dict(last, id=f"c{i:08d}")  # an exact copy under another id
+            else:
+                msgs = [dict(m) for m in rng.choice(pool)]
+                first = next(m for m in msgs if m["role"] == "user")
+                first["content"] = f"{rng.choice(['Please,', 'Hi.', 'Quick one:', 'Question'])} #{i}: {first['content']}"
+                r = rng.random()
+                asst = [m for m in msgs if m["role"] == "assistant"]
+                if r < 0.02:
+                    asst[0]["content"] = "<div><p>" + asst[0]["content"].replace("\n\n", "</p><p>") + "</p></div>"
+                elif r < 0.04:
+                    asst[0]["content"] = ("It’s “great” café — " + asst[0]["content"]).encode("utf-8").decode("latin-1")
+                elif r < 0.06:
+                    asst[0]["content"] = asst[0]["content"].replace("\n", "  \r\n") + "\n\n\n\n"
+                rec = {"id": f"c{i:08d}",
+                       "conversations": [{"from": role_names[m["role"]], "value": m["content"]} for m in msgs]}
+            last = rec
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ runners
+def run_ours(input_path: str, out_dir: str) -> int:
+    import xwin_data
+
+    sets = [f"input={input_path}", "near_dedup=false", "file_type=jsonl"]
+    xwin_data.build(RECIPE, Path(out_dir) / "catalog", sets, show_progress=False)
+    con = xwin_data.connect(Path(out_dir) / "catalog")
+    return con.execute("SELECT count(*) FROM sft_sharegpt").fetchone()[0]
+
+
+def run_baseline(input_path: str, out_dir: str) -> int:
+    """The usual script: datasets map/filter, one example at a time, same cleaning, filters and exact dedup."""
+    import hashlib
+    import re
+
+    import datasets
+
+    from xwin_data.ops.sharegpt_split import split_conversation
+    from xwin_data.text.cleaning import clean_value
+    from xwin_data.text.language import detect, sample_py
+    from xwin_data.text.records import BadRecord, check_turns, ROLE_MAP
+    from xwin_data.text.tokens import approx_count
+
+    datasets.disable_progress_bars()
+    cache = Path(out_dir) / "hf-cache"
+    ds = datasets.load_dataset("json", data_files=input_path, split="train", cache_dir=str(cache))
+
+    def to_messages(ex):
+        try:
+            turns = [(ROLE_MAP[t["from"]], t["value"]) for t in ex["conversations"]]
+            msgs = [{"role": r, "content": c} for r, c in check_turns(turns)]
+            return {"messages": msgs, "ok": True}
+        except (BadRecord, KeyError, TypeError):
+            return {"messages": [], "ok": False}
+
+    ds = ds.map(to_messages, remove_columns=["conversations"]).filter(lambda ex: ex["ok"])
+
+    def clean(ex):
+        msgs = [{"role": m["role"], "content": clean_value(m["content"], m["role"])} for m in ex["messages"]]
+        return {"messages": msgs, "ok": all(m["content"] for m in msgs)}
+
+    ds = ds.map(clean).filter(lambda ex: ex["ok"])
+
+    def stats(ex):
+        toks = [approx_count(m["content"]) for m in ex["messages"]]
+        return {"n_turns": sum(m["role"] == "assistant" for m in ex["messages"]),
+                "n_chars": sum(len(m["content"]) for m in ex["messages"]), "turn_tokens": toks, "n_tokens": sum(toks),
+                "language": detect(sample_py(ex["messages"][:4], 4, 400))}
+
+    ds = ds.map(stats)
+    ds = ds.filter(lambda ex: ex["language"] == "en" and ex["n_turns"] >= 1 and max(ex["turn_tokens"]) <= 8192
+                   and not any(m["role"] == "assistant" and m["content"].lower().startswith("as an ai language model")
+                               for m in ex["messages"]))
+    seen: set[bytes] = set()
+    ws = re.compile(r"[\t\n\f\r ]+")
+
+    def first_seen(ex):
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in ex["messages"])
+        key = hashlib.md5(ws.sub(" ", text.lower()).strip(" ").encode()).digest()
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    ds = ds.filter(first_seen)
+
+    def split(batch):
+        out = {k: [] for k in batch}
+        for i in range(len(batch["id"])):
+            if batch["n_tokens"][i] <= 2048:
+                for k in batch:
+                    out[k].append(batch[k][i])
+                continue
+            for j, (msgs, toks) in enumerate(split_conversation(batch["messages"][i], batch["turn_tokens"][i], 2048)[0]):
+                row = {k: batch[k][i] for k in batch}
+                row.update(id=f"{row['id']}#{j}", messages=msgs, turn_tokens=toks, n_tokens=sum(toks),
+                           n_turns=sum(m["role"] == "assistant" for m in msgs), n_chars=sum(len(m["content"]) for m in msgs))
+                for k in batch:
+                    out[k].append(row[k])
+        return out
+
+    ds = ds.map(split, batched=True)
+    ds.save_to_disk(str(Path(out_dir) / "baseline"))
+    return len(ds)
+
+
+def measure(which: str, input_path: str, n: int) -> dict:
+    """Run one pipeline in a fresh subprocess; wall time and peak RSS of that process tree."""
+    out_dir = tempfile.mkdtemp(prefix=f"sftbench-{which}-")
+    result = Path(out_dir) / "rows.txt"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", which, input_path, out_dir, str(result)], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    if status != 0:
+        raise SystemExit(f"{which} failed with status {status}")
+    rows = int(result.read_text())
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"which": which, "seconds": wall, "rows_out": rows, "conv_per_s": n / wall, "peak_rss_gb": usage.ru_maxrss / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200_000, help="conversations in the generated input")
+    ap.add_argument("--input", help="use this ShareGPT JSONL instead of generating one")
+    ap.add_argument("--only", choices=["ours", "baseline"], help="run one side only")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        which, input_path, out_dir, result = args.child
+        rows = (run_ours if which == "ours" else run_baseline)(input_path, out_dir)
+        Path(result).write_text(str(rows))
+        return
+    work = Path(tempfile.mkdtemp(prefix="sftbench-"))
+    try:
+        input_path = args.input
+        if not input_path:
+            input_path = str(work / "input.jsonl")
+            t = time.monotonic()
+            write_input(Path(input_path), args.n)
+            size = Path(input_path).stat().st_size / 2**20
+            print(f"input: {args.n:,} conversations, {size:,.0f} MiB, written in {time.monotonic() - t:.0f}s", flush=True)
+        n = sum(1 for _ in open(input_path, "rb"))
+        results = [measure(w, input_path, n) for w in (["ours", "baseline"] if not args.only else [args.only])]
+        print(f"\n{'pipeline':<10} {'seconds':>9} {'conv/s':>9} {'rows out':>10} {'peak RSS':>10}")
+        for r in results:
+            print(f"{r['which']:<10} {r['seconds']:>9.1f} {r['conv_per_s']:>9,.0f} {r['rows_out']:>10,} {r['peak_rss_gb']:>8.2f} GB")
+        if len(results) == 2:
+            print(f"\nspeed-up: {results[1]['seconds'] / results[0]['seconds']:.1f}x "
+                  f"(rows out {'equal' if results[0]['rows_out'] == results[1]['rows_out'] else 'differ'})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
