@@ -138,3 +138,53 @@ def test_bon_study_curves_match_enumeration(tmp_path: Path, cli) -> None:
             assert got[(policy, n)]["mean_best_score"] == pytest.approx(np.mean(per_prompt), abs=1e-9)
         assert got[(policy, 1)]["mean_best_score"] < got[(policy, 5)]["mean_best_score"]
     _png_ok(out / "bon_curves.png")
+
+
+def test_judge_study_and_pair_stats_on_the_xwin_pair_recipe(tmp_path: Path, cli, openai_server) -> None:
+    """The Xwin-Pair recipe built with its judge on a local server that is position-biased on some pairs: the study
+    reads the judgments table (ties included), and its rates match the ones computed from the judge's rule."""
+    from openai_server import judge_answers
+
+    def decide(a: str, b: str) -> str:  # biased to the first-shown answer when the total length is a multiple of 3
+        return "A" if (len(a) + len(b)) % 3 == 0 else "A" if len(a) > len(b) else "B" if len(b) > len(a) else "C"
+
+    openai_server.reply = lambda req: "Compared. [[{}]]".format(decide(*(judge_answers(req.text)[k] for k in "AB")))
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "xwin_pair.yaml"
+    xwin_data.build(recipe, tmp_path / "cat", show_progress=False,
+                    sets=["max_prompts=5", "judge.kind=openai", "judge.model=test-judge",
+                          f"judge.base_url={openai_server.base_url}", "judge.budget_usd=null"])
+    out = tmp_path / "study"
+    res = cli("study", "judge", "xwin_pair", "--catalog", str(tmp_path / "cat"), "--out", str(out), "--n-boot", "200")
+    assert "xwin_pair_judgments" in res.stdout + res.stderr
+
+    con = xwin_data.connect(tmp_path / "cat")
+    judged = con.sql("SELECT first, second FROM xwin_pair_judgments").to_arrow_table().to_pylist()
+    stats = con.sql("SELECT * FROM pair_stats").to_arrow_table().to_pylist()
+    decided = con.sql("SELECT chosen, rejected, consistent FROM xwin_pair").to_arrow_table().to_pylist()
+    con.close()
+    # Expected, from the rule: per-order verdicts for the response shown first in the ab order (x = first).
+    exp = []
+    for p in judged:
+        x, y = p["first"].strip(), p["second"].strip()
+        ab, ba = decide(x, y), decide(y, x)
+        exp.append(({"A": "x", "B": "y", "C": "tie"}[ab], {"A": "y", "B": "x", "C": "tie"}[ba], p))
+    calls = [(v, order, p) for v_ab, v_ba, p in exp for v, order in ((v_ab, "ab"), (v_ba, "ba"))]
+    decisive = [(v, o, p) for v, o, p in calls if v != "tie"]
+    m = _metrics(out)
+    assert len(judged) >= 4 and m["invalid_rate"]["n"] == 2 * len(judged) and m["invalid_rate"]["value"] == 0
+    assert m["tie_rate"]["value"] == pytest.approx(sum(v == "tie" for v, _, _ in calls) / len(calls))
+    first_wins = sum(v == ("x" if o == "ab" else "y") for v, o, _ in decisive)
+    assert m["first_position_win_share"]["value"] == pytest.approx(first_wins / len(decisive))
+    flips = sum({a, b} == {"x", "y"} for a, b, _ in exp)
+    assert m["position_flip_rate"]["value"] == pytest.approx(flips / len(exp))
+    by_len = [(v, p) for v, _, p in decisive if len(p["first"]) != len(p["second"])]
+    longer = sum((v == "x") == (len(p["first"]) > len(p["second"])) for v, p in by_len)
+    if by_len:
+        assert m["longer_wins_share"]["value"] == pytest.approx(longer / len(by_len))
+    # pair_stats reads the decided table: the pairs whose orders did not cancel out
+    kept = [(a, b) for a, b, _ in exp if not ({a, b} == {"x", "y"} or a == b == "tie")]
+    assert len(decided) == len(kept) and len(stats) == (1 if kept else 0)
+    if kept:
+        assert stats[0]["pairs"] == len(kept) and stats[0]["judge"] == "test-judge"
+        assert stats[0]["consistent_share"] == pytest.approx(round(sum(a == b for a, b in kept) / len(kept), 4))
+    _png_ok(out / "judge_rates.png")

@@ -58,6 +58,8 @@ def judge(
     for k in ("label_kappa", "rm_judge_kappa"):
         if k in summary:
             console.print(f"{k}: {summary[k]:.3f}")
+    if summary.get("note"):
+        console.print(f"note: {summary['note']}")
     console.print(f"wrote {summary['folder']} ({', '.join(Path(p).name for p in summary['pngs'])})")
 
 

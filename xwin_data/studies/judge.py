@@ -32,6 +32,7 @@ from .output import study_dir, write_results
 from .plots import bar_with_ci, confusion
 
 _GRADED = re.compile(r"^([AB])\s*(>>|>|<<|<|==|=)\s*([AB])$")
+_SCORES = re.compile(r"^(\d+(?:\.\d+)?)\s+(\d+(?:\.\d+)?)$")  # the scores template's label: "s_A s_B"
 VERDICT_ALIASES = {"a": "A", "b": "B", "c": "tie", "tie": "tie", "1": "A", "2": "B", "0": "tie"}
 
 
@@ -56,6 +57,10 @@ def _norm_verdict(value, raw: bool) -> str | None:
         if op.startswith("="):
             return "tie"
         return left if op.startswith(">") else right
+    scores = _SCORES.match(v)
+    if scores:
+        a, b = float(scores.group(1)), float(scores.group(2))
+        return "A" if a > b else "B" if b > a else "tie"
     return VERDICT_ALIASES.get(v.lower(), "invalid")
 
 
@@ -163,13 +168,36 @@ def judge_metrics(pairs: list[dict], n_boot: int = 2000, seed: int = 0) -> tuple
     return rows, summary
 
 
+def judged_table(catalog: Catalog, table: str) -> tuple[str, str | None]:
+    """The table to study and a note. The judge stage's main table (`xwin_pair`) keeps only decided pairs (ties
+    and unparseable ones are dropped), which would understate tie and invalid rates; its `<table>_judgments`
+    sibling holds every judged pair with the responses as shown first / second, so the study reads that."""
+    sibling = f"{table}_judgments"
+    tv = catalog.current(table)
+    if tv is None or catalog.current(sibling) is None:
+        return table, None
+    con = connect(catalog, canned_views=False)
+    try:
+        cols = {r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()}
+    finally:
+        con.close()
+    if {"chosen", "rejected"} <= cols:
+        return sibling, (f"{table} holds only the decided pairs; read {sibling} (every judged pair, ties and "
+                         "invalid verdicts included)")
+    return table, None
+
+
 def run_judge_study(catalog: Catalog, table: str, out: Path | None = None, n_boot: int = 2000) -> dict:
-    pairs = load_pairs(catalog, table)
+    source, note = judged_table(catalog, table)
+    pairs = load_pairs(catalog, source)
     if not pairs:
         raise StudyError(f"table {table!r} is empty")
     rows, summary = judge_metrics(pairs, n_boot=n_boot)
     folder = study_dir(catalog, f"judge_{table}", out)
     summary["table"] = table
+    summary["source_table"] = source
+    if note:
+        summary["note"] = note
     write_results(folder, rows, summary)
     shown = [r for r in rows if r["n"]]
     pngs = [bar_with_ci(folder / "judge_rates.png", [r["metric"] for r in shown], [r["value"] for r in shown],
