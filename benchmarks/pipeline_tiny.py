@@ -152,7 +152,7 @@ def judge(policy: str, prompts: list[dict], proxy, gold, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "pipeline_tiny"))
-    ap.add_argument("--scale", type=float, default=1.0, help="multiplies training steps and prompt counts")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiplies the training steps")
     ap.add_argument("--set-prompts", type=int, default=128)
     ap.add_argument("--set-n", type=int, default=64)
     ap.add_argument("--eval-prompts", type=int, default=48)
@@ -202,7 +202,7 @@ def main() -> None:
     if set_recipe_available():
         report = xwin_data.build(ROOT / "recipes" / "xwin_set.yaml", cat, show_progress=False, sets=[
             f"policy.model={runs / 'sft'}", f"rm.model={runs / 'rm'}", "xwin_responses.inputs=[hh_sft]",
-            f"max_prompts={s(args.set_prompts)}", f"n_unique={args.set_n}", f"max_samples={3 * args.set_n}",
+            f"max_prompts={args.set_prompts}", f"n_unique={args.set_n}", f"max_samples={3 * args.set_n}",
             f"sampling.max_new_tokens={args.max_new_tokens}", "rs_ns=[1,4,16,64]",
             "dpo.strategies=[worst,random_lower]"])
         con = xwin_data.connect(cat)
@@ -210,7 +210,7 @@ def main() -> None:
         log(f"xwin_set (recipes/xwin_set.yaml): {n} responses for {p} prompts; build {report.status}")
     else:
         log("recipes/xwin_set.yaml or its ops are missing: building the set here")
-        set_prompts = prompt_rows(read_rows(cat, "hh_sft"), "hh_sft", s(args.set_prompts))
+        set_prompts = prompt_rows(read_rows(cat, "hh_sft"), "hh_sft", args.set_prompts)
         build_set(cat, str(runs / "sft"), proxy, set_prompts, args, out)
     timings["xwin_set"] = time.perf_counter() - start
 
@@ -224,7 +224,7 @@ def main() -> None:
           "per_device_train_batch_size=8", "learning_rate=3e-4", "max_completion_length=32")
 
     log("gold evaluation on held-out prompts")
-    eval_prompts = prompt_rows(read_rows(cat, "hh_prompts"), "hh_prompts", s(args.eval_prompts))
+    eval_prompts = prompt_rows(read_rows(cat, "hh_prompts"), "hh_prompts", args.eval_prompts)
     results = []
     for name in ("sft", "rs", "dpo", "wind"):
         start = time.perf_counter()
