@@ -100,8 +100,6 @@ class SampleParams(Params):
     def _cap(self) -> "SampleParams":
         if self.max_samples is None:
             self.max_samples = 4 * self.n_unique
-        if self.max_samples < self.n_unique and self.sampling.get("temperature", 1.0) > 0:
-            raise ValueError(f"max_samples={self.max_samples} is below n_unique={self.n_unique}")
         return self
 
 
