@@ -106,10 +106,10 @@ def run_ours(input_path: str, out_dir: str) -> int:
 def run_baseline(input_path: str, out_dir: str) -> int:
     """The usual script: datasets map/filter, one example at a time, same cleaning, filters and exact dedup."""
     import hashlib
-    import re
 
     import datasets
 
+    from xwin_data.ops.sharegpt_dedup import normalise_text
     from xwin_data.ops.sharegpt_split import split_conversation
     from xwin_data.text.cleaning import clean_value
     from xwin_data.text.language import detect, sample_py
@@ -147,11 +147,10 @@ def run_baseline(input_path: str, out_dir: str) -> int:
                    and not any(m["role"] == "assistant" and m["content"].lower().startswith("as an ai language model")
                                for m in ex["messages"]))
     seen: set[bytes] = set()
-    ws = re.compile(r"[\t\n\f\r ]+")
 
     def first_seen(ex):
         text = "\n".join(f"{m['role']}: {m['content']}" for m in ex["messages"])
-        key = hashlib.md5(ws.sub(" ", text.lower()).strip(" ").encode()).digest()
+        key = hashlib.md5(normalise_text(text).encode()).digest()
         if key in seen:
             return False
         seen.add(key)

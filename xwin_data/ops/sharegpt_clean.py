@@ -33,7 +33,7 @@ class CleanParams(Params):
         "fast", description="ftfy repair: fast = values with mojibake signatures, entities or control characters; "
                             "full = every non-ASCII value; off")
     whitespace: bool = Field(True, description="CRLF→LF, nbsp/zero-width, trailing spaces, 3+ newlines→2, trim")
-    batch_size: int = Field(20_000, ge=1)
+    batch_size: int = Field(10_000, ge=1)
 
 
 @register
@@ -47,30 +47,35 @@ class CleanConversations(Op):
     summary = "HTML→markdown, unicode repair (ftfy, fast path), whitespace normalisation"
 
     def run(self, ctx, params: CleanParams) -> None:
+        from ..text.batches import map_batches_parallel
         from ..text.cleaning import clean_column
 
         totals = {"html_values": 0, "unicode_values": 0, "empty_after_cleaning": 0}
 
-        def clean(batch: pa.RecordBatch) -> pa.Table:
+        def clean(batch: pa.RecordBatch) -> tuple[pa.Table, tuple[dict, list]]:
             table = pa.Table.from_batches([batch])
             messages = table.column("messages").combine_chunks()
             role, content, parents, offsets = flat_messages(messages)
             content, counts = clean_column(content, role, params.html, params.unicode, params.whitespace)
-            totals["html_values"] += counts["html"]
-            totals["unicode_values"] += counts["unicode"]
             table = table.set_column(table.schema.get_field_index("messages"), "messages",
                                      rebuild_messages(role, content, offsets))
+            empty_ids: list = []
             empty = pc.equal(pc.utf8_length(content), 0)
             if pc.any(empty).as_py():
                 bad_rows = pc.unique(pc.filter(parents, empty))
-                keep = pc.invert(pc.is_in(pa.array(range(table.num_rows)), bad_rows))
-                for rid in table.column("id").take(bad_rows).to_pylist():
-                    ctx.drop(rid, "empty_after_cleaning", "a message value is empty once cleaned")
-                totals["empty_after_cleaning"] += len(bad_rows)
-                table = table.filter(keep)
-            return table
+                empty_ids = table.column("id").take(bad_rows).to_pylist()
+                table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), bad_rows)))
+            return table, (counts, empty_ids)
+
+        def record(extra: tuple[dict, list]) -> None:
+            counts, empty_ids = extra
+            totals["html_values"] += counts["html"]
+            totals["unicode_values"] += counts["unicode"]
+            totals["empty_after_cleaning"] += len(empty_ids)
+            for rid in empty_ids:
+                ctx.drop(rid, "empty_after_cleaning", "a message value is empty once cleaned")
 
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-        ctx.map_batches(f"SELECT * FROM {ctx.input()}", clean, schema, batch_size=params.batch_size,
-                        description=f"{ctx.stage_id}: cleaning")
+        map_batches_parallel(ctx, f"SELECT * FROM {ctx.input()}", clean, schema, record, batch_size=params.batch_size,
+                             description=f"{ctx.stage_id}: cleaning")
         ctx.stats.update(totals)

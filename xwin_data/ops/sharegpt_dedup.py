@@ -1,10 +1,11 @@
-"""Deduplication of conversations: exact (normalised text, in SQL) and near-duplicate (MinHash LSH).
+"""Deduplication of conversations: exact (normalised text keys, grouped in SQL) and near-duplicate (MinHash LSH).
 
 Both keep, in every group of duplicates, the record with the smallest id, so the result does not depend on input
 order; each removed record is a drops row whose detail names the kept id.
 """
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import numpy as np
@@ -13,15 +14,23 @@ from pydantic import Field, model_validator
 
 from .base import Op, Params, register
 
+_ASCII_WS = re.compile(r"[ \t\n\v\f\r]+")
 TEXT_SQL = {
     "conversation": "array_to_string(list_transform(messages, lambda m: m.role || ': ' || m.content), '\n')",
     "first_user": "list_filter(messages, lambda m: m.role = 'user')[1].content",
 }
 
 
-def normalised_text_sql(on: str) -> str:
-    """Lower case, runs of whitespace as one space: what counts as 'the same text'."""
-    return f"trim(lower(regexp_replace({TEXT_SQL[on]}, '\\s+', ' ', 'g')))"
+def normalise_column(text: pa.Array) -> pa.Array:
+    """What counts as 'the same text': lower case, runs of ASCII whitespace as one space, no ends."""
+    import pyarrow.compute as pc
+
+    return pc.binary_join(pc.ascii_split_whitespace(pc.ascii_trim_whitespace(pc.utf8_lower(text))), " ")
+
+
+def normalise_text(text: str) -> str:
+    """`normalise_column` for one string."""
+    return " ".join(w for w in _ASCII_WS.split(text.lower()) if w)
 
 
 class ExactParams(Params):
@@ -41,8 +50,15 @@ class DedupExact(Op):
 
     def run(self, ctx, params: ExactParams) -> None:
         con = ctx.con
-        con.execute(f"CREATE TEMP TABLE __keys AS SELECT id, md5_number({normalised_text_sql(params.on)}) AS k "
-                    f"FROM {ctx.input()}")
+        con.execute("CREATE TEMP TABLE __keys (id VARCHAR, k UHUGEINT)")
+        reader = con.cursor().execute(f"SELECT id, {TEXT_SQL[params.on]} AS txt FROM {ctx.input()}").to_arrow_reader(20_000)
+        with ctx.track("normalised text keys", ctx.input_rows(), "rows") as bar:
+            for batch in reader:
+                norm = pa.table({"id": batch.column(0), "norm": normalise_column(batch.column(1))})
+                con.register("__batch", norm)
+                con.execute("INSERT INTO __keys SELECT id, md5_number(coalesce(norm, '')) FROM __batch")
+                con.unregister("__batch")
+                bar.advance(batch.num_rows)
         con.execute("CREATE TEMP TABLE __dups AS SELECT id, kept FROM "
                     "(SELECT id, min(id) OVER (PARTITION BY k) AS kept FROM __keys) WHERE id <> kept")
         ctx.write_sql(f"SELECT * FROM {ctx.input()} WHERE id NOT IN (SELECT id FROM __dups)")

@@ -22,7 +22,7 @@ class StatsParams(Params):
                                                  "path / hub id loaded with AutoTokenizer.from_pretrained")
     language: bool = Field(True, description="identify the language (py3langid, model inside the package)")
     language_chars: int = Field(400, ge=20, description="characters of the first messages used to decide the language")
-    batch_size: int = Field(20_000, ge=1)
+    batch_size: int = Field(10_000, ge=1)
 
 
 def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -75,6 +75,7 @@ class ConversationStats(Op):
         return {**tokenizer_fingerprint(params.tokenizer), "py3langid": getattr(py3langid, "__version__", "")}
 
     def run(self, ctx, params: StatsParams) -> None:
+        from ..text.batches import map_batches_parallel
         from ..text.language import sample_sql
 
         stat_names = {n for n, _ in STAT_FIELDS}
@@ -83,10 +84,11 @@ class ConversationStats(Op):
         cols = ", ".join(f'"{n}"' for n in schema.names if n not in stat_names)
         lang = sample_sql("messages", 4, params.language_chars)
 
-        def stats(batch: pa.RecordBatch) -> pa.Table:
+        def stats(batch: pa.RecordBatch) -> tuple[pa.Table, None]:
             table = pa.Table.from_batches([batch])
             text = table.column("__lang").combine_chunks()
-            return add_stats(table.drop_columns(["__lang"]), params.tokenizer, params.language, text)
+            return add_stats(table.drop_columns(["__lang"]), params.tokenizer, params.language, text), None
 
-        ctx.map_batches(f"SELECT {cols}, {lang} AS __lang FROM {ctx.input()}", stats, schema,
-                        batch_size=params.batch_size, description=f"{ctx.stage_id}: stats + language")
+        map_batches_parallel(ctx, f"SELECT {cols}, {lang} AS __lang FROM {ctx.input()}", stats, schema,
+                             batch_size=params.batch_size, description=f"{ctx.stage_id}: stats + language",
+                             threads=None if params.tokenizer == "approx" else 1)

@@ -23,10 +23,10 @@ def _model():
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     ident = LanguageIdentifier.from_model_file(MODEL_FILE)
-    nextmove = np.asarray(ident.tk_nextmove, dtype=np.int64)
-    rowbase = np.asarray(ident.tk_row, dtype=np.int64) << 8
-    output = np.asarray(ident.tk_output, dtype=np.int64)
-    return ident, nextmove, rowbase, output
+    nextmove = np.asarray(ident.tk_nextmove, dtype=np.int32)
+    rowbase = np.asarray(ident.tk_row, dtype=np.int32) << 8
+    output = np.asarray(ident.tk_output, dtype=np.int32)
+    return ident, nextmove, rowbase, output, np.asarray(ident.nb_ptc, dtype=np.float32)
 
 
 def _encode(text: str) -> bytes:
@@ -53,7 +53,7 @@ def detect_batch(texts: list[str]) -> list[str]:
     """Language codes of many texts, vectorised over the batch."""
     from scipy import sparse
 
-    ident, nextmove, rowbase, output = _model()
+    ident, nextmove, rowbase, output, nb_ptc = _model()
     out = [UNDETERMINED] * len(texts)
     keep = [i for i, t in enumerate(texts) if t and _has_letters(t)]
     if not keep:
@@ -62,21 +62,20 @@ def detect_batch(texts: list[str]) -> list[str]:
     lens = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
     order = np.argsort(-lens, kind="stable")  # longest first: the texts still walking are always a prefix
     lens_sorted = lens[order]
-    flat = np.frombuffer(b"".join(encoded[i] for i in order), dtype=np.uint8).astype(np.int64)
+    flat = np.frombuffer(b"".join(encoded[i] for i in order), dtype=np.uint8)
     starts = np.concatenate([[0], np.cumsum(lens_sorted)[:-1]])
     width = int(lens_sorted[0])
-    matrix = np.zeros((len(encoded), width), dtype=np.int64)
-    rows = np.repeat(np.arange(len(encoded)), lens_sorted)
-    matrix[rows, np.arange(len(flat)) - np.repeat(starts, lens_sorted)] = flat
+    columns = np.zeros((width, len(encoded)), dtype=np.int32)  # byte j of every text is contiguous
+    columns[np.arange(len(flat)) - np.repeat(starts, lens_sorted), np.repeat(np.arange(len(encoded)), lens_sorted)] = flat
     active_until = np.searchsorted(-lens_sorted, -np.arange(1, width + 1), side="right")  # texts longer than j
-    state = np.zeros(len(encoded), dtype=np.int64)
+    state = np.zeros(len(encoded), dtype=np.int32)
     hit_rows, hit_feats = [], []
     for j in range(width):
         k = int(active_until[j])
-        s = nextmove[rowbase[state[:k]] + matrix[:k, j]]
+        s = nextmove[rowbase[state[:k]] + columns[j, :k]]
         state[:k] = s
         f = output[s]
-        hit = np.nonzero(f >= 0)[0]
+        hit = np.flatnonzero(f >= 0)
         if len(hit):
             hit_rows.append(hit)
             hit_feats.append(f[hit])
@@ -89,7 +88,7 @@ def detect_batch(texts: list[str]) -> list[str]:
         counts.sum_duplicates()
         counts.data = np.log1p(counts.data)
         has = np.diff(counts.indptr) > 0
-        dense = np.asarray(counts @ np.asarray(ident.nb_ptc, dtype=np.float32), dtype=np.float32) + ident.nb_pc
+        dense = np.asarray(counts @ nb_ptc, dtype=np.float32) + ident.nb_pc
         scores[has] = dense[has]
     for i, j in ident._alias_pairs:
         scores[:, i] = np.maximum(scores[:, i], scores[:, j])
