@@ -221,7 +221,7 @@ def main() -> None:
           "num_train_epochs=3", "max_steps=-1", "per_device_train_batch_size=8", "learning_rate=5e-4")
     stage("wind", "table=wind_groups", f"model_name_or_path={runs / 'sft'}", f"reward_model={runs / 'rm'}",
           f"output_dir={runs / 'wind'}", f"max_steps={s(48)}", "steps_per_iteration=4", "group_size=8",
-          "per_device_train_batch_size=8", "learning_rate=3e-4", "max_completion_length=32")
+          "per_device_train_batch_size=8", "learning_rate=3e-5", "max_completion_length=32")
 
     log("gold evaluation on held-out prompts")
     eval_prompts = prompt_rows(read_rows(cat, "hh_prompts"), "hh_prompts", args.eval_prompts)
