@@ -53,6 +53,12 @@ IN_VENV = textwrap.dedent('''
     with make_generator(GeneratorSpec(backend="vllm", model=job["eos_model"], max_model_len=256,
                                       extra={"dtype": "float32"})) as g:
         out["eos"] = dump(g.generate(prompts[:2], 16, SamplingConfig(seed=0, max_new_tokens=24)))
+    # More prompt tokens than one engine step takes: seeded sampling must survive being scheduled in waves.
+    with make_generator(GeneratorSpec(backend="vllm", model=job["model"], max_model_len=128,
+                                      extra={"dtype": "float32", "max_num_batched_tokens": 128})) as g:
+        s = SamplingConfig(seed=4, max_new_tokens=8)
+        out["waves"] = dump(g.generate(prompts, 24, s))
+        out["waves_single"] = dump(g.generate([prompts[1]], 1, s, seeds=[derive_seed(4, g.render(prompts[1])) + 20]))
     json.dump(out, open(job["out"], "w"))
 ''')
 
@@ -93,6 +99,13 @@ def test_vllm_in_process_generation(vllm_run):
     assert all(x != y for p, q in zip(a, c) for x, y in zip(p, q))
     assert vllm_run["single"][0][0] == a[2][3]     # sample j of a request with seed s is seed s + j
     assert vllm_run["model_id"] == model_identity("tiny-policy")
+
+
+def test_vllm_many_samples_scheduled_in_waves(vllm_run):
+    waves = vllm_run["waves"]
+    assert [len(x) for x in waves] == [24, 24, 24]
+    assert all(len({c["text"] for c in comps}) == 24 for comps in waves)
+    assert vllm_run["waves_single"][0][0] == waves[1][20]
 
 
 def test_vllm_greedy_matches_transformers(vllm_run):

