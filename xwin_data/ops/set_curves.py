@@ -26,18 +26,22 @@ from .set_products import SetOp, assistant, drop_unscored, require_columns, scor
 # ------------------------------------------------------------------------------------------------ wind_groups
 def wind_groups_sql(source: str, min_group_size: int = 2) -> str:
     """Row order is not meaningful (sort in queries): sorting the wide rows again would double the cost.
-    rank() - 1 = #lower; count(*) over the default RANGE frame = #lower + #equal (self included)."""
+    rank() - 1 = #lower; count(*) over the default RANGE frame = #lower + #equal (self included).
+    The prompt messages are joined from one row per prompt rather than carried through the window's sort."""
     return f"""
-        SELECT response_id AS id, prompt_id, prompt, {assistant('response')} AS completion, response,
-               response_id, sample_index, score, m AS group_size,
-               (0.5 * (lower_n + le_n) - 0.5) / (m - 1) AS win_rate
-        FROM (
-            SELECT *, rank() OVER w - 1 AS lower_n, count(*) OVER w AS le_n,
-                   count(*) OVER (PARTITION BY prompt_id) AS m
+        WITH w AS (
+            SELECT prompt_id, response_id, sample_index, response, score,
+                   rank() OVER w - 1 AS lower_n, count(*) OVER w AS le_n, count(*) OVER (PARTITION BY prompt_id) AS m
             FROM ({scored_rows_sql(source)})
             WINDOW w AS (PARTITION BY prompt_id ORDER BY score)
+        ), p AS (
+            SELECT prompt_id, arg_min(prompt, sample_index) AS prompt FROM {source} GROUP BY prompt_id
         )
-        WHERE m >= {int(min_group_size)}
+        SELECT w.response_id AS id, w.prompt_id, p.prompt, {assistant('w.response')} AS completion, w.response,
+               w.response_id, w.sample_index, w.score, w.m AS group_size,
+               (0.5 * (w.lower_n + w.le_n) - 0.5) / (w.m - 1) AS win_rate
+        FROM w JOIN p USING (prompt_id)
+        WHERE w.m >= {int(min_group_size)}
     """
 
 
