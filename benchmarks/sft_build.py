@@ -12,8 +12,11 @@ markdown, ftfy repair, whitespace), count turns, characters and approximate toke
 text, split over 2048 tokens. Near-duplicate removal is off for parity (the baseline has none).
 
 The baseline is written the way such scripts usually are: `load_dataset("json")`, then per-example `map`/`filter`
-calls and a Python set for dedup, then `save_to_disk`. Each pipeline runs in its own subprocess; the wall time and
-that process's peak RSS (from wait4) are reported, with the ratio.
+calls and a Python set for dedup, then `save_to_disk`. It runs in two variants: `baseline-same` cleans each value
+with the recipe's own `clean_value` (identical output), `baseline-common` calls `ftfy.fix_text` on every value as
+such scripts usually do. Each pipeline runs in its own subprocess; wall time, CPU time and that process's peak RSS
+(from wait4) are reported, with the ratios and whether the kept ids are the same. The recipe runs with DuckDB's
+memory limit at 2 GB (`--memory-limit` of `xwin-data build`).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared" / "data"
 RECIPE = PROJECT / "recipes" / "sharegpt_sft.yaml"
+MEMORY_LIMIT = "2GB"  # DuckDB's share; the rest of the process stays well under it
 
 
 # ------------------------------------------------------------------------------------------------ input
@@ -94,24 +98,38 @@ def write_input(path: Path, n: int, seed: int = 0) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ runners
-def run_ours(input_path: str, out_dir: str) -> int:
+def ids_digest(ids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.md5("\n".join(sorted(ids)).encode()).hexdigest()[:12]
+
+
+def run_ours(input_path: str, out_dir: str) -> tuple[int, str]:
     import xwin_data
 
     sets = [f"input={input_path}", "near_dedup=false", "file_type=jsonl"]
-    xwin_data.build(RECIPE, Path(out_dir) / "catalog", sets, show_progress=False)
+    xwin_data.build(RECIPE, Path(out_dir) / "catalog", sets, show_progress=False, memory_limit=MEMORY_LIMIT)
     con = xwin_data.connect(Path(out_dir) / "catalog")
-    return con.execute("SELECT count(*) FROM sft_sharegpt").fetchone()[0]
+    ids = [r[0] for r in con.execute("SELECT id FROM sft_sharegpt").fetchall()]
+    return len(ids), ids_digest(ids)
 
 
-def run_baseline(input_path: str, out_dir: str) -> int:
-    """The usual script: datasets map/filter, one example at a time, same cleaning, filters and exact dedup."""
+def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[int, str]:
+    """The usual script: datasets map/filter, one example at a time, the same cleaning, filters and exact dedup.
+
+    variant `same`: each value goes through `clean_value`, the recipe's own cleaning (same output, row at a time).
+    variant `common`: ftfy.fix_text on every value, as such scripts usually do (the recipe runs ftfy only where a
+    value shows mojibake, entities or control characters; ftfy's other normalisations, such as straightening
+    curly quotes, then touch more values in the baseline).
+    """
     import hashlib
 
     import datasets
+    import ftfy
 
     from xwin_data.ops.sharegpt_dedup import normalise_text
     from xwin_data.ops.sharegpt_split import split_conversation
-    from xwin_data.text.cleaning import clean_value
+    from xwin_data.text.cleaning import _html_to_markdown, clean_value, needs_html, normalise_whitespace
     from xwin_data.text.language import detect, sample_py
     from xwin_data.text.records import BadRecord, check_turns, ROLE_MAP
     from xwin_data.text.tokens import approx_count
@@ -130,8 +148,15 @@ def run_baseline(input_path: str, out_dir: str) -> int:
 
     ds = ds.map(to_messages, remove_columns=["conversations"]).filter(lambda ex: ex["ok"])
 
+    def clean_common(text, role):
+        if needs_html(text, role):
+            text = _html_to_markdown(text)
+        return normalise_whitespace(ftfy.fix_text(text))
+
+    clean_one = clean_value if variant == "same" else clean_common
+
     def clean(ex):
-        msgs = [{"role": m["role"], "content": clean_value(m["content"], m["role"])} for m in ex["messages"]]
+        msgs = [{"role": m["role"], "content": clean_one(m["content"], m["role"])} for m in ex["messages"]]
         return {"messages": msgs, "ok": all(m["content"] for m in msgs)}
 
     ds = ds.map(clean).filter(lambda ex: ex["ok"])
@@ -175,7 +200,7 @@ def run_baseline(input_path: str, out_dir: str) -> int:
 
     ds = ds.map(split, batched=True)
     ds.save_to_disk(str(Path(out_dir) / "baseline"))
-    return len(ds)
+    return len(ds), ids_digest(ds["id"])
 
 
 def measure(which: str, input_path: str, n: int) -> dict:
@@ -189,22 +214,25 @@ def measure(which: str, input_path: str, n: int) -> dict:
     wall = time.monotonic() - start
     if status != 0:
         raise SystemExit(f"{which} failed with status {status}")
-    rows = int(result.read_text())
+    rows, digest = result.read_text().split()
+    rows = int(rows)
     shutil.rmtree(out_dir, ignore_errors=True)
-    return {"which": which, "seconds": wall, "rows_out": rows, "conv_per_s": n / wall, "peak_rss_gb": usage.ru_maxrss / 2**20}
+    return {"which": which, "ids": digest, "seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "rows_out": rows,
+            "conv_per_s": n / wall, "peak_rss_gb": usage.ru_maxrss / 2**20}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200_000, help="conversations in the generated input")
     ap.add_argument("--input", help="use this ShareGPT JSONL instead of generating one")
-    ap.add_argument("--only", choices=["ours", "baseline"], help="run one side only")
+    ap.add_argument("--only", choices=["ours", "baseline-same", "baseline-common"], help="run one pipeline only")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         which, input_path, out_dir, result = args.child
-        rows = (run_ours if which == "ours" else run_baseline)(input_path, out_dir)
-        Path(result).write_text(str(rows))
+        rows, digest = run_ours(input_path, out_dir) if which == "ours" else \
+            run_baseline(input_path, out_dir, which.split("-", 1)[1])
+        Path(result).write_text(f"{rows} {digest}")
         return
     work = Path(tempfile.mkdtemp(prefix="sftbench-"))
     try:
@@ -216,13 +244,16 @@ def main() -> None:
             size = Path(input_path).stat().st_size / 2**20
             print(f"input: {args.n:,} conversations, {size:,.0f} MiB, written in {time.monotonic() - t:.0f}s", flush=True)
         n = sum(1 for _ in open(input_path, "rb"))
-        results = [measure(w, input_path, n) for w in (["ours", "baseline"] if not args.only else [args.only])]
-        print(f"\n{'pipeline':<10} {'seconds':>9} {'conv/s':>9} {'rows out':>10} {'peak RSS':>10}")
+        which = [args.only] if args.only else ["ours", "baseline-same", "baseline-common"]
+        results = [measure(w, input_path, n) for w in which]
+        print(f"\n{'pipeline':<16} {'wall s':>8} {'CPU s':>8} {'conv/s':>9} {'rows out':>10} {'ids':>13} {'peak RSS':>10}")
         for r in results:
-            print(f"{r['which']:<10} {r['seconds']:>9.1f} {r['conv_per_s']:>9,.0f} {r['rows_out']:>10,} {r['peak_rss_gb']:>8.2f} GB")
-        if len(results) == 2:
-            print(f"\nspeed-up: {results[1]['seconds'] / results[0]['seconds']:.1f}x "
-                  f"(rows out {'equal' if results[0]['rows_out'] == results[1]['rows_out'] else 'differ'})")
+            print(f"{r['which']:<16} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} {r['conv_per_s']:>9,.0f} "
+                  f"{r['rows_out']:>10,} {r['ids']:>13} {r['peak_rss_gb']:>7.2f} GB")
+        ours = next((r for r in results if r["which"] == "ours"), None)
+        for base in (r for r in results if r["which"] != "ours" and ours):
+            print(f"speed-up vs {base['which']}: {base['seconds'] / ours['seconds']:.1f}x wall, "
+                  f"{base['cpu_seconds'] / ours['cpu_seconds']:.1f}x CPU; same kept ids: {base['ids'] == ours['ids']}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
