@@ -154,18 +154,21 @@ def prepare_dpo(con, source: str, params: DpoParams) -> None:
     picks), `__pair_texts` (the picked rows' prompt and response)."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW __scored AS {scored_rows_sql(source)}")
     con.execute("""
+        CREATE OR REPLACE TEMP TABLE __groups AS
+        SELECT prompt_id, count(*) AS m, avg(score) AS mu, coalesce(stddev_pop(score), 0) AS sd,
+               max(score) AS best_score, min(score) AS worst_score
+        FROM __scored GROUP BY prompt_id""")
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE __ranked AS
-        SELECT prompt_id, response_id, sample_index, score,
-               row_number() OVER w AS rnk, count(*) OVER p AS m, avg(score) OVER p AS mu,
-               coalesce(stddev_pop(score) OVER p, 0) AS sd, max(score) OVER p AS best_score
-        FROM __scored
-        WINDOW w AS (PARTITION BY prompt_id ORDER BY score DESC, sample_index), p AS (PARTITION BY prompt_id)""")
+        SELECT r.*, g.m, g.mu, g.sd, g.best_score
+        FROM (SELECT prompt_id, response_id, sample_index, score,
+                     row_number() OVER (PARTITION BY prompt_id ORDER BY score DESC, sample_index) AS rnk
+              FROM __scored) r JOIN __groups g USING (prompt_id)""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE __groups AS
-        SELECT prompt_id, any_value(m) AS m, any_value(mu) AS mu, any_value(sd) AS sd,
-               any_value(best_score) AS best_score, count(*) FILTER (WHERE score = best_score) AS n_best,
-               min(score) AS worst_score
-        FROM __ranked GROUP BY prompt_id""")
+        SELECT g.*, coalesce(t.n_best, 0) AS n_best FROM __groups g
+        LEFT JOIN (SELECT prompt_id, count(*) AS n_best FROM __ranked WHERE score = best_score GROUP BY prompt_id) t
+        USING (prompt_id)""")
     picks = [pick_sql(s, params) for s in params.strategies]
     con.execute("CREATE OR REPLACE TEMP TABLE __pairs AS " + " UNION ALL ".join(picks))
     con.execute("""
@@ -188,11 +191,11 @@ def pick_sql(strategy: str, params: DpoParams) -> str:
         u = f"(md5_number({sql_str(str(params.seed))} || ':' || g.prompt_id)::DOUBLE / pow(2::DOUBLE, 128))"
         pos = f"g.n_best + 1 + least(floor({u} * (g.m - g.n_best))::BIGINT, g.m - g.n_best - 1)"
         return f"{one} AND r.rnk = {pos} WHERE c.rnk = 1 AND g.m > g.n_best"
-    if strategy == "mean_minus_2sd":
-        target = f"(g.mu - {float(params.sd_multiplier)!r} * g.sd)"
-        return (f"{one} AND r.score < g.best_score WHERE c.rnk = 1 "
-                f"QUALIFY row_number() OVER (PARTITION BY c.prompt_id "
-                f"ORDER BY abs(r.score - {target}), r.score, r.rnk) = 1")
+    if strategy == "mean_minus_2sd":  # nearest the target among the lower ones; ties: lower score, then rank
+        target = f"(mu - {float(params.sd_multiplier)!r} * sd)"
+        pick = (f"SELECT prompt_id, arg_min(rnk, (abs(score - {target}), score, rnk)) AS pick FROM __ranked "
+                f"WHERE score < best_score GROUP BY prompt_id")
+        return (f"{one} JOIN ({pick}) t ON t.prompt_id = c.prompt_id AND r.rnk = t.pick WHERE c.rnk = 1")
     if strategy == "margin":
         return margin_pick_sql(cols, params)
     raise ValueError(f"unknown strategy {strategy!r}")
@@ -200,13 +203,15 @@ def pick_sql(strategy: str, params: DpoParams) -> str:
 
 def margin_pick_sql(cols: str, params: DpoParams) -> str:
     """Every (higher, lower) pair at least `margin` apart, enumerated without an all-pairs join: the rows scored
-    <= s - margin are the lowest `below` of the prompt, i.e. ranks m - below + 1 .. m. With a cap of K pairs
-    widest first, the widest K pairs lie within (top K) x (bottom K), so only those K^2 candidates are looked at."""
+    <= s - margin are the lowest `below` of the prompt, i.e. ranks m - below + 1 .. m. With a cap of K pairs,
+    widest first: the pair of the a-th best and the b-th worst is beaten or tied (and ordered first) by the a*b - 1
+    other pairs of a better-or-equal chosen and a worse-or-equal rejected, so only pairs with a*b <= K can make it."""
     margin = float(params.margin)
     if params.max_pairs_per_prompt:
         k = int(params.max_pairs_per_prompt)
         return (f"SELECT {cols} FROM __ranked c JOIN __ranked r ON r.prompt_id = c.prompt_id "
-                f"AND r.rnk > r.m - {k} AND c.score - r.score >= {margin!r} WHERE c.rnk <= {k} "
+                f"AND r.rnk > r.m - {k} AND c.rnk * (r.m - r.rnk + 1) <= {k} AND c.score - r.score >= {margin!r} "
+                f"WHERE c.rnk <= {k} "
                 f"QUALIFY row_number() OVER (PARTITION BY c.prompt_id "
                 f"ORDER BY c.score - r.score DESC, c.rnk, r.rnk DESC) <= {k}")
     below = (f"count(*) OVER (PARTITION BY prompt_id ORDER BY score "
