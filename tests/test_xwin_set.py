@@ -150,7 +150,8 @@ def test_a_killed_build_resumes_without_resampling(built: Path, tmp_path: Path) 
 
 def test_shortfall_is_recorded_when_distinct_responses_run_out(tmp_path: Path) -> None:
     """Two tokens from the two likeliest choices allow a handful of distinct responses, far from 64: the cap stops
-    sampling and the shortfall is a table, not a silent gap. Prompts come from a conversation table here."""
+    sampling and the shortfall is a table, not a silent gap. Prompts come from a conversation table here; one
+    without a user turn and one longer than the context window are drops with their reason."""
     convs = [
         {"id": "c1", "messages": [{"role": "user", "content": "Say something about tea."},
                                   {"role": "assistant", "content": "Tea is nice."},
@@ -160,6 +161,7 @@ def test_shortfall_is_recorded_when_distinct_responses_run_out(tmp_path: Path) -
                                   {"role": "user", "content": "Name a colour."},
                                   {"role": "assistant", "content": "Blue."}]},
         {"id": "c3", "messages": [{"role": "assistant", "content": "No user turn here."}]},
+        {"id": "c4", "messages": [{"role": "user", "content": "Far too long for the context window. " * 200}]},
     ]
     (tmp_path / "conv.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
     recipe = RECIPE.read_text().split("  - id: dpo_pairs")[0]  # up to rs_best_of
@@ -167,14 +169,15 @@ def test_shortfall_is_recorded_when_distinct_responses_run_out(tmp_path: Path) -
                             "  - id: xwin_set_prompts\n    op: sql\n    params:\n      query: \"SELECT id, messages::"
                             "STRUCT(role VARCHAR, content VARCHAR)[] AS messages FROM read_json('${recipe_dir}/conv.jsonl')\"\n")
     (tmp_path / "r.yaml").write_text(recipe)
-    sets = ["sampling.top_k=2", "sampling.max_new_tokens=2", "max_samples=40", "rs_ns=[1,64]"]
+    sets = ["sampling.top_k=2", "sampling.max_new_tokens=2", "max_samples=40", "rs_ns=[1,64]",
+            "policy.max_model_len=128"]
     xwin_data.build(tmp_path / "r.yaml", tmp_path / "cat", sets=sets, show_progress=False)
     cat = tmp_path / "cat"
     prompts = {r["prompt_id"]: r["prompt"] for r in query(cat, "SELECT DISTINCT prompt_id, prompt FROM xwin_set")}
     assert prompts == {"c1": [{"role": "user", "content": "Say something about tea."}],
                        "c2": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]}
-    assert query(cat, "SELECT source_id, reason FROM drops WHERE stage = 'xwin_responses'") == [
-        {"source_id": "c3", "reason": "no_user_turn"}]
+    assert query(cat, "SELECT source_id, reason FROM drops WHERE stage = 'xwin_responses' ORDER BY 1") == [
+        {"source_id": "c3", "reason": "no_user_turn"}, {"source_id": "c4", "reason": "prompt_too_long"}]
     short = {r["prompt_id"]: r for r in query(cat, "SELECT * FROM xwin_responses_shortfall")}
     got = {r["prompt_id"]: r["n"] for r in query(cat, "SELECT prompt_id, count(*) AS n FROM xwin_set GROUP BY 1")}
     assert set(short) == {"c1", "c2"}

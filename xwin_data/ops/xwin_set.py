@@ -112,6 +112,7 @@ class PromptState:
     drawn: int = 0
     duplicates: int = 0
     blank: int = 0
+    failed: str | None = None  # why this prompt cannot be sampled (it becomes a drop)
 
     def take(self, completions: list, first_attempt: int, wanted: int) -> None:
         for j, comp in enumerate(completions):
@@ -182,7 +183,7 @@ class SampleUnique(Op):
         cap = 1 if greedy else int(params.max_samples)
         gen_stats: dict[str, int] = {}
         totals = {"prompts": len(prompts), "responses": 0, "samples_drawn": 0, "duplicates": 0, "blank": 0,
-                  "prompts_short": 0, "rounds": 0}
+                  "prompts_short": 0, "prompts_failed": 0, "rounds": 0}
         cache = RequestCache(ctx.cache_dir / "generation.sqlite")
         try:
             with make_generator(GeneratorSpec.model_validate(params.policy)) as gen, \
@@ -192,6 +193,10 @@ class SampleUnique(Op):
                     states = [PromptState(p["prompt_id"], p["prompt"]) for p in prompts[lo:lo + params.prompts_per_chunk]]
                     self._sample_chunk(gen, cache, states, sampling, wanted, cap, gen_stats, totals, generate_cached)
                     for st in states:
+                        if st.failed is not None:
+                            ctx.drop(st.prompt_id, "prompt_too_long", st.failed)
+                            totals["prompts_failed"] += 1
+                            continue
                         out.write(self._rows(st, gen.model_id))
                         if len(st.kept) < params.n_unique:
                             reason = ("greedy decoding (temperature 0) gives one response" if greedy else
@@ -217,10 +222,26 @@ class SampleUnique(Op):
 
     @staticmethod
     def _sample_chunk(gen, cache, states, sampling, wanted, cap, gen_stats, totals, generate_cached) -> None:
+        from ..llm.generation import PromptTooLongError
+
+        def draw(members: list[PromptState], start: int, count: int) -> None:
+            try:
+                outs = generate_cached(gen, cache, [(st.prompt_id, st.prompt) for st in members], count, sampling,
+                                       start=start, stats=gen_stats)
+            except PromptTooLongError as err:
+                if len(members) == 1:
+                    members[0].failed = str(err)
+                    return
+                for st in members:  # find the prompt(s) at fault; the others go on
+                    draw([st], start, count)
+                return
+            for st, comps in zip(members, outs):
+                st.take(comps, start, wanted)
+
         while True:
             groups: dict[tuple[int, int], list[PromptState]] = {}
             for st in states:
-                if len(st.kept) < wanted and st.drawn < cap:
+                if st.failed is None and len(st.kept) < wanted and st.drawn < cap:
                     count = next_round(st, wanted, cap)
                     if count > 0:
                         groups.setdefault((st.drawn, count), []).append(st)
@@ -228,10 +249,7 @@ class SampleUnique(Op):
                 return
             totals["rounds"] += 1
             for (start, count), members in sorted(groups.items()):
-                outs = generate_cached(gen, cache, [(st.prompt_id, st.prompt) for st in members], count, sampling,
-                                       start=start, stats=gen_stats)
-                for st, comps in zip(members, outs):
-                    st.take(comps, start, wanted)
+                draw(members, start, count)
 
     @staticmethod
     def _rows(st: PromptState, policy: str) -> list[dict]:
