@@ -86,7 +86,7 @@ def rs_table_sql(n: int) -> str:
 
 
 class RsParams(Params):
-    ns: list[int] = Field(default_factory=lambda: list(DEFAULT_NS),
+    ns: list[int] = Field(list(DEFAULT_NS),
                           description="sample counts n; one table <table>_<n> each (best of the first n samples)")
 
     @field_validator("ns")
@@ -126,7 +126,7 @@ class RsBestOfN(SetOp):
 # ------------------------------------------------------------------------------------------------ dpo_pairs
 class DpoParams(Params):
     strategies: list[Literal["worst", "random_lower", "rank_k", "mean_minus_2sd", "margin"]] = Field(
-        default_factory=lambda: list(STRATEGIES),
+        list(STRATEGIES),
         description="how the rejected response is picked; one table <table>_<strategy> each. chosen is the best "
                     "response (rank 1), rejected: worst = lowest score; random_lower = a seeded uniform pick "
                     "among the responses scored below the best; rank_k = the response at rank k; "

@@ -68,9 +68,9 @@ def prompts_sql(source: str, columns: set[str], turns: str, max_prompts: int | N
 
 
 class SampleParams(Params):
-    policy: dict[str, Any] = Field(default_factory=dict, description="generation backend spec (GeneratorSpec): "
+    policy: dict[str, Any] = Field({}, description="generation backend spec (GeneratorSpec): "
                                    "backend, model, tokenizer, chat_template, base_url, batch_size, ...")
-    sampling: dict[str, Any] = Field(default_factory=dict, description="SamplingConfig: temperature (default 1.0), "
+    sampling: dict[str, Any] = Field({}, description="SamplingConfig: temperature (default 1.0), "
                                      "top_p (1.0), top_k (-1, off), max_new_tokens, seed")
     n_unique: int = Field(64, ge=1, description="distinct responses wanted per prompt")
     max_samples: int | None = Field(None, ge=1, description="draws per prompt at most (default 4 x n_unique)")
@@ -261,7 +261,7 @@ class SampleUnique(Op):
 
 # ------------------------------------------------------------------------------------------------ scoring
 class ScoreParams(Params):
-    rm: dict[str, Any] = Field(default_factory=dict, description="reward model spec (RewardSpec): backend "
+    rm: dict[str, Any] = Field({}, description="reward model spec (RewardSpec): backend "
                                "(transformers | vllm), model, tokenizer, chat_template, batch_size, max_length")
     rows_per_chunk: int = Field(4096, ge=1, description="responses read, scored and written at a time")
 
