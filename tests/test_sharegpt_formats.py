@@ -49,6 +49,10 @@ stages:
     op: split_long_conversations
     inputs: [near]
     params: {max_tokens: 300}
+  - id: raw_subsets
+    op: nested_subsets
+    inputs: [raw]
+    params: {sizes: [10, 20, 1000], seed: 5}
 """
 
 
@@ -153,8 +157,10 @@ def test_json_array_with_a_broken_element_keeps_what_came_before(tmp_path: Path)
 
 def test_missing_file_and_offline_hub_id_fail_clearly(tmp_path: Path, cli) -> None:
     (tmp_path / "r.yaml").write_text(READ_ONLY.format(extra="format: auto"))
-    with pytest.raises(RecipeError, match="input file not found"):
+    with pytest.raises(RecipeError, match="input file not found") as err:
         xwin_data.build(tmp_path / "r.yaml", tmp_path / "cat", [f"input={tmp_path / 'nope.jsonl'}"], show_progress=False)
+    assert (err.value.file, err.value.line, err.value.key) == (str(tmp_path / "r.yaml"), 7, "raw.params")
+    assert "nope.jsonl" in str(err.value)
     assert not (tmp_path / "cat" / "tables").exists() or not any((tmp_path / "cat" / "tables").iterdir())
     out = cli("build", "r.yaml", "--set", "input=nobody/no-such-dataset", "--quiet", cwd=tmp_path, check=False,
               env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
@@ -189,6 +195,11 @@ def test_near_duplicates_split_and_ids(tmp_path: Path) -> None:
     assert all(p[1] == 2 and p[2] == 1 and p[3] <= 300 for p in pieces)
     assert con.execute("SELECT id, messages[1].content FROM split WHERE id LIKE 'huge%'").fetchall() == [("huge#0", "and then?")]
     assert con.execute("SELECT reason FROM drops WHERE source_id = 'huge'").fetchall() == [("pair_over_token_budget",)]
+    # Subsets count assistant turns from messages when the input has no n_turns column.
+    manifest = con.execute("SELECT size, table_name, assistant_turns, complete FROM raw_subsets ORDER BY size").fetchall()
+    assert [(m[1], m[3]) for m in manifest] == [("raw_10", True), ("raw_20", True), ("raw_1k", False)]
+    assert manifest[2][2] == con.execute("SELECT sum(len(messages) // 2) FROM raw").fetchone()[0]
+    assert con.execute("SELECT count(*) FROM raw_10 WHERE id NOT IN (SELECT id FROM raw_20)").fetchone()[0] == 0
 
 
 def test_cleaning_column_equals_row_at_a_time() -> None:

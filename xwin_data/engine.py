@@ -162,7 +162,11 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
         for ref in ps.inputs:
             if ref.producer:
                 ref.fingerprint = planned[ref.producer].table_fingerprints[ref.table]
-        external = ps.op.external_fingerprint(ps.params)
+        try:
+            external = ps.op.external_fingerprint(ps.params)
+        except RecipeError as err:  # e.g. a missing input file: name the recipe, the stage's line and key
+            raise RecipeError(str(err).split(": ", 1)[-1] if err.key else str(err), file=recipe.source,
+                              line=recipe.line_of("stages", ps.index, "params"), key=f"{ps.stage_id}.params") from None
         ps.fingerprint = stable_hash({
             "op": type(ps.op).name, "op_code": type(ps.op).code_version(), "xwin_data": __version__,
             "params": ps.params.model_dump(mode="json"), "external": external,

@@ -51,7 +51,7 @@ class ReadConversations(Op):
             return {"file": path_fingerprint(p)}
         if params.file_type in ("auto", "hf") and is_hub_id(params.path):
             return {"hub": params.path}
-        raise RecipeError(f"input file not found: {params.path}", key="read_conversations.path")
+        raise RecipeError(f"path: input file not found: {params.path}")
 
     def run(self, ctx, params: ReadParams) -> None:
         from ..text.records import BadRecord, normalise

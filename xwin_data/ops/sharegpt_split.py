@@ -55,6 +55,10 @@ class SplitLong(Op):
 
     def run(self, ctx, params: SplitParams) -> None:
         src, budget = ctx.input(), params.max_tokens
+        have = {r[0] for r in ctx.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+        if not {"turn_tokens", "n_tokens"} <= have:
+            raise ValueError(f"{ctx.stage_id}: the input needs turn_tokens and n_tokens; put a conversation_stats "
+                             "stage before it")
         ctx.write_sql(f"SELECT * FROM {src} WHERE n_tokens <= {budget}")
         long_sql = f"SELECT * FROM {src} WHERE n_tokens > {budget}"
         schema = ctx.con.sql(f"{long_sql} LIMIT 0").to_arrow_table().schema

@@ -57,11 +57,13 @@ class NestedSubsets(Op):
 
     def run(self, ctx, params: SubsetParams) -> None:
         con, src = ctx.con, ctx.input()
+        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+        turns_sql = "n_turns" if "n_turns" in have else "len(list_filter(messages, lambda m: m.role = 'assistant'))"
         con.execute(f"""CREATE TEMP TABLE __order AS
             SELECT id, n_turns, sum(n_turns) OVER (ORDER BY md5_number({params.seed}::VARCHAR || ':' || id), id
                                                    ROWS UNBOUNDED PRECEDING) AS cum,
                    row_number() OVER (ORDER BY md5_number({params.seed}::VARCHAR || ':' || id), id) AS pos
-            FROM {src}""")
+            FROM (SELECT id, {turns_sql} AS n_turns FROM {src})""")
         total = con.execute("SELECT coalesce(sum(n_turns), 0), count(*) FROM __order").fetchone()
         manifest = []
         prefix = _prefix(ctx.table, params)
