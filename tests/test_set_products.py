@@ -110,15 +110,11 @@ def test_rs_best_of_n_is_the_best_of_the_first_n(built) -> None:
             row = got[pid]
             assert (row["response_id"], row["score"], row["n_available"]) == (best["response_id"], best["score"],
                                                                               len(first))
-            assert row["messages"] == best_prompt(best) + [{"role": "assistant", "content": best["response"]}]
+            assert row["messages"] == best["prompt"] + [{"role": "assistant", "content": best["response"]}]
     # p_ties: samples 1 and 2 tie at 3.0 -> the earlier one wins.
     assert query(catalog, "SELECT response_id FROM rs_best_of_8 WHERE prompt_id = 'p_ties'")[0]["response_id"] == "p_ties-1"
     drops = query(catalog, "SELECT stage, source_id, reason FROM drops WHERE stage = 'rs_best_of'")
     assert drops == [{"stage": "rs_best_of", "source_id": "p_missing-1", "reason": "missing_score"}]
-
-
-def best_prompt(row: dict) -> list[dict]:
-    return row["prompt"]
 
 
 # ------------------------------------------------------------------------------------------------ DPO
@@ -289,8 +285,6 @@ def test_tables_load_in_trl_formats(built, tokenizer) -> None:
     rendered = maybe_apply_chat_template(ex, tokenizer)
     assert rendered["prompt"].endswith("<|assistant|>\n") and rendered["chosen"] != rendered["rejected"]
     # Tokenised as DPOTrainer does, the prompt is a prefix of prompt + chosen, and the collator batches it.
-    prompt_ids = tokenizer.apply_chat_template(ex["prompt"], add_generation_prompt=True)
-    prompt_ids = prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else list(prompt_ids)
     features = []
     for row in (dpo[0], dpo[1]):
         p = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"]
