@@ -192,24 +192,30 @@ class SampleUnique(Op):
                 for lo in range(0, len(prompts), params.prompts_per_chunk):
                     states = [PromptState(p["prompt_id"], p["prompt"]) for p in prompts[lo:lo + params.prompts_per_chunk]]
                     self._sample_chunk(gen, cache, states, sampling, wanted, cap, gen_stats, totals, generate_cached)
+                    rows, short_rows = [], []  # one write per chunk keeps row groups large
                     for st in states:
                         if st.failed is not None:
                             ctx.drop(st.prompt_id, "prompt_too_long", st.failed)
                             totals["prompts_failed"] += 1
                             continue
-                        out.write(self._rows(st, gen.model_id))
+                        rows.extend(self._rows(st, gen.model_id))
                         if len(st.kept) < params.n_unique:
                             reason = ("greedy decoding (temperature 0) gives one response" if greedy else
                                       f"{st.drawn} samples drawn (max_samples) gave {len(st.kept)} distinct")
-                            short.write([{"prompt_id": st.prompt_id, "wanted": params.n_unique,
-                                          "unique_responses": len(st.kept),
-                                          "shortfall": params.n_unique - len(st.kept), "samples_drawn": st.drawn,
-                                          "duplicates": st.duplicates, "blank": st.blank, "reason": reason}])
+                            short_rows.append({"prompt_id": st.prompt_id, "wanted": params.n_unique,
+                                               "unique_responses": len(st.kept),
+                                               "shortfall": params.n_unique - len(st.kept),
+                                               "samples_drawn": st.drawn, "duplicates": st.duplicates,
+                                               "blank": st.blank, "reason": reason})
                             totals["prompts_short"] += 1
                         totals["responses"] += len(st.kept)
                         totals["samples_drawn"] += st.drawn
                         totals["duplicates"] += st.duplicates
                         totals["blank"] += st.blank
+                    if rows:
+                        out.write(rows)
+                    if short_rows:
+                        short.write(short_rows)
                     bar.advance(len(states))
         finally:
             cache.close()
