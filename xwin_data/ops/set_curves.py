@@ -12,12 +12,10 @@
 """
 from __future__ import annotations
 
-from fractions import Fraction
-from math import comb
-
 import pyarrow as pa
 from pydantic import Field
 
+from ..bon import best_of_weights
 from ..context import sql_str
 from .base import Params, register
 from .set_products import SetOp, assistant, drop_unscored, require_columns, scored_rows_sql
@@ -72,15 +70,14 @@ class WindGroups(SetOp):
 
 # ------------------------------------------------------------------------------------------------ bon_curve
 def order_stat_weights(max_m: int) -> pa.Table:
-    """For each m <= max_m and n <= m, the list P(max of n draws from m is the k-th smallest), k = 1..m.
-    Computed with exact integer arithmetic, then rounded once to float."""
+    """For each m <= max_m and n <= m, the list P(max of n draws from m is the k-th smallest), k = 1..m
+    (`xwin_data.bon.best_of_weights`, the same weights the Python evaluations use)."""
     ms, ns, ws = [], [], []
     for m in range(1, max_m + 1):
         for n in range(1, m + 1):
-            total = comb(m, n)
             ms.append(m)
             ns.append(n)
-            ws.append([float(Fraction(comb(k - 1, n - 1), total)) for k in range(1, m + 1)])
+            ws.append(list(best_of_weights(m, n)))
     return pa.table({"m": pa.array(ms, pa.int64()), "n": pa.array(ns, pa.int64()),
                      "w": pa.array(ws, pa.list_(pa.float64()))})
 

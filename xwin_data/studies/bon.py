@@ -2,8 +2,8 @@
 set, for every n up to the set size, one curve per policy (table, or `policy` column), on one plot.
 
 Exact, no resampling: with a prompt's m scores sorted ascending s_1 ≤ … ≤ s_m, the best of n draws is s_k with
-probability C(k-1, n-1) / C(m, n), so E[best of n] = Σ_k s_k · C(k-1, n-1) / C(m, n). The curve is the mean over
-prompts; its 95% CI bootstraps prompts. Where the catalog has a `bon_curve` table made by the Xwin-Set recipe,
+probability C(k-1, n-1) / C(m, n), so E[best of n] = Σ_k s_k · C(k-1, n-1) / C(m, n) (`xwin_data.bon`, shared with
+the training evaluation and the `bon_curve` op). The curve is the mean over prompts; its 95% CI bootstraps prompts. Where the catalog has a `bon_curve` table made by the Xwin-Set recipe,
 `xwin-data sql` reads that directly; this study adds the comparison across policies and the picture.
 """
 from __future__ import annotations
@@ -11,25 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.special import gammaln
 
+from ..bon import best_of_curve
 from ..catalog import Catalog
 from ..connection import connect
 from .judge import StudyError
 from .output import study_dir, write_results
 from .plots import lines_with_ci
-
-
-def expected_best(scores: np.ndarray, n_max: int | None = None) -> np.ndarray:
-    """E[max of n draws without replacement] for n = 1..min(m, n_max) from one prompt's scores."""
-    s = np.sort(np.asarray(scores, dtype=float))
-    m = s.size
-    top = min(m, n_max or m)
-    k = np.arange(1, m + 1)[:, None]
-    n = np.arange(1, top + 1)[None, :]
-    log_w = np.where(k >= n, gammaln(k) - gammaln(n) - gammaln(k - n + 1)
-                     - (gammaln(m + 1) - gammaln(n + 1) - gammaln(m - n + 1)), -np.inf)
-    return (s[:, None] * np.exp(log_w)).sum(axis=0)
 
 
 def set_tables(catalog: Catalog) -> list[str]:
@@ -60,7 +48,8 @@ def curves(catalog: Catalog, tables: list[str], n_max: int = 64, n_boot: int = 1
                                f'FROM "{table}" WHERE score IS NOT NULL GROUP BY ALL ORDER BY 1, 2').fetchall()
             by_policy: dict[str, list[np.ndarray]] = {}
             for pol, _, scores in data:
-                by_policy.setdefault(pol if "policy" in cols else table, []).append(expected_best(scores, n_max))
+                curve = np.array(best_of_curve(scores, n_max))
+                by_policy.setdefault(pol if "policy" in cols else table, []).append(curve)
             for pol, per_prompt in by_policy.items():
                 width = min(len(c) for c in per_prompt)  # prompts with fewer responses cap the curve
                 mat = np.stack([c[:width] for c in per_prompt])
