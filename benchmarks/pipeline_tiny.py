@@ -80,7 +80,6 @@ def build_set(cat: Path, policy: str, proxy, prompts: list[dict], args, work: Pa
     import pyarrow.parquet as pq
 
     import xwin_data
-    from xwin_data.training.models import score_responses
 
     draws = sample(policy, [p["prompt"] for p in prompts], 2 * args.set_n, args.max_new_tokens, seed=11)
     rows = []
@@ -97,8 +96,7 @@ def build_set(cat: Path, policy: str, proxy, prompts: list[dict], args, work: Pa
             rows.append({"prompt_id": p["prompt_id"], "prompt": p["prompt"], "response_id": f"{p['prompt_id']}-{i}",
                          "sample_index": i, "attempt": attempt, "response": c.text, "tokens": max(1, c.tokens),
                          "finish_reason": c.finish_reason, "policy": policy, "rm": "proxy"})
-    rm, tok = proxy
-    scores = score_responses(rm, tok, [r["prompt"] for r in rows], [r["response"] for r in rows], batch_size=128)
+    scores = proxy.score_responses([r["prompt"] for r in rows], [r["response"] for r in rows])
     for r, s in zip(rows, scores):
         r["score"] = s
     path = work / "xwin_set.parquet"
@@ -127,14 +125,13 @@ def set_recipe_available() -> bool:
 
 def judge(policy: str, prompts: list[dict], proxy, gold, args) -> dict:
     """E[gold reward of the proxy's best of n] and E[proxy's best of n], exact over 64 samples per prompt."""
-    from xwin_data.training.evaluate import best_of_weights
-    from xwin_data.training.models import score_responses
+    from xwin_data.bon import best_of_weights
 
     comps = sample(policy, [p["prompt"] for p in prompts], 64, args.max_new_tokens, seed=12345)
     flat_p = [p["prompt"] for p, cs in zip(prompts, comps) for _ in cs]
     flat_t = [c.text for cs in comps for c in cs]
-    px = score_responses(*proxy, flat_p, flat_t, batch_size=128)
-    gd = score_responses(*gold, flat_p, flat_t, batch_size=128)
+    px = proxy.score_responses(flat_p, flat_t)
+    gd = gold.score_responses(flat_p, flat_t)
     out = {}
     for n in (1, 16, 64):
         gold_sel, proxy_sel = [], []
@@ -163,7 +160,7 @@ def main() -> None:
     import xwin_data
     from xwin_data.commands.train import run_script
     from xwin_data.training.data import prompt_rows, read_rows
-    from xwin_data.training.models import load_reward, load_tokenizer
+    from xwin_data.llm.reward import RewardSpec, make_scorer
     from xwin_data.training.records import record_eval
 
     out = Path(args.out)
@@ -194,8 +191,8 @@ def main() -> None:
           "per_device_train_batch_size=8", "learning_rate=1e-3")
     stage("rm", "stage_name=rm_gold", "table=hh_gold_pairs", f"output_dir={runs / 'rm_gold'}",
           f"max_steps={s(400)}", "per_device_train_batch_size=8", "learning_rate=1e-3")
-    proxy = (load_reward(str(runs / "rm")), load_tokenizer(str(runs / "rm")))
-    gold = (load_reward(str(runs / "rm_gold")), load_tokenizer(str(runs / "rm_gold")))
+    proxy = make_scorer(RewardSpec(model=str(runs / "rm"), batch_size=128))
+    gold = make_scorer(RewardSpec(model=str(runs / "rm_gold"), batch_size=128))
 
     log("Xwin-Set from the SFT policy")
     start = time.perf_counter()

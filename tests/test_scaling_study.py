@@ -63,19 +63,19 @@ def test_scaling_study_trains_each_size_once_and_evaluates(work: Path, cli, open
         assert r["ci_low"] <= r["win_rate"] <= r["ci_high"]
 
     # Independent check of one size: the reward model scores the stored answer and reference again.
-    from xwin_data.training.models import load_reward, load_tokenizer, score_responses
+    from xwin_data.llm.reward import RewardSpec, make_scorer
 
     con = xwin_data.connect(catalog)
     prompts = {i: m for i, m in con.execute("SELECT id, messages FROM sft_sharegpt").fetchall()}
     in_subsets = {i for (i,) in con.execute("SELECT id FROM sft_sharegpt_80").fetchall()}
     con.close()
-    rm, tok = load_reward("tiny-reward"), load_tokenizer("tiny-reward")
     p = next(p for p in per_prompt if p["size"] == 40)
     assert p["id"] not in in_subsets  # held out from every subset
     msgs = [dict(m) for m in prompts[p["id"]]]
     first = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
     assert p["reference"] == msgs[first]["content"]
-    s_model, s_ref = score_responses(rm, tok, [msgs[:first]] * 2, [p["answer"], p["reference"]])
+    with make_scorer(RewardSpec(model="tiny-reward")) as rm:
+        s_model, s_ref = rm.score_responses([msgs[:first]] * 2, [p["answer"], p["reference"]])
     assert (s_model, s_ref) == (pytest.approx(p["score_model"], abs=1e-4), pytest.approx(p["score_reference"], abs=1e-4))
     _png_ok(out / "scaling.png")
 

@@ -3,7 +3,6 @@ table, its loss goes down on a fixed batch, the saved model reloads and generate
 in the catalog's `runs` table (and the best-of-n evaluation in `evals`)."""
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
@@ -11,7 +10,6 @@ import pytest
 
 import xwin_data
 from xwin_data.commands.train import run_script
-from xwin_data.training.evaluate import expected_best_of
 
 COMMON = ["max_length=128", "per_device_train_batch_size=4", "logging_steps=1", "lr_scheduler_type=constant",
           "report_to=[]", "save_strategy=no", "dataloader_num_workers=0", "seed=0"]
@@ -68,7 +66,8 @@ def test_sft_loss_drops_saved_model_generates_and_run_is_recorded(hh_catalog, pr
 
 def test_reward_model_loss_drops_and_reloaded_model_scores_like_trl(hh_catalog, project_dir, tmp_path):
     from xwin_data.training.data import preference_dataset, read_rows
-    from xwin_data.training.models import load_reward, load_tokenizer, score_responses
+    from xwin_data.llm.reward import RewardSpec, make_scorer
+    from xwin_data.training.models import load_tokenizer
 
     out = tmp_path / "rm"
     rec = run_script("rm", [str(project_dir / "train/configs/rm.yaml"), f"catalog={hh_catalog}", f"output_dir={out}",
@@ -78,12 +77,13 @@ def test_reward_model_loss_drops_and_reloaded_model_scores_like_trl(hh_catalog, 
     assert m["fixed_batch_loss_after"] < m["fixed_batch_loss_before"] - 0.05
 
     # the saved model, scored through the toolkit's own scorer, gives TRL's loss on the same fixed batch
-    tok, rm = load_tokenizer(str(out)), load_reward(str(out))
+    tok = load_tokenizer(str(out))
     ds, _ = preference_dataset(read_rows(hh_catalog, "hh_pairs", 16), "hh_pairs")
     fits = [ex for ex in ds if max(len(tok.apply_chat_template(ex["prompt"] + ex[k], tokenize=True, return_dict=True)
                                         ["input_ids"]) for k in ("chosen", "rejected")) <= 128][:8]
-    chosen = score_responses(rm, tok, [e["prompt"] for e in fits], [e["chosen"][0]["content"] for e in fits])
-    rejected = score_responses(rm, tok, [e["prompt"] for e in fits], [e["rejected"][0]["content"] for e in fits])
+    with make_scorer(RewardSpec(model=str(out))) as rm:
+        chosen = rm.score_responses([e["prompt"] for e in fits], [e["chosen"][0]["content"] for e in fits])
+        rejected = rm.score_responses([e["prompt"] for e in fits], [e["rejected"][0]["content"] for e in fits])
     loss = sum(-math.log(1 / (1 + math.exp(-(c - r)))) for c, r in zip(chosen, rejected)) / len(fits)
     assert loss == pytest.approx(m["fixed_batch_loss_after"], abs=1e-4)
     assert "eval" not in rec  # reward models are not policies: no best-of-n evaluation
@@ -115,11 +115,3 @@ def test_config_errors_name_the_problem(hh_catalog, project_dir, tmp_path):
         run_script("sft", [cfg, f"catalog={hh_catalog}", "table=no_such_table", f"output_dir={tmp_path}"])
     with pytest.raises(TableFormatError, match="needs columns"):
         run_script("sft", [cfg, f"catalog={hh_catalog}", "table=hh_prompts", f"output_dir={tmp_path}"])
-
-
-def test_expected_best_of_matches_enumeration():
-    scores = {"a": [0.3, -1.0, 2.0, 0.3, 1.1, 0.0], "b": [5.0, 4.0, 4.0, -2.0, 1.0, 3.5]}
-    got = expected_best_of(scores, [1, 2, 3, 6])
-    for n in (1, 2, 3, 6):
-        brute = [sum(max(c) for c in itertools.combinations(s, n)) / math.comb(len(s), n) for s in scores.values()]
-        assert got[n] == pytest.approx(sum(brute) / 2, abs=1e-12)

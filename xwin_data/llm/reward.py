@@ -9,6 +9,12 @@ Either way the RM's own chat template renders the conversation, the rendered tex
 and conversations are scored in buckets of similar length (sorted by token count) so batches pad little.
 Conversations longer than `max_length` tokens keep their last `max_length` tokens (the answer's end, where a
 sequence classifier reads its score) and are counted in the stats as truncated.
+
+Training and evaluation score through the same class: `TransformersRewardScorer.from_model(model, tokenizer)`
+wraps a reward model that is already loaded (WIND keeps it on the trainer's device). The sequence is the one TRL's
+RewardTrainer trains on for a conversational pair, `apply_chat_template(prompt + [assistant response])` with no
+EOS appended, and batches are right-padded with `model.config.pad_token_id`, the id the classifier pools by (the
+last token that is not that id), so a batched score equals the unbatched, unpadded forward pass.
 """
 from __future__ import annotations
 
@@ -35,12 +41,30 @@ class RewardSpec(BaseModel):
                                                                     "vllm LLM kwargs")
 
 
+def with_response(prompt: Messages, response: str) -> Messages:
+    """The conversation a reward model scores: the prompt turns, then the response as the assistant turn."""
+    return [dict(m) for m in prompt] + [{"role": "assistant", "content": response}]
+
+
 class RewardScorer:
-    """Base: `render` (the RM's chat template) and `_score` (rendered texts -> floats), set by each backend."""
+    """Base: `render` (the RM's chat template) and `_score` (token ids -> floats), set by each backend."""
 
     spec: RewardSpec
     model_id: str
     tokenizer: Any
+
+    def _load_spec(self, spec: RewardSpec) -> tuple[str, str | None, dict]:
+        """Common to the backends: tokenizer (with the chat template check) and model id; returns the resolved
+        model path, the revision and the remaining backend options."""
+        from .tiny import resolve_model
+
+        self.spec = spec
+        opts = dict(spec.extra)
+        revision = opts.pop("revision", None)
+        path = resolve_model(spec.model)
+        self.tokenizer = _load_tokenizer(spec, path)
+        self.model_id = _identity(spec)
+        return path, revision, opts
 
     def render(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False)
@@ -72,6 +96,13 @@ class RewardScorer:
     def score(self, conversations: Sequence[Messages], stats: dict | None = None) -> list[float]:
         return self.score_ids([self.encode(self.render(c), stats) for c in conversations])
 
+    def score_responses(self, prompts: Sequence[Messages], responses: Sequence[str],
+                        stats: dict | None = None) -> list[float]:
+        """Score of each (prompt, response) pair, uncached (fresh samples in training and evaluation)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        return self.score([with_response(p, r) for p, r in zip(prompts, responses)], stats)
+
     def _score(self, batch: list[list[int]]) -> list[float]:
         raise NotImplementedError
 
@@ -96,9 +127,13 @@ def _load_tokenizer(spec: RewardSpec, model_path: str):
     template = load_chat_template(spec.chat_template)
     if template is not None:
         tok.chat_template = template
-    if tok.chat_template is None:
-        raise ValueError(f"reward model {spec.model!r} has no chat template; set rm.chat_template")
+    _require_template(tok, spec.model)
     return tok
+
+
+def _require_template(tokenizer, name: str) -> None:
+    if tokenizer.chat_template is None:
+        raise ValueError(f"reward model {name!r} has no chat template; set rm.chat_template")
 
 
 def _identity(spec: RewardSpec) -> str:
@@ -115,27 +150,39 @@ class TransformersRewardScorer(RewardScorer):
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from .tiny import resolve_model
+        path, revision, opts = self._load_spec(spec)
+        device = opts.pop("device", "cuda" if torch.cuda.is_available() else "cpu")
+        dtype = opts.pop("dtype", "float32" if device == "cpu" else "auto")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, revision=revision, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+        self._attach(model.to(device).eval())
 
-        self.spec = spec
-        opts = dict(spec.extra)
-        revision = opts.pop("revision", None)
-        path = resolve_model(spec.model)
-        self.tokenizer = _load_tokenizer(spec, path)
-        self.device = opts.pop("device", "cuda" if torch.cuda.is_available() else "cpu")
-        dtype = opts.pop("dtype", "float32" if self.device == "cpu" else "auto")
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, revision=revision, dtype=dtype if dtype == "auto" else getattr(torch, dtype)).to(self.device).eval()
-        if self.model.config.num_labels != 1:
-            raise ValueError(f"reward model {spec.model!r} has {self.model.config.num_labels} labels; expected one "
+    @classmethod
+    def from_model(cls, model, tokenizer, batch_size: int = 32, max_length: int = 2048,
+                   model_id: str | None = None) -> "TransformersRewardScorer":
+        """A scorer over a reward model already in memory (and on its device), scoring exactly as one loaded from
+        a spec does. `model_id` (for cache keys) defaults to the identity of the folder it was loaded from."""
+        self = cls.__new__(cls)
+        name = str(getattr(model, "name_or_path", "") or "in-memory-reward-model")
+        self.spec = RewardSpec(model=name, batch_size=batch_size, max_length=max_length)
+        _require_template(tokenizer, name)
+        self.tokenizer = tokenizer
+        self.model_id = model_id or _identity(self.spec)
+        self._attach(model.eval())
+        return self
+
+    def _attach(self, model) -> None:
+        if model.config.num_labels != 1:
+            raise ValueError(f"reward model {self.spec.model!r} has {model.config.num_labels} labels; expected one "
                              "scalar output (num_labels=1)")
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = pad
-        self.pad_id = self.model.config.pad_token_id
-        self.model_id = _identity(spec)
+        if model.config.pad_token_id is None:
+            pad = self.tokenizer.pad_token_id
+            model.config.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        # Pad with the id the classifier pools by (not the tokenizer's, which may differ): the score is read at
+        # the last token that is not config.pad_token_id.
+        self.pad_id = model.config.pad_token_id
+        self.model = model
+        self.device = next(model.parameters()).device
 
     def _score(self, batch: list[list[int]]) -> list[float]:
         import torch
@@ -158,18 +205,13 @@ class VLLMRewardScorer(RewardScorer):
 
         from .tiny import resolve_model
 
-        self.spec = spec
-        opts = dict(spec.extra)
-        revision = opts.pop("revision", None)
-        path = resolve_model(spec.model)
-        self.tokenizer = _load_tokenizer(spec, path)
+        path, revision, opts = self._load_spec(spec)
         kwargs = {"runner": "pooling", "enforce_eager": True, "max_model_len": spec.max_length, "seed": 0, **opts}
         if revision:
             kwargs["revision"] = revision
         if spec.tokenizer:
             kwargs["tokenizer"] = resolve_model(spec.tokenizer)
         self.llm = LLM(model=path, **kwargs)
-        self.model_id = _identity(spec)
 
     def _score(self, batch: list[list[int]]) -> list[float]:
         from vllm import PoolingParams

@@ -48,21 +48,24 @@ def _outcome(gap: float, margin: float) -> str:
 
 
 class RewardModelEvaluator:
-    """Keeps the reward model loaded across sizes."""
+    """Keeps the reward model loaded across sizes; scores are cached (the references are scored once)."""
 
     def __init__(self, spec: EvaluatorSpec, cache) -> None:
-        from ..training.models import load_reward, load_tokenizer
+        from ..llm.reward import RewardSpec, make_scorer
 
         self.spec, self.cache = spec, cache
-        self.rm, self.tok = load_reward(spec.reward_model), load_tokenizer(spec.reward_model)
+        self.scorer = make_scorer(RewardSpec(model=spec.reward_model))
+
+    def _scores(self, items: list[dict], responses: list[str]) -> list[float]:
+        from ..llm.reward import score_cached, with_response
+
+        convs = [with_response(it["prompt"], r) for it, r in zip(items, responses)]
+        return score_cached(self.scorer, self.cache, convs)
 
     def __call__(self, model_path: str, items: list[dict]) -> tuple[list[dict], dict]:
-        from ..training.models import score_responses
-
         answers = greedy_answers(model_path, items, self.spec.max_new_tokens, self.cache)
-        prompts = [it["prompt"] for it in items]
-        s_model = score_responses(self.rm, self.tok, prompts, answers)
-        s_ref = score_responses(self.rm, self.tok, prompts, [it["reference"] for it in items])
+        s_model = self._scores(items, answers)
+        s_ref = self._scores(items, [it["reference"] for it in items])
         records = [{"id": it["id"], "answer": a, "reference": it["reference"], "score_model": sm, "score_reference": sr,
                     "gap": sm - sr, "outcome": _outcome(sm - sr, self.spec.tie_margin)}
                    for it, a, sm, sr in zip(items, answers, s_model, s_ref)]

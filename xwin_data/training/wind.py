@@ -93,8 +93,11 @@ class WindTrainer(Trainer):
         self.loss_is_scaled_for_ga = False  # compute_loss returns a mean; Trainer divides by the GA steps
         device = self.args.device
         self.ref_model = ref_model.to(device).eval().requires_grad_(False)
-        self.reward_model = reward_model.to(device).eval().requires_grad_(False)
-        self.reward_tokenizer = reward_tokenizer
+        from ..llm.reward import TransformersRewardScorer
+
+        # The Xwin-Set op's scorer over the loaded model: fresh samples score as the stored groups were scored.
+        self.reward_scorer = TransformersRewardScorer.from_model(
+            reward_model.to(device).requires_grad_(False), reward_tokenizer, batch_size=args.reward_batch_size)
         self.prev_model = None
         self.iteration = -1
         self._micro = 0
@@ -150,8 +153,6 @@ class WindTrainer(Trainer):
 
     @torch.no_grad()
     def _make_buffer(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        from .models import score_responses
-
         tok, k = self.processing_class, self.args.group_size
         prompt_ids = [self._prompt_ids(r["prompt"]) for r in rows]
         stored = (self.iteration == 0 and self.args.first_iteration_from_table
@@ -166,8 +167,7 @@ class WindTrainer(Trainer):
             completions = self._sample(prompt_ids)
             texts = [tok.decode(c, skip_special_tokens=True) for group in completions for c in group]
             prompts = [r["prompt"] for r in rows for _ in range(k)]
-            scores = torch.tensor(score_responses(self.reward_model, self.reward_tokenizer, prompts, texts,
-                                                  batch_size=self.args.reward_batch_size)).view(len(rows), k)
+            scores = torch.tensor(self.reward_scorer.score_responses(prompts, texts)).view(len(rows), k)
         batch = self._pack(prompt_ids, completions)
         args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
         logp_prev = sequence_logps(self.prev_model, *args).view(len(rows), k)
