@@ -1,0 +1,85 @@
+"""The chat client on both HTTP transports under the openai client (aiohttp and httpx): the same typed errors,
+Retry-After, key scrubbing, and every connection pool closed when a run ends."""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from xwin_data.llm.cache import RequestCache
+from xwin_data.llm.client import (AuthError, ChatCall, ChatClient, ClientSettings, ConnectionFailed, Timeout,
+                                  aiohttp_available)
+
+TRANSPORTS = ["httpx", pytest.param("aiohttp", marks=pytest.mark.skipif(
+    not aiohttp_available(), reason='openai\'s aiohttp extra is not installed (pip install "openai[aiohttp]")'))]
+
+
+def make_client(server, tmp_path: Path, transport: str, **overrides) -> ChatClient:
+    settings = {"model": "test-judge", "base_url": server.base_url, "backoff_initial_s": 0.01,
+                "backoff_max_s": 0.05, "timeout_s": 5, "transport": transport, **overrides}
+    return ChatClient(ClientSettings(**settings), RequestCache(tmp_path / "cache.sqlite"))
+
+
+def calls(count: int, **params) -> list[ChatCall]:
+    return [ChatCall([{"role": "user", "content": f"question {i}"}], {"temperature": 0, **params}) for i in range(count)]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_typed_errors_on_each_transport(openai_server, tmp_path: Path, transport: str) -> None:
+    openai_server.fail_next(2, "hang")
+    [res] = make_client(openai_server, tmp_path / "t", transport, timeout_s=0.2, max_retries=1).run(calls(1))
+    assert isinstance(res.error, Timeout), res.error
+
+    openai_server.reset()
+    openai_server.fail_next(2, "drop")  # the server closes the connection without an answer
+    [res] = make_client(openai_server, tmp_path / "d", transport, max_retries=1).run(calls(1))
+    assert isinstance(res.error, ConnectionFailed), repr(res.error)
+    assert openai_server.total == 2
+
+    openai_server.reset()
+    openai_server.fail_next(1, "drop")  # ... and is retried
+    [res] = make_client(openai_server, tmp_path / "d2", transport).run(calls(1))
+    assert res.ok and res.attempts == 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_retry_after_and_key_scrubbing_on_each_transport(openai_server, tmp_path: Path, transport: str,
+                                                         monkeypatch) -> None:
+    openai_server.fail_next(3, "429", retry_after=0.3)
+    start = time.monotonic()
+    results = make_client(openai_server, tmp_path / "r", transport, concurrency=3).run(calls(3))
+    assert all(r.ok for r in results) and time.monotonic() - start >= 0.3
+
+    secret = "sk-transport-test-0123456789abcdef"
+    monkeypatch.setenv("XWIN_TRANSPORT_KEY", secret)
+    openai_server.reset()
+    openai_server.fail_next(1, "401")  # the server quotes the key back, as OpenAI does
+    [res] = make_client(openai_server, tmp_path / "k", transport, api_key_env="XWIN_TRANSPORT_KEY").run(calls(1))
+    assert isinstance(res.error, AuthError) and "Incorrect API key" in str(res.error)
+    assert secret not in str(res.error) and secret[:12] not in str(res.error)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_connection_pool_is_closed(openai_server, tmp_path: Path, transport: str, caplog) -> None:
+    openai_server.fail_next(1, "500")
+    openai_server.fail_next(1, "hang")
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        client = make_client(openai_server, tmp_path, transport, concurrency=8, timeout_s=0.3)
+        assert all(r.ok for r in client.run(calls(20)))
+        assert all(r.ok for r in client.run(calls(5, seed=1)))  # a second run opens and closes its own pool
+        gc.collect()
+    leaks = [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)]
+    assert not leaks, leaks
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()], caplog.text
+
+
+def test_auto_transport_is_aiohttp_where_installed(openai_server, tmp_path: Path) -> None:
+    client = make_client(openai_server, tmp_path, "auto")
+    assert client.run(calls(1))[0].ok
+    assert client.transport == ("aiohttp" if aiohttp_available() else "httpx")
