@@ -33,13 +33,13 @@ def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def add_stats(table: pa.Table, tokenizer: str, language: bool, lang_text: pa.Array | None = None) -> pa.Table:
     """The table with the stat columns (re)computed from `messages` (language from `lang_text`, if given)."""
     from ..text.language import detect_batch
-    from ..text.tokens import APPROX, PIECE_PATTERN, count_with_tokenizer
+    from ..text.tokens import APPROX, approx_count_column, count_with_tokenizer
 
     messages = table.column("messages").combine_chunks()
     role, content, _, offsets = flat_messages(messages)
     offs = offsets.to_numpy()
     if tokenizer == APPROX:
-        tokens = pc.count_substring_regex(content, PIECE_PATTERN).cast(pa.int32())
+        tokens = approx_count_column(content)
     else:
         tokens = pa.array(count_with_tokenizer(tokenizer, content.to_pylist()), pa.int32())
     is_asst = pc.equal(role, "assistant").to_numpy(zero_copy_only=False).astype(np.int32)

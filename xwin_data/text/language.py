@@ -62,11 +62,9 @@ def detect_batch(texts: list[str]) -> list[str]:
     lens = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
     order = np.argsort(-lens, kind="stable")  # longest first: the texts still walking are always a prefix
     lens_sorted = lens[order]
-    flat = np.frombuffer(b"".join(encoded[i] for i in order), dtype=np.uint8)
-    starts = np.concatenate([[0], np.cumsum(lens_sorted)[:-1]])
     width = int(lens_sorted[0])
-    columns = np.zeros((width, len(encoded)), dtype=np.int32)  # byte j of every text is contiguous
-    columns[np.arange(len(flat)) - np.repeat(starts, lens_sorted), np.repeat(np.arange(len(encoded)), lens_sorted)] = flat
+    padded = b"".join(encoded[i].ljust(width, b"\0") for i in order)  # zero bytes past a text's end are never read
+    columns = np.frombuffer(padded, dtype=np.uint8).reshape(len(encoded), width).T.copy()  # byte j of every text
     active_until = np.searchsorted(-lens_sorted, -np.arange(1, width + 1), side="right")  # texts longer than j
     state = np.zeros(len(encoded), dtype=np.int32)
     hit_rows, hit_feats = [], []

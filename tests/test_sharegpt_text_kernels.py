@@ -1,0 +1,41 @@
+"""The vectorised text kernels give the same answers as the reference implementations they replace."""
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import py3langid
+
+from xwin_data.text.language import detect_batch
+from xwin_data.text.tokens import PIECE_PATTERN, approx_count_column
+
+CHARS = [chr(i) for i in range(128)] + ["é", "中", "文", "カ", "ü", "\u00a0", "\u200b", "\u2028", "—", "😀"]
+
+
+def _random_texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return CHARS + ["".join(rng.choice(CHARS) for _ in range(rng.randint(0, 40))) for _ in range(n)] + \
+        ["", " a", "a ", "ab_c9 !!x", "ab中文 x", "中文ab", "Ünïcödé words, and ASCII ones."]
+
+
+def test_approx_count_column_matches_the_re2_pattern() -> None:
+    texts = pa.array(_random_texts(5000))
+    expected = pc.count_substring_regex(texts, PIECE_PATTERN).cast(pa.int32())
+    assert approx_count_column(texts).to_pylist() == expected.to_pylist()
+    part = texts.slice(11, 3000)  # a sliced array (non-zero offset) counts the same
+    assert approx_count_column(part).to_pylist() == expected.slice(11, 3000).to_pylist()
+    ascii_only = pa.array(["Hello, world! It's 2024_ok.", "x", "  \t\n", "a-b c--d"])
+    assert approx_count_column(ascii_only).to_pylist() == [9, 1, 0, 7]
+
+
+def test_detect_batch_matches_py3langid() -> None:
+    texts = ["The quick brown fox jumps over the lazy dog, again and again.",
+             "Le renard brun rapide saute par-dessus le chien paresseux.",
+             "Der schnelle braune Fuchs springt über den faulen Hund.",
+             "敏捷的棕色狐狸跳过了懒狗。", "El rápido zorro marrón salta sobre el perro perezoso.",
+             "ВЫСТРЕЛ ПРОЗВУЧАЛ В ТИШИНЕ", "12345 !!! ???", "", "short", "Ceci est une phrase assez longue " * 20]
+    got = detect_batch(texts)
+    for text, label in zip(texts, got):
+        has_letters = any(ch.isalpha() for ch in text[:200])
+        assert label == (py3langid.classify(text)[0] if has_letters else "und"), text
