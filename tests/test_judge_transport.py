@@ -83,3 +83,17 @@ def test_auto_transport_is_aiohttp_where_installed(openai_server, tmp_path: Path
     client = make_client(openai_server, tmp_path, "auto")
     assert client.run(calls(1))[0].ok
     assert client.transport == ("aiohttp" if aiohttp_available() else "httpx")
+
+
+def test_parameters_reach_the_server_and_unknown_ones_fail_first(openai_server, tmp_path: Path) -> None:
+    call = ChatCall([{"role": "user", "content": "q"}], {"temperature": 0.5, "max_tokens": 9, "stop": ["\n"],
+                                                        "extra_body": {"top_k": 4}})
+    [res] = make_client(openai_server, tmp_path, "auto").run([call])
+    assert res.ok
+    [body] = openai_server.requests
+    assert body == {"model": "test-judge", "messages": [{"role": "user", "content": "q"}], "temperature": 0.5,
+                    "max_tokens": 9, "stop": ["\n"], "top_k": 4}
+    for bad in ({"max_token": 9}, {"model": "other"}, {"stream": True}):
+        with pytest.raises(TypeError, match="not chat-completion parameters"):
+            make_client(openai_server, tmp_path, "auto").run([ChatCall([{"role": "user", "content": "q"}], bad)])
+    assert openai_server.total == 1
