@@ -143,7 +143,7 @@ class StageContext:
                     description: str | None = None) -> int:
         """Stream `sql` in Arrow batches through `fn` into an output table; for work SQL cannot do."""
         total = self.con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
-        reader = self.con.cursor().execute(sql).to_arrow_reader(batch_size)
+        reader = self.con.cursor().sql(sql).to_arrow_reader(batch_size)
         with self.writer(schema, table) as w, track(self.progress, description or f"{self.stage_id}", total) as bar:
             for batch in reader:
                 out = fn(batch)
