@@ -8,7 +8,7 @@ side then reads that file and writes every derived table to Parquet (zstd): rs_b
 random_lower, rank_k, mean_minus_2sd, margin (capped at 8 per prompt)}, wind_groups, bon_curve(+_per_prompt).
 The DuckDB side runs the ops' own SQL (xwin_data.ops.set_products / set_curves) the way `ctx.write_sql` does
 (COPY ... TO parquet); the pandas side is what a careful pandas user would write (vectorised groupby / sort /
-merge, numpy for the order-statistic dot products). The outputs are compared before the timings are printed.
+merge, numpy for the order-statistic dot products). Both sides write the same columns (checked), and the outputs are compared before the timings are printed.
 Target: DuckDB >= 10x pandas and < 60 s in all on 2 cores.
 """
 from __future__ import annotations
@@ -28,6 +28,12 @@ import pyarrow.parquet as pq
 NS = [1, 2, 4, 8, 16, 32, 64]
 STRATEGIES = ["worst", "random_lower", "rank_k", "mean_minus_2sd", "margin"]
 K, MARGIN, CAP, SD_MULT = 2, 1.0, 8, 2.0
+# Both sides write these columns (the ops' output schemas), so both do the same Parquet work.
+RS_COLUMNS = ["id", "messages", "prompt_id", "response_id", "sample_index", "score", "n", "n_available"]
+DPO_COLUMNS = ["id", "prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "chosen_score",
+               "rejected_score", "chosen_rank", "rejected_rank", "group_size", "strategy"]
+WIND_COLUMNS = ["id", "prompt_id", "prompt", "completion", "response", "response_id", "sample_index", "score",
+                "group_size", "win_rate"]
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
@@ -129,7 +135,7 @@ def run_pandas(src_path: Path, out: Path) -> dict[str, float]:
         best["messages"] = [list(p) + [{"role": "assistant", "content": r}]
                             for p, r in zip(tx["prompt"], tx["response"])]
         best["id"], best["n"] = best["prompt_id"], n
-        _write(best, out / f"rs_best_of_{n}.parquet")
+        _write(best[RS_COLUMNS], out / f"rs_best_of_{n}.parquet")
     times["rs_best_of_n"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -169,21 +175,25 @@ def run_pandas(src_path: Path, out: Path) -> dict[str, float]:
                                   "chosen_id": margin["response_id_c"].to_numpy(),
                                   "rejected_id": margin["response_id_r"].to_numpy(),
                                   "chosen_score": margin["score_c"].to_numpy(),
-                                  "rejected_score": margin["score_r"].to_numpy()})
+                                  "rejected_score": margin["score_r"].to_numpy(),
+                                  "chosen_rank": margin["rnk_c"].to_numpy(), "rejected_rank": margin["rnk_r"].to_numpy(),
+                                  "group_size": margin["m_c"].to_numpy()})
             ctx = texts(pd.unique(pairs[["chosen_id", "rejected_id"]].to_numpy().ravel()))
         else:
             p = picks[s]
             c = chosen.loc[p["prompt_id"]]
             pairs = pd.DataFrame({"prompt_id": p["prompt_id"].to_numpy(), "chosen_id": c["response_id"].to_numpy(),
                                   "rejected_id": p["response_id"].to_numpy(), "chosen_score": c["score"].to_numpy(),
-                                  "rejected_score": p["score"].to_numpy()})
+                                  "rejected_score": p["score"].to_numpy(), "chosen_rank": c["rnk"].to_numpy(),
+                                  "rejected_rank": p["rnk"].to_numpy(), "group_size": p["m"].to_numpy()})
             ctx = tx
         cc, rr = ctx.loc[pairs["chosen_id"]], ctx.loc[pairs["rejected_id"]]
         pairs["prompt"] = cc["prompt"].to_numpy()
         pairs["chosen"] = _assistant(cc["response"])
         pairs["rejected"] = _assistant(rr["response"])
         pairs["strategy"] = s
-        _write(pairs, out / f"dpo_pairs_{s}.parquet")
+        pairs["id"] = pairs["prompt_id"] + ":" + pairs["chosen_id"] + ":" + pairs["rejected_id"]
+        _write(pairs[DPO_COLUMNS], out / f"dpo_pairs_{s}.parquet")
     times["dpo_pairs"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -193,7 +203,8 @@ def run_pandas(src_path: Path, out: Path) -> dict[str, float]:
     w["win_rate"] = (gs.rank(method="average") - 1) / (w["group_size"] - 1)
     w = w[w["group_size"] >= 2]
     w["completion"] = _assistant(w["response"])
-    _write(w, out / "wind_groups.parquet")
+    w["id"] = w["response_id"]
+    _write(w[WIND_COLUMNS], out / "wind_groups.parquet")
     times["wind_groups"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -229,6 +240,15 @@ def compare(a: Path, b: Path) -> dict[str, str]:
     con = duckdb.connect()
     rd = lambda d, t: f"read_parquet('{d / t}.parquet')"  # noqa: E731
     checks = {}
+    names = [f"rs_best_of_{n}" for n in NS] + [f"dpo_pairs_{s}" for s in STRATEGIES] + [
+        "wind_groups", "bon_curve_per_prompt", "bon_curve"]
+    for t in names:  # same columns and rows on both sides: the same job, not a lighter one
+        cols = [pq.read_schema(d / f"{t}.parquet").names for d in (a, b)]
+        rows = [pq.ParquetFile(d / f"{t}.parquet").metadata.num_rows for d in (a, b)]
+        if cols[0] != cols[1] or rows[0] != rows[1]:
+            checks[f"{t} shape"] = f"columns {cols[0]} vs {cols[1]}, rows {rows[0]} vs {rows[1]}"
+    if not checks:
+        checks["columns and row counts"] = f"same in all {len(names)} tables"
     for n in NS:
         q = "SELECT prompt_id, response_id FROM {} EXCEPT ALL SELECT prompt_id, response_id FROM {}"
         diff = con.execute(q.format(rd(a, f"rs_best_of_{n}"), rd(b, f"rs_best_of_{n}"))).fetchall()
