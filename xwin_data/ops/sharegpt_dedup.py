@@ -51,7 +51,7 @@ class DedupExact(Op):
     def run(self, ctx, params: ExactParams) -> None:
         con = ctx.con
         con.execute("CREATE TEMP TABLE __keys (id VARCHAR, k UHUGEINT)")
-        reader = con.cursor().execute(f"SELECT id, {TEXT_SQL[params.on]} AS txt FROM {ctx.input()}").to_arrow_reader(20_000)
+        reader = con.cursor().sql(f"SELECT id, {TEXT_SQL[params.on]} AS txt FROM {ctx.input()}").to_arrow_reader(20_000)
         with ctx.track("normalised text keys", ctx.input_rows(), "rows") as bar:
             for batch in reader:
                 norm = pa.table({"id": batch.column(0), "norm": normalise_column(batch.column(1))})
@@ -109,7 +109,7 @@ class DedupNear(Op):
         a, b = permutations(params.num_perm, params.seed)
         words_sql = (f"list_transform(string_split_regex(trim(regexp_replace(lower({TEXT_SQL[params.on]}), "
                      f"'[^\\p{{L}}\\p{{N}}_]+', ' ', 'g')), ' ')[1:{params.max_words}], lambda w: hash(w))")
-        reader = con.cursor().execute(f"SELECT id, {words_sql} AS words FROM {ctx.input()}").to_arrow_reader(params.batch_size)
+        reader = con.cursor().sql(f"SELECT id, {words_sql} AS words FROM {ctx.input()}").to_arrow_reader(params.batch_size)
         sig_path, band_path = scratch / "sigs.parquet", scratch / "bands.parquet"
         sig_writer = band_writer = None
         with ctx.track("minhash signatures", ctx.input_rows(), "rows") as bar:

@@ -24,7 +24,7 @@ def map_batches_parallel(ctx, sql: str, fn: Callable[[pa.RecordBatch], tuple[pa.
     """`fn(batch) -> (table, extra)`; tables are written in order, `on_result(extra)` runs in the calling thread."""
     threads = threads or ctx.threads or default_threads()
     total = ctx.con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
-    reader = ctx.con.cursor().execute(sql).to_arrow_reader(batch_size)
+    reader = ctx.con.cursor().sql(sql).to_arrow_reader(batch_size)  # streams (execute() would materialise)
     pending: deque = deque()
     with ctx.writer(schema, table) as writer, ctx.track(description, total, "rows") as bar, \
             ThreadPoolExecutor(max_workers=threads) as pool:
