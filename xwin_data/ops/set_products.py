@@ -64,12 +64,16 @@ class SetOp(Op):
 # Selection runs over the narrow columns (ids, order, score); the texts of the picked rows are fetched once.
 
 def prepare_rs(con, source: str, ns: list[int]) -> None:
-    """Temp tables `__rs_picks` (n, prompt_id, response_id, n_available) and `__rs_texts` (the picked rows)."""
-    selects = " UNION ALL ".join(
-        f"SELECT {int(n)} AS n, prompt_id, arg_max(response_id, (score, -sample_index)) AS response_id, "
-        f"count(*) AS n_available FROM __scored WHERE sample_index < {int(n)} GROUP BY prompt_id" for n in ns)
+    """Temp tables `__rs_picks` (n, prompt_id, response_id, n_available) and `__rs_texts` (the picked rows).
+    Every n is picked in one scan and one GROUP BY (an aggregate per n with a FILTER), then unpivoted."""
+    aggs = ", ".join(f"arg_max(response_id, (score, -sample_index)) FILTER (WHERE sample_index < {int(n)}) AS r{i}, "
+                     f"count(*) FILTER (WHERE sample_index < {int(n)}) AS c{i}" for i, n in enumerate(ns))
+    selects = " UNION ALL ".join(f"SELECT {int(n)} AS n, prompt_id, r{i} AS response_id, c{i} AS n_available "
+                                 f"FROM __rs_best WHERE c{i} > 0" for i, n in enumerate(ns))
     con.execute(f"CREATE OR REPLACE TEMP VIEW __scored AS {scored_rows_sql(source)}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE __rs_best AS SELECT prompt_id, {aggs} FROM __scored GROUP BY prompt_id")
     con.execute(f"CREATE OR REPLACE TEMP TABLE __rs_picks AS {selects}")
+    con.execute("DROP TABLE __rs_best")
     con.execute("CREATE OR REPLACE TEMP TABLE __rs_texts AS SELECT prompt, response_id, sample_index, response, score "
                 "FROM __scored WHERE response_id IN (SELECT response_id FROM __rs_picks)")
 
