@@ -85,14 +85,16 @@ def order_stat_weights(max_m: int) -> pa.Table:
 def prepare_bon(con, source: str, max_m: int) -> None:
     """Temp table `__bon_lists`: per prompt, m, its scores sorted ascending and twice their mid-ranks
     (2 * #lower + #equal, self included) in the same order, plus the weights table `__bon_weights`.
-    Mid-ranks grow with the score, so sorting each list on its own keeps them aligned."""
+    One GROUP BY, no window sort over the rows: in the sorted list, the k-th score's tie block spans positions
+    first..last, so #lower = first - 1 and #lower + #equal = last (found from each end with list_position)."""
     con.register("__bon_weights", order_stat_weights(max_m))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE __bon_lists AS
-        SELECT prompt_id, count(*) AS m, list_sort(list(score)) AS s, list_sort(list(twice_mid)) AS twice_mid
-        FROM (SELECT prompt_id, score, rank() OVER w - 1 + count(*) OVER w AS twice_mid
-              FROM ({scored_rows_sql(source)}) WINDOW w AS (PARTITION BY prompt_id ORDER BY score))
-        GROUP BY prompt_id""")
+        SELECT prompt_id, m, s,
+               list_transform(s, lambda x: list_position(s, x) - 1 + m + 1 - list_position(r, x)) AS twice_mid
+        FROM (SELECT prompt_id, m, s, list_reverse(s) AS r
+              FROM (SELECT prompt_id, count(*) AS m, list_sort(list(score)) AS s
+                    FROM ({scored_rows_sql(source)}) GROUP BY prompt_id))""")
 
 
 def bon_per_prompt_sql() -> str:
