@@ -250,7 +250,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     entries, validations, results = [], [], []
     try:
         drops = _drops_by_reason(con, staging / ps.outputs[0] / "drops")
-        rows_in = sum(i.rows for i in inputs[:1])
+        # A source stage's input is the records it read: what it kept plus what it dropped.
+        rows_in = inputs[0].rows if inputs else None
         for table in ps.outputs:
             glob = str(staging / table / "data" / "*.parquet")
             source = f"read_parquet({sql_str(glob)})"
@@ -264,6 +265,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
                                     "fingerprint": ps.table_fingerprints[table], "success": res.success,
                                     "results": res.checks})
             is_main = table == ps.outputs[0]
+            if rows_in is None and is_main:
+                rows_in = int(rows) + sum(drops.values())
             entries.append({
                 "name": table, "fingerprint": ps.table_fingerprints[table], "staged": staging / table,
                 "rows": int(rows), "n_drops": ctx.n_drops if is_main else 0, "schema_name": schema_name,
