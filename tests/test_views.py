@@ -85,7 +85,7 @@ def test_canned_views_numbers(catalog: Catalog) -> None:
     con = xwin_data.connect(catalog)
     funnel = {r[0]: r[1:] for r in con.execute(
         "SELECT table_name, rows_in, rows_out, dropped FROM funnel").fetchall()}
-    assert funnel["raw"] == (None, 9, 0)  # a source stage has no rows in
+    assert funnel["raw"] == (9, 9, 0)  # a source stage reads 9 records, keeps 9
     assert funnel["sft_sharegpt"] == (9, 6, 3)
     drops = {r[0]: r[1] for r in con.execute("SELECT reason, dropped FROM drops_by_reason").fetchall()}
     assert drops == {"too_few_turns": 1, "empty_reply": 2}
