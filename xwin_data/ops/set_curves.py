@@ -24,22 +24,25 @@ from .set_products import SetOp, assistant, drop_unscored, require_columns, scor
 # ------------------------------------------------------------------------------------------------ wind_groups
 def wind_groups_sql(source: str, min_group_size: int = 2) -> str:
     """Row order is not meaningful (sort in queries): sorting the wide rows again would double the cost.
-    rank() - 1 = #lower; count(*) over the default RANGE frame = #lower + #equal (self included).
-    The prompt messages are joined from one row per prompt rather than carried through the window's sort."""
+    One window sort, with the two cheap peer-based functions: rank() - 1 = #lower, and cume_dist() * m =
+    #lower + #equal (self included; rounded back to the exact integer). m and the prompt messages come from one
+    GROUP BY row per prompt, joined on, rather than from a second window or carried through the sort."""
+    scored = "score IS NOT NULL AND NOT isnan(score)"
     return f"""
         WITH w AS (
             SELECT prompt_id, response_id, sample_index, response, score,
-                   rank() OVER w - 1 AS lower_n, count(*) OVER w AS le_n, count(*) OVER (PARTITION BY prompt_id) AS m
+                   rank() OVER w - 1 AS lower_n, cume_dist() OVER w AS le_frac
             FROM ({scored_rows_sql(source)})
             WINDOW w AS (PARTITION BY prompt_id ORDER BY score)
         ), p AS (
-            SELECT prompt_id, arg_min(prompt, sample_index) AS prompt FROM {source} GROUP BY prompt_id
+            SELECT prompt_id, arg_min(prompt, sample_index) AS prompt, count(*) FILTER (WHERE {scored}) AS m
+            FROM {source} GROUP BY prompt_id
         )
         SELECT w.response_id AS id, w.prompt_id, p.prompt, {assistant('w.response')} AS completion, w.response,
-               w.response_id, w.sample_index, w.score, w.m AS group_size,
-               (0.5 * (w.lower_n + w.le_n) - 0.5) / (w.m - 1) AS win_rate
+               w.response_id, w.sample_index, w.score, p.m AS group_size,
+               (0.5 * (w.lower_n + round(w.le_frac * p.m)::BIGINT) - 0.5) / (p.m - 1) AS win_rate
         FROM w JOIN p USING (prompt_id)
-        WHERE w.m >= {int(min_group_size)}
+        WHERE p.m >= {int(min_group_size)}
     """
 
 
