@@ -173,7 +173,10 @@ def prepare_dpo(con, source: str, params: DpoParams) -> None:
         SELECT g.*, coalesce(t.n_best, 0) AS n_best FROM __groups g
         LEFT JOIN (SELECT prompt_id, count(*) AS n_best FROM __ranked WHERE score = best_score GROUP BY prompt_id) t
         USING (prompt_id)""")
-    picks = [pick_sql(s, params) for s in params.strategies]
+    by_rank = [s for s in params.strategies if s != "margin"]
+    picks = [ranked_picks_sql(by_rank, params)] if by_rank else []
+    if "margin" in params.strategies:
+        picks.append(margin_pick_sql(PAIR_COLUMNS, params))
     con.execute("CREATE OR REPLACE TEMP TABLE __pairs AS " + " UNION ALL ".join(picks))
     con.execute("""
         CREATE OR REPLACE TEMP TABLE __pair_texts AS
@@ -181,28 +184,39 @@ def prepare_dpo(con, source: str, params: DpoParams) -> None:
         WHERE response_id IN (SELECT chosen_id FROM __pairs UNION SELECT rejected_id FROM __pairs)""")
 
 
-def pick_sql(strategy: str, params: DpoParams) -> str:
-    """(strategy, prompt_id, chosen_id, rejected_id, chosen_rank, rejected_rank) for one strategy."""
-    cols = (f"{sql_str(strategy)} AS strategy, c.prompt_id, c.response_id AS chosen_id, r.response_id AS rejected_id, "
-            "c.rnk AS chosen_rank, r.rnk AS rejected_rank, c.score AS chosen_score, r.score AS rejected_score, "
-            "c.m AS group_size")
-    one = f"SELECT {cols} FROM __ranked c JOIN __groups g USING (prompt_id) JOIN __ranked r ON r.prompt_id = c.prompt_id"
+PAIR_COLUMNS = ("strategy, c.prompt_id, c.response_id AS chosen_id, r.response_id AS rejected_id, "
+                "c.rnk AS chosen_rank, r.rnk AS rejected_rank, c.score AS chosen_score, r.score AS rejected_score, "
+                "c.m AS group_size")
+
+
+def rejected_rank_sql(strategy: str, params: DpoParams) -> str:
+    """(strategy, prompt_id, rnk): the rank of the rejected response, one row per prompt that has one. The best
+    response is rank 1 and ranks n_best + 1 .. m are the responses scored below it."""
+    label = f"{sql_str(strategy)} AS strategy"
     if strategy == "worst":  # the last rank: lowest score, the latest sample among ties
-        return f"{one} AND r.rnk = c.m WHERE c.rnk = 1 AND r.score < g.best_score"
+        return f"SELECT {label}, prompt_id, m AS rnk FROM __groups WHERE m > n_best"
     if strategy == "rank_k":
-        return f"{one} AND r.rnk = {int(params.k)} WHERE c.rnk = 1 AND r.score < g.best_score"
+        k = int(params.k)
+        return f"SELECT {label}, prompt_id, {k} AS rnk FROM __groups WHERE m >= {k} AND n_best < {k}"
     if strategy == "random_lower":  # uniform over ranks n_best+1 .. m, from a per-prompt seeded hash
-        u = f"(md5_number({sql_str(str(params.seed))} || ':' || g.prompt_id)::DOUBLE / pow(2::DOUBLE, 128))"
-        pos = f"g.n_best + 1 + least(floor({u} * (g.m - g.n_best))::BIGINT, g.m - g.n_best - 1)"
-        return f"{one} AND r.rnk = {pos} WHERE c.rnk = 1 AND g.m > g.n_best"
+        u = f"(md5_number({sql_str(str(params.seed))} || ':' || prompt_id)::DOUBLE / pow(2::DOUBLE, 128))"
+        pos = f"n_best + 1 + least(floor({u} * (m - n_best))::BIGINT, m - n_best - 1)"
+        return f"SELECT {label}, prompt_id, {pos} AS rnk FROM __groups WHERE m > n_best"
     if strategy == "mean_minus_2sd":  # nearest the target among the lower ones; ties: lower score, then rank
         target = f"(mu - {float(params.sd_multiplier)!r} * sd)"
-        pick = (f"SELECT prompt_id, arg_min(rnk, (abs(score - {target}), score, rnk)) AS pick FROM __ranked "
+        return (f"SELECT {label}, prompt_id, arg_min(rnk, (abs(score - {target}), score, rnk)) AS rnk FROM __ranked "
                 f"WHERE score < best_score GROUP BY prompt_id")
-        return (f"{one} JOIN ({pick}) t ON t.prompt_id = c.prompt_id AND r.rnk = t.pick WHERE c.rnk = 1")
-    if strategy == "margin":
-        return margin_pick_sql(cols, params)
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def ranked_picks_sql(strategies: list[str], params: DpoParams) -> str:
+    """Pairs of every strategy that names one rejected rank per prompt, found in a single join: the target ranks
+    of all strategies first (a row per prompt each), then the rejected and the chosen (rank 1) rows by
+    (prompt_id, rnk)."""
+    targets = " UNION ALL ".join(rejected_rank_sql(s, params) for s in strategies)
+    return (f"SELECT {PAIR_COLUMNS} FROM ({targets}) t "
+            f"JOIN __ranked r ON r.prompt_id = t.prompt_id AND r.rnk = t.rnk "
+            f"JOIN __ranked c ON c.prompt_id = t.prompt_id AND c.rnk = 1")
 
 
 def margin_pick_sql(cols: str, params: DpoParams) -> str:
@@ -211,6 +225,7 @@ def margin_pick_sql(cols: str, params: DpoParams) -> str:
     widest first: the pair of the a-th best and the b-th worst is beaten or tied (and ordered first) by the a*b - 1
     other pairs of a better-or-equal chosen and a worse-or-equal rejected, so only pairs with a*b <= K can make it."""
     margin = float(params.margin)
+    cols = f"{sql_str('margin')} AS {cols}"
     if params.max_pairs_per_prompt:
         k = int(params.max_pairs_per_prompt)
         return (f"SELECT {cols} FROM __ranked c JOIN __ranked r ON r.prompt_id = c.prompt_id "
