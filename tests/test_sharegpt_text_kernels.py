@@ -39,3 +39,22 @@ def test_detect_batch_matches_py3langid() -> None:
     for text, label in zip(texts, got):
         has_letters = any(ch.isalpha() for ch in text[:200])
         assert label == (py3langid.classify(text)[0] if has_letters else "und"), text
+
+
+def test_disabled_near_dedup_publishes_its_input_unchanged_and_validated(tmp_path) -> None:
+    import json
+
+    import xwin_data
+
+    rows = [{"id": f"r{i}", "conversations": [{"from": "human", "value": f"question {i}"},
+                                               {"from": "gpt", "value": "the same answer"}]} for i in range(5)]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "r.yaml").write_text(
+        "name: passthrough\nstages:\n"
+        "  - id: raw\n    op: read_conversations\n    params:\n      path: ${recipe_dir}/in.jsonl\n"
+        "  - {id: near, op: dedup_near, inputs: [raw], params: {enabled: false}}\n")
+    xwin_data.build(tmp_path / "r.yaml", tmp_path / "cat", show_progress=False)
+    con = xwin_data.connect(tmp_path / "cat")
+    assert con.execute("SELECT count(*) FROM near").fetchone()[0] == 5
+    assert con.execute("SELECT count(*) FROM (SELECT * FROM near EXCEPT SELECT * FROM raw)").fetchone()[0] == 0
+    assert con.execute("SELECT success FROM validations WHERE table_name = 'near'").fetchall() == [(True,)]

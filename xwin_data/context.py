@@ -134,6 +134,25 @@ class StageContext:
             raise result["error"]
         return int(result["rows"])
 
+    def pass_through(self, index: int = 0, table: str | None = None) -> int:
+        """Publish an input's Parquet files unchanged as an output (a stage switched off): hard links where the
+        filesystem allows (catalog files are never rewritten in place), copies otherwise. The output is still
+        validated like any other."""
+        import glob
+        import os
+        import shutil
+
+        out_dir = self._out_dir(table)
+        for i, src in enumerate(sorted(glob.glob(self.inputs[index].glob))):
+            dst = out_dir / f"part-{i:05d}.parquet"
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+        key = table or self.table
+        self._rows[key] = self._rows.get(key, 0) + self.inputs[index].rows
+        return self.inputs[index].rows
+
     def writer(self, schema: pa.Schema, table: str | None = None) -> "BatchWriter":
         """A Parquet writer for rows that Python produces (model calls, parsing)."""
         return BatchWriter(self, table or self.table, schema)

@@ -101,7 +101,7 @@ class DedupNear(Op):
 
         con = ctx.con
         if not params.enabled:
-            ctx.write_sql(f"SELECT * FROM {ctx.input()}")
+            ctx.pass_through()
             ctx.stats["near_duplicates"] = "disabled"
             return
         scratch = ctx.tmp_dir / f"{ctx.stage_id}-minhash"
