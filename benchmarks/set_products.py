@@ -8,7 +8,8 @@ side then reads that file and writes every derived table to Parquet (zstd): rs_b
 random_lower, rank_k, mean_minus_2sd, margin (capped at 8 per prompt)}, wind_groups, bon_curve(+_per_prompt).
 The DuckDB side runs the ops' own SQL (xwin_data.ops.set_products / set_curves) the way `ctx.write_sql` does
 (COPY ... TO parquet); the pandas side is what a careful pandas user would write (vectorised groupby / sort /
-merge, numpy for the order-statistic dot products). Both sides write the same columns (checked), and the outputs are compared before the timings are printed.
+merge, numpy for the order-statistic dot products, `df.to_parquet`). Both sides write the same columns (checked),
+and the outputs are compared before the timings are printed.
 Target: DuckDB >= 10x pandas and < 60 s in all on 2 cores.
 """
 from __future__ import annotations
@@ -176,7 +177,8 @@ def run_pandas(src_path: Path, out: Path) -> dict[str, float]:
                                   "rejected_id": margin["response_id_r"].to_numpy(),
                                   "chosen_score": margin["score_c"].to_numpy(),
                                   "rejected_score": margin["score_r"].to_numpy(),
-                                  "chosen_rank": margin["rnk_c"].to_numpy(), "rejected_rank": margin["rnk_r"].to_numpy(),
+                                  "chosen_rank": margin["rnk_c"].to_numpy(),
+                                  "rejected_rank": margin["rnk_r"].to_numpy(),
                                   "group_size": margin["m_c"].to_numpy()})
             ctx = texts(pd.unique(pairs[["chosen_id", "rejected_id"]].to_numpy().ravel()))
         else:
