@@ -116,6 +116,23 @@ class Generator:
         self.close()
 
 
+class LocalGenerator(Generator):
+    """A backend that holds the model's tokenizer: the prompt is its chat template, tokenised as the model sees it."""
+
+    tokenizer: Any
+
+    def _set_identity(self, spec: GeneratorSpec, revision: str | None) -> None:
+        self.model_id = model_identity(spec.model, revision)
+        if spec.tokenizer:
+            self.model_id += f"+tok={model_identity(spec.tokenizer)}"
+
+    def render(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompt_ids(self, messages: Messages) -> list[int]:
+        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+
+
 def validate_messages(messages: Any, index: int = 0) -> Messages:
     """A prompt is a non-empty list of {role, content} with known roles; anything else is a clear error."""
     if not isinstance(messages, (list, tuple)) or not messages:

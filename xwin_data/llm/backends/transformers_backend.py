@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..generation import Completion, Generator, GeneratorSpec, Messages, PromptTooLongError, SamplingConfig, \
-    load_chat_template, model_identity
+from ..generation import Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError, SamplingConfig, \
+    load_chat_template
 
 
 class _SeededSampler:
@@ -44,7 +44,7 @@ class _SeededSampler:
         return out.scatter_(1, choice, 0.0)
 
 
-class TransformersGenerator(Generator):
+class TransformersGenerator(LocalGenerator):
     def __init__(self, spec: GeneratorSpec):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -79,15 +79,7 @@ class TransformersGenerator(Generator):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
         limit = getattr(self.model.config, "max_position_embeddings", None)
         self.max_model_len = spec.max_model_len or limit or 1 << 30
-        self.model_id = model_identity(spec.model, revision)
-        if spec.tokenizer:
-            self.model_id += f"+tok={model_identity(spec.tokenizer)}"
-
-    def render(self, messages: Messages) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def prompt_ids(self, messages: Messages) -> list[int]:
-        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        self._set_identity(spec, revision)
 
     def _generate(self, prompts: list[Messages], n: int, sampling: SamplingConfig,
                   seeds: list[int]) -> list[list[Completion]]:

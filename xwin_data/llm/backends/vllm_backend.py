@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 
-from ..generation import Completion, Generator, GeneratorSpec, Messages, PromptTooLongError, SamplingConfig, \
-    load_chat_template, model_identity
+from ..generation import Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError, SamplingConfig, \
+    load_chat_template
 
 _OWN_KEYS = {"revision", "model_id", "in_process"}
 
@@ -39,7 +39,7 @@ def _cpu_defaults(in_process: bool) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cores))
 
 
-class VLLMGenerator(Generator):
+class VLLMGenerator(LocalGenerator):
     def __init__(self, spec: GeneratorSpec):
         from ..tiny import resolve_model
 
@@ -78,15 +78,7 @@ class VLLMGenerator(Generator):
                 kwargs.setdefault("max_num_batched_tokens", max(8192, int(longest)))
         self.llm = LLM(model=model_path, tokenizer=tok_path, revision=revision, **kwargs)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-        self.model_id = model_identity(spec.model, revision)
-        if spec.tokenizer:
-            self.model_id += f"+tok={model_identity(spec.tokenizer)}"
-
-    def render(self, messages: Messages) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def prompt_ids(self, messages: Messages) -> list[int]:
-        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        self._set_identity(spec, revision)
 
     def prompts_per_call(self, n: int) -> int:
         # The engine batches continuously; give it enough work to fill its batch, but cache at a useful grain.
