@@ -115,3 +115,17 @@ def test_config_errors_name_the_problem(hh_catalog, project_dir, tmp_path):
         run_script("sft", [cfg, f"catalog={hh_catalog}", "table=no_such_table", f"output_dir={tmp_path}"])
     with pytest.raises(TableFormatError, match="needs columns"):
         run_script("sft", [cfg, f"catalog={hh_catalog}", "table=hh_prompts", f"output_dir={tmp_path}"])
+
+
+def test_hh_ids_are_line_numbers_in_their_file(hh_catalog, shared_data):
+    import gzip
+    import json
+
+    path = shared_data / "anthropics_hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        lines = [json.loads(next(fh)) for _ in range(3)]
+    con = xwin_data.connect(hh_catalog)
+    got = con.execute("SELECT id, chosen_messages[-1].content FROM hh_parsed "
+                      "WHERE id IN ('helpful-base-00001', 'helpful-base-00002', 'helpful-base-00003') ORDER BY id").fetchall()
+    want = [line["chosen"].rsplit("\n\nAssistant: ", 1)[1].strip() for line in lines]
+    assert [content for _, content in got] == want
