@@ -55,19 +55,26 @@ def _copy_meta(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
 
 
 def create_canned_views(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Run every `resources/views/*.sql` shipped with the package; a view whose tables are absent is skipped."""
-    made = []
+    """Run every `resources/views/*.sql` shipped with the package; a view whose tables are absent is skipped.
+
+    A view may build on another canned view: files that fail are retried while a pass still makes progress."""
+    made: list[str] = []
     try:
         folder = resources.files("xwin_data") / "resources" / "views"
-        files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+        pending = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     except (FileNotFoundError, NotADirectoryError):
         return made
-    for f in files:
-        try:
-            con.execute(f.read_text(encoding="utf-8"))
-            made.append(f.name[:-4])
-        except duckdb.Error:
-            continue
+    while pending:
+        failed = []
+        for f in pending:
+            try:
+                con.execute(f.read_text(encoding="utf-8"))
+                made.append(f.name[:-4])
+            except duckdb.Error:
+                failed.append(f)
+        if len(failed) == len(pending):
+            break
+        pending = failed
     return made
 
 
