@@ -9,6 +9,10 @@
   the ceiling the openai client itself sets on this CPU;
 - raw openai stack in 2 processes (`client.post` on aiohttp, half the concurrency each): whether spreading the
   requests over processes would lift that ceiling on this machine (the server shares its cores);
+- a bare client: one asyncio Protocol per connection writing HTTP/1.1 by hand and `json.loads`-ing each reply, no
+  library, no cache: what any Python client at all reaches against this server on this machine (the server's own
+  timers and the loopback TCP work of both sides at this request rate cost some of the ideal before any client
+  code runs), so `ours` is also reported as a share of it;
 - client CPU milliseconds per request for each of the above (less sensitive to other load than req/s);
 - cache lookups per second on the request cache (single `get` and batched `get_many`).
 
@@ -131,6 +135,64 @@ def raw_rate_processes(url: str, concurrency: int, n: int, processes: int) -> tu
     return per * processes / (end - start), 1000 * sum(s[2] for s in spans) / (per * processes)
 
 
+async def _bare_rate(url: str, concurrency: int, n: int) -> tuple[float, float]:
+    """(requests per second, client CPU ms per request) of the bare client: `concurrency` keep-alive connections,
+    each sending its next request as soon as the previous reply is complete."""
+    from urllib.parse import urlsplit
+
+    loop = asyncio.get_running_loop()
+    target = urlsplit(url)
+    path = (target.path.rstrip("/") + "/chat/completions").encode()
+    sent = done = 0
+    finished = loop.create_future()
+
+    class Connection(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport, self.buffer = transport, b""
+
+        def send(self) -> None:
+            nonlocal sent
+            body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": f"bare question {sent}"}],
+                               "temperature": 0, "max_tokens": 64}).encode()
+            sent += 1
+            self.transport.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % (path, target.netloc.encode(), len(body)) + body)
+
+        def data_received(self, data: bytes) -> None:
+            nonlocal done
+            self.buffer += data
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].lower()
+            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+            if len(self.buffer) < end + 4 + length:
+                return
+            assert head.startswith(b"http/1.1 200"), head[:40]
+            json.loads(self.buffer[end + 4:end + 4 + length])
+            self.buffer = self.buffer[end + 4 + length:]
+            done += 1
+            if sent < n:
+                self.send()
+            elif done == n and not finished.done():
+                finished.set_result(None)
+
+    connections = [(await loop.create_connection(Connection, target.hostname, target.port))[1]
+                   for _ in range(concurrency)]
+    start, cpu = time.perf_counter(), time.process_time()
+    for c in connections[:n]:
+        c.send()
+    await finished
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    for c in connections:
+        c.transport.close()
+    return n / elapsed, 1000 * cpu / n
+
+
+def bare_rate(url: str, concurrency: int, n: int) -> tuple[float, float]:
+    return asyncio.run(_bare_rate(url, concurrency, n))
+
+
 def cache_rates(folder: Path, n: int = 20_000) -> dict:
     cache = RequestCache(folder / "lookup.sqlite")
     value = {"texts": ["Final verdict: [[A]] " * 20], "prompt_tokens": 700, "completion_tokens": 200, "cost_usd": 0.0}
@@ -171,6 +233,7 @@ def main() -> None:
             runs = {f"ours_{t}": (lambda r, t=t: client_rate(url, conc, n, tmp / f"{t}{r}.sqlite", f"{t}{r}", t))
                     for t in transports}
             runs.update({f"raw_create_{t}": (lambda r, t=t: raw_rate(url, conc, n, t, "create")) for t in transports})
+            runs["bare_client"] = lambda r: bare_rate(url, conc, n)
             if "aiohttp" in transports:
                 runs["raw_post_aiohttp"] = lambda r: raw_rate(url, conc, n, "aiohttp", "post")
                 runs["raw_post_aiohttp_2_processes"] = lambda r: raw_rate_processes(url, conc, n, 2)
@@ -198,6 +261,8 @@ def main() -> None:
         "sequential_req_per_s": round(sequential[0], 1),
         **{f"{name}_req_per_s": round(rate, 1) for name, (rate, _) in best.items()},
         "share_of_ideal (ours, default transport)": round(ours / ideal, 3),
+        "share_of_ideal (bare client)": round(best["bare_client"][0] / ideal, 3),
+        "share_of_bare_client (ours)": round(ours / best["bare_client"][0], 3),
         "speedup_vs_sequential": round(ours / sequential[0], 1),
         **{f"{name}_client_cpu_ms_per_req": round(cpu, 3) for name, (_, cpu) in best.items()},
         "cached_rerun_calls_per_s": round(cached_run),
@@ -209,6 +274,8 @@ def main() -> None:
           f"{100 * ours / ideal:.0f}% of the ideal {ideal:.0f} req/s (target >= 90%), "
           f"{100 * ours / ceiling:.0f}% of the raw openai stack's {ceiling:.0f} req/s in one process, "
           f"{ours / sequential[0]:.0f}x the sequential loop ({sequential[0]:.0f} req/s); "
+          f"a bare client reaches {best['bare_client'][0]:.0f} req/s ({100 * best['bare_client'][0] / ideal:.0f}% "
+          f"of the ideal) against the same server; "
           f"cache get {lookups['get_per_s']}/s (target >= 10,000/s)")
     if load >= 2:
         print(f"warning: load average {load:.1f} at start; the machine was not quiet", file=sys.stderr)
