@@ -15,237 +15,26 @@ cache key, a cached value, a log line or an error message (errors are redacted).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
 import functools
 import json
 import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Callable, Sequence
 
 from .cache import RequestCache, request_key
+from .calls import ChatCall, ChatResult, ClientSettings
 from .costs import BudgetExceeded, CostLedger, PriceTable
+from .errors import (AuthError, BadResponse, ConnectionFailed, LLMError, MissingKey, RateLimited, RequestRejected,
+                     ServerError, Timeout)
+from .transport import ClientPool, aiohttp_available, dropped_connection, retry_after_seconds
 
 __all__ = ["ClientSettings", "ChatCall", "ChatResult", "ChatClient", "LLMError", "RateLimited", "ServerError",
            "Timeout", "BadResponse", "ConnectionFailed", "RequestRejected", "AuthError", "MissingKey",
-           "BudgetExceeded"]
+           "BudgetExceeded", "aiohttp_available"]
 
 LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
-
-
-# ---------------------------------------------------------------------------------------------- errors
-class LLMError(RuntimeError):
-    """A model call failed; `retryable` says whether trying again may help."""
-
-    retryable = False
-
-
-class RateLimited(LLMError):
-    retryable = True
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ServerError(LLMError):
-    retryable = True
-
-
-class Timeout(LLMError):
-    retryable = True
-
-
-class ConnectionFailed(LLMError):
-    retryable = True
-
-
-class BadResponse(LLMError):
-    """The endpoint answered with something that is not a chat completion (malformed JSON, no choices)."""
-
-    retryable = True
-
-
-class RequestRejected(LLMError):
-    """A 4xx other than 429: the request itself is wrong (unknown model, context too long); retrying won't help."""
-
-
-class AuthError(RequestRejected):
-    pass
-
-
-class MissingKey(LLMError):
-    pass
-
-
-@functools.lru_cache(maxsize=None)
-def aiohttp_available() -> bool:
-    """Whether the installed openai can run on aiohttp (its `aiohttp` extra): openai raises RuntimeError from
-    `DefaultAioHttpClient()` when it cannot."""
-    try:
-        import aiohttp  # noqa: F401
-        from openai import DefaultAioHttpClient
-    except ImportError:
-        return False
-    try:
-        DefaultAioHttpClient()  # opens nothing: aiohttp's session is created on the first request
-    except RuntimeError:
-        return False
-    return True
-
-
-class _ClientPool:
-    """`concurrency` request slots over AsyncOpenAI clients, on aiohttp where installed, else on httpx.
-
-    aiohttp (openai's `aiohttp` extra, `openai.DefaultAioHttpClient`) costs about a third less CPU per request
-    than httpx, and one connection pool of any size serves all slots. httpx scans every pooled connection on
-    each request, so there one pool of 64 connections costs O(64) per call: shards of 8 keep that scan short."""
-
-    PER_SHARD = 8
-
-    def __init__(self, api_key: str, base_url: str | None, timeout_s: float, concurrency: int, transport: str):
-        from openai import AsyncOpenAI, DefaultAioHttpClient, DefaultAsyncHttpxClient
-
-        try:  # openai >= 3 ships on httpx2, earlier releases on httpx
-            import httpx2
-        except ImportError:  # pragma: no cover - depends on the installed openai
-            import httpx as httpx2
-
-        if transport == "auto":
-            transport = "aiohttp" if aiohttp_available() else "httpx"
-        if transport == "aiohttp" and not aiohttp_available():
-            raise RuntimeError('transport "aiohttp" needs openai\'s aiohttp extra: pip install "openai[aiohttp]"')
-        self.transport = transport
-        shards = 1 if transport == "aiohttp" else -(-concurrency // self.PER_SHARD)
-        per_shard = -(-concurrency // shards)
-        limits = httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        self.response_type = httpx2.Response
-        http_class = DefaultAioHttpClient if transport == "aiohttp" else DefaultAsyncHttpxClient
-        self.clients = []
-        for _ in range(shards):
-            self.clients.append(AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s,
-                                            http_client=http_class(limits=limits, timeout=timeout_s)))
-        self._free: asyncio.Queue = asyncio.Queue()  # one entry per request slot: the shard it may use
-        for i in range(concurrency):
-            self._free.put_nowait(i % shards)
-
-    async def acquire(self) -> int:
-        return await self._free.get()
-
-    def release(self, shard: int) -> None:
-        self._free.put_nowait(shard)
-
-    async def close(self) -> None:
-        """Close every client (and its connection pool, aiohttp's session included), even if one fails."""
-        errors = []
-        for c in self.clients:
-            try:
-                await c.close()
-            except Exception as err:  # pragma: no cover - closing a pool rarely fails
-                errors.append(err)
-        if errors:  # pragma: no cover
-            raise errors[0]
-
-
-def _dropped_connection(err: BaseException) -> bool:
-    """openai's aiohttp transport reports a connection the server closed as a connect *time-out*; tell them apart
-    so a dropped connection stays a ConnectionFailed, as on httpx."""
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover
-        return False
-    seen = 0
-    cause = err.__cause__ or err.__context__
-    while cause is not None and seen < 8:
-        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, asyncio.TimeoutError):
-            return True
-        cause, seen = cause.__cause__ or cause.__context__, seen + 1
-    return False
-
-
-# ---------------------------------------------------------------------------------------------- settings
-class ClientSettings(BaseModel):
-    """Where and how to call; only `model`, the sampling parameters and caller-given parts enter cache keys."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field("judge", description="model id served by the endpoint (part of every cache key)")
-    base_url: str | None = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint; "
-                                 "https://api.openai.com/v1 for OpenAI")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never stored)")
-    concurrency: int = Field(16, ge=1, description="requests in flight at once")
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1, description="prompt + max completion tokens per minute")
-    timeout_s: float = Field(120.0, gt=0, description="per-request time-out")
-    max_retries: int = Field(6, ge=0, description="retries of a failed request (429, 5xx, time-out, bad JSON)")
-    backoff_initial_s: float = Field(0.5, ge=0)
-    backoff_max_s: float = Field(60.0, ge=0)
-    budget_usd: float | None = Field(None, ge=0, description="stop making new calls past this many dollars")
-    prices: dict[str, list[float]] = Field(default_factory=dict,
-                                           description="model -> [prompt $/1M tokens, completion $/1M tokens]")
-    transport: Literal["auto", "aiohttp", "httpx"] = Field(
-        "auto", description="HTTP transport under the openai client: aiohttp (openai's aiohttp extra, less CPU "
-                            "per request) where installed, else httpx")
-
-    def needs_real_key(self) -> bool:
-        return "api.openai.com" in (self.base_url or "https://api.openai.com")
-
-
-@dataclass
-class ChatCall:
-    messages: list[dict]
-    params: dict = field(default_factory=dict)  # temperature, max_tokens, n, seed, top_p, stop
-    key_parts: dict = field(default_factory=dict)  # template version, attempt index, ...
-    tag: Any = None  # the caller's bookkeeping, returned untouched
-
-
-@dataclass
-class ChatResult:
-    call: ChatCall
-    key: str
-    texts: list[str] = field(default_factory=list)
-    finish_reasons: list[str] = field(default_factory=list)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    cached: bool = False
-    attempts: int = 0
-    error: LLMError | BudgetExceeded | None = None
-
-    @property
-    def text(self) -> str:
-        return self.texts[0] if self.texts else ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 _NOT_PARAMS = {"model", "messages", "stream", "stream_options", "extra_headers", "extra_query", "timeout"}
@@ -349,7 +138,7 @@ class ChatClient:
         from aiolimiter import AsyncLimiter
 
         s = self.settings
-        client = _ClientPool(self._api_key(), s.base_url, s.timeout_s, s.concurrency, s.transport)
+        client = ClientPool(self._api_key(), s.base_url, s.timeout_s, s.concurrency, s.transport)
         self.transport = client.transport
         rpm = AsyncLimiter(s.requests_per_minute, 60) if s.requests_per_minute else None
         tpm = AsyncLimiter(s.tokens_per_minute, 60) if s.tokens_per_minute else None
@@ -424,13 +213,13 @@ class ChatClient:
                                           body=_request_body(s.model, call))
                 body = response.content
             except openai.APITimeoutError as err:
-                if _dropped_connection(err):
+                if dropped_connection(err):
                     raise ConnectionFailed(self.redact(f"connection failed: {err.__cause__ or err}")) from err
                 raise Timeout(f"no answer within {s.timeout_s:g}s") from err
             except openai.APIConnectionError as err:
                 raise ConnectionFailed(self.redact(f"connection failed: {err}")) from err
             except openai.RateLimitError as err:
-                wait = _retry_after(err.response.headers)
+                wait = retry_after_seconds(err.response.headers)
                 if wait:
                     self._pause_until = max(self._pause_until, time.monotonic() + wait)
                 raise RateLimited(self.redact(f"429 rate limited: {err.message}"), wait) from err
