@@ -9,7 +9,6 @@ benchmark, and the weights table the `bon_curve` op joins in SQL.
 """
 from __future__ import annotations
 
-from fractions import Fraction
 from functools import lru_cache
 from math import comb
 from typing import Iterable, Mapping, Sequence
@@ -21,7 +20,9 @@ def best_of_weights(m: int, n: int) -> tuple[float, ...]:
     if not 1 <= n <= m:
         raise ValueError(f"best-of-{n} needs 1 <= n <= m (m = {m} scores)")
     total = comb(m, n)
-    return tuple(float(Fraction(comb(k - 1, n - 1), total)) for k in range(1, m + 1))
+    # int / int is correctly rounded in Python: the exact ratio rounded once, as float(Fraction(...)), without
+    # the gcd reductions (10x faster; the bon_curve op builds 2,080 of these vectors for m <= 64).
+    return tuple(comb(k - 1, n - 1) / total for k in range(1, m + 1))
 
 
 def expected_best(scores: Iterable[float], n: int) -> float:

@@ -86,13 +86,16 @@ def order_stat_weights(max_m: int) -> pa.Table:
 
 
 def prepare_bon(con, source: str, max_m: int) -> None:
-    """Temp table `__bon_lists`: per prompt, m, its scores sorted ascending and twice their mid-ranks
+    """Temp view `__bon_lists`: per prompt, m, its scores sorted ascending and twice their mid-ranks
     (2 * #lower + #equal, self included) in the same order, plus the weights table `__bon_weights`.
     One GROUP BY, no window sort over the rows: in the sorted list, the k-th score's tie block spans positions
-    first..last, so #lower = first - 1 and #lower + #equal = last (found from each end with list_position)."""
+    first..last, so #lower = first - 1 and #lower + #equal = last (found from each end with list_position).
+    A view, not a temp table: the lists are built inside the query that writes the curve, whose join and dot
+    products then run on every thread; a temp table of 100K prompts is a single row group, which one thread
+    scans (the whole per-prompt write ran on one core)."""
     con.register("__bon_weights", order_stat_weights(max_m))
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE __bon_lists AS
+        CREATE OR REPLACE TEMP VIEW __bon_lists AS
         SELECT prompt_id, m, s,
                list_transform(s, lambda x: list_position(s, x) - 1 + m + 1 - list_position(r, x)) AS twice_mid
         FROM (SELECT prompt_id, m, s, list_reverse(s) AS r
