@@ -64,7 +64,8 @@ def synthetic_set(path: Path, prompts: int, m: int, seed: int = 0) -> int:
 def run_duckdb(src_path: Path, out: Path, threads: int) -> dict[str, float]:
     import duckdb
 
-    from xwin_data.ops.set_curves import bon_overall_sql, bon_per_prompt_sql, prepare_bon, wind_groups_sql
+    from xwin_data.ops.set_curves import (bon_overall_sql, bon_per_prompt_sql, prepare_bon, prepare_wind,
+                                          wind_groups_sql)
     from xwin_data.ops.set_products import DpoParams, dpo_table_sql, prepare_dpo, prepare_rs, rs_table_sql
 
     out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,7 @@ def run_duckdb(src_path: Path, out: Path, threads: int) -> dict[str, float]:
     times["dpo_pairs"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    prepare_wind(con, "xwin_set")
     copy(wind_groups_sql("xwin_set"), "wind_groups")
     times["wind_groups"] = time.perf_counter() - t
 

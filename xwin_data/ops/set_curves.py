@@ -22,27 +22,32 @@ from .set_products import SetOp, assistant, drop_unscored, require_columns, scor
 
 
 # ------------------------------------------------------------------------------------------------ wind_groups
-def wind_groups_sql(source: str, min_group_size: int = 2) -> str:
-    """Row order is not meaningful (sort in queries): sorting the wide rows again would double the cost.
-    One window sort, with the two cheap peer-based functions: rank() - 1 = #lower, and cume_dist() * m =
-    #lower + #equal (self included; rounded back to the exact integer). m and the prompt messages come from one
-    GROUP BY row per prompt, joined on, rather than from a second window or carried through the sort."""
+def prepare_wind(con, source: str, min_group_size: int = 2) -> None:
+    """Temp table `__wind_groups`: one row per prompt with at least `min_group_size` scored responses: its prompt
+    messages (of the first sample), m, and its scores sorted ascending (`s`) and descending (`r`).
+    A response's #lower is its score's first position in `s` minus one and #lower + #equal is m minus its first
+    position in `r` plus one, so each wide row needs one hash-join probe on prompt_id and two list lookups; no
+    window sort of the wide rows (texts included), which cost more than this join. A table, not a CTE: it is
+    the join's small build side either way, and the planner then never re-evaluates the list functions per row."""
     scored = "score IS NOT NULL AND NOT isnan(score)"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE __wind_groups AS
+        SELECT prompt_id, prompt, m, s, list_reverse(s) AS r
+        FROM (SELECT prompt_id, arg_min(prompt, sample_index) AS prompt, count(*) FILTER (WHERE {scored}) AS m,
+                     list_sort(list(score) FILTER (WHERE {scored})) AS s
+              FROM {source} GROUP BY prompt_id)
+        WHERE m >= {int(min_group_size)}""")
+
+
+def wind_groups_sql(source: str) -> str:
+    """Every scored response of the prompts in `__wind_groups` (`prepare_wind`) with its leave-one-out win rate
+    (#lower + (#equal - 1) / 2) / (m - 1). Rows come in the source's order (row order is not meaningful; sort in
+    queries), which also keeps ids and texts of one prompt together for the Parquet encoder."""
     return f"""
-        WITH w AS (
-            SELECT prompt_id, response_id, sample_index, response, score,
-                   rank() OVER w - 1 AS lower_n, cume_dist() OVER w AS le_frac
-            FROM ({scored_rows_sql(source)})
-            WINDOW w AS (PARTITION BY prompt_id ORDER BY score)
-        ), p AS (
-            SELECT prompt_id, arg_min(prompt, sample_index) AS prompt, count(*) FILTER (WHERE {scored}) AS m
-            FROM {source} GROUP BY prompt_id
-        )
-        SELECT w.response_id AS id, w.prompt_id, p.prompt, {assistant('w.response')} AS completion, w.response,
-               w.response_id, w.sample_index, w.score, p.m AS group_size,
-               (0.5 * (w.lower_n + round(w.le_frac * p.m)::BIGINT) - 0.5) / (p.m - 1) AS win_rate
-        FROM w JOIN p USING (prompt_id)
-        WHERE p.m >= {int(min_group_size)}
+        SELECT x.response_id AS id, x.prompt_id, g.prompt, {assistant('x.response')} AS completion, x.response,
+               x.response_id, x.sample_index, x.score, g.m AS group_size,
+               (list_position(g.s, x.score) + g.m - list_position(g.r, x.score) - 1) * 0.5 / (g.m - 1) AS win_rate
+        FROM ({scored_rows_sql(source)}) x JOIN __wind_groups g USING (prompt_id)
     """
 
 
@@ -65,7 +70,8 @@ class WindGroups(SetOp):
         src = ctx.input()
         require_columns(ctx.con, src)
         drop_unscored(ctx, src)
-        ctx.write_sql(wind_groups_sql(src, params.min_group_size))
+        prepare_wind(ctx.con, src, params.min_group_size)
+        ctx.write_sql(wind_groups_sql(src))
         ctx.drop_sql(f"SELECT prompt_id AS source_id, 'group_too_small' AS reason, "
                      f"count(*) || ' scored response(s) < {params.min_group_size}' AS detail "
                      f"FROM ({scored_rows_sql(src)}) GROUP BY prompt_id HAVING count(*) < {params.min_group_size}")
