@@ -2,7 +2,8 @@
 
 Input: one row per (prompt, response) with at least `prompt_id`, `prompt` (messages), `response_id`,
 `sample_index` (generation order, 0-based), `response` and `score` — the `xwin_set` table. Ranks are computed
-here (score descending, earlier sample first on ties), so any table of that shape works.
+here (score descending, earlier sample first on ties), so any table of that shape works where sample_index tells a
+prompt's equally scored responses apart.
 
 - `rs_best_of_n` writes one table per n: the best of the first n samples of each prompt, as SFT `messages`.
 - `dpo_pairs` writes one table per strategy: chosen = the best response, rejected picked by the strategy
@@ -154,88 +155,135 @@ class DpoParams(Params):
 
 
 def prepare_dpo(con, source: str, params: DpoParams) -> None:
-    """Narrow temp tables: `__ranked` (rank 1 = best, score desc then earlier sample), `__pairs` (every strategy's
-    picks), `__pair_texts` (the picked rows' prompt and response)."""
+    """Temp tables `__groups` (per prompt: m, best and worst score, for counts and drop reasons), `__pairs` (every
+    strategy's picks: ranks, sample indices, scores) and `__pair_texts` (the picked rows' id, prompt, response).
+
+    Ranks come from one GROUP BY, not a window over every row: each prompt's (score, -sample_index) keys sorted
+    descending, so rank r is `ranked[r]`, and each strategy's pick is list arithmetic on one row per prompt. A
+    picked response is named by (prompt_id, sample_index, score) until one semi-join over the scored rows fetches
+    its id and texts; that needs the name to be unique, i.e. no two responses of a prompt share both sample_index
+    and score (their rank order would be undefined) -- an error otherwise."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW __scored AS {scored_rows_sql(source)}")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE __groups AS
-        SELECT prompt_id, count(*) AS m, avg(score) AS mu, coalesce(stddev_pop(score), 0) AS sd,
-               max(score) AS best_score, min(score) AS worst_score
+        SELECT prompt_id, count(*) AS m, max(score) AS best_score, min(score) AS worst_score
         FROM __scored GROUP BY prompt_id""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE __ranked AS
-        SELECT r.*, g.m, g.mu, g.sd, g.best_score
-        FROM (SELECT prompt_id, response_id, sample_index, score,
-                     row_number() OVER (PARTITION BY prompt_id ORDER BY score DESC, sample_index) AS rnk
-              FROM __scored) r JOIN __groups g USING (prompt_id)""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE __groups AS
-        SELECT g.*, coalesce(t.n_best, 0) AS n_best FROM __groups g
-        LEFT JOIN (SELECT prompt_id, count(*) AS n_best FROM __ranked WHERE score = best_score GROUP BY prompt_id) t
-        USING (prompt_id)""")
-    by_rank = [s for s in params.strategies if s != "margin"]
-    picks = [ranked_picks_sql(by_rank, params)] if by_rank else []
-    if "margin" in params.strategies:
-        picks.append(margin_pick_sql(PAIR_COLUMNS, params))
+    picks = []
+    margin, capped = "margin" in params.strategies, bool(params.max_pairs_per_prompt)
+    if [s for s in params.strategies if s != "margin"] or (margin and capped):
+        picks.append(ranked_picks_sql(params))
+    if margin and not capped:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __ranked AS {ranked_rows_sql()}")
+        picks.append(all_margin_pairs_sql(params))
     con.execute("CREATE OR REPLACE TEMP TABLE __pairs AS " + " UNION ALL ".join(picks))
     con.execute("""
+        CREATE OR REPLACE TEMP TABLE __pair_keys AS
+        SELECT DISTINCT prompt_id, sample_index, score
+        FROM (SELECT prompt_id, chosen_index AS sample_index, chosen_score AS score FROM __pairs
+              UNION ALL SELECT prompt_id, rejected_index, rejected_score FROM __pairs)""")
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE __pair_texts AS
-        SELECT prompt, response_id, response FROM __scored
-        WHERE response_id IN (SELECT chosen_id FROM __pairs UNION SELECT rejected_id FROM __pairs)""")
+        SELECT s.prompt_id, s.sample_index, s.score, s.response_id, s.prompt, s.response
+        FROM __scored s SEMI JOIN __pair_keys k
+            ON s.prompt_id = k.prompt_id AND s.sample_index = k.sample_index AND s.score = k.score""")
+    keys, rows = (con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("__pair_keys", "__pair_texts"))
+    if rows != keys:
+        dup = con.execute("SELECT prompt_id, sample_index, score FROM __pair_texts GROUP BY ALL HAVING count(*) > 1 "
+                          "LIMIT 1").fetchall()[0]
+        raise ValueError(f"prompt {dup[0]!r} has several responses with sample_index {dup[1]} and score {dup[2]}; "
+                         "sample_index must tell a prompt's responses apart (it breaks score ties in the ranks)")
 
 
-PAIR_COLUMNS = ("strategy, c.prompt_id, c.response_id AS chosen_id, r.response_id AS rejected_id, "
-                "c.rnk AS chosen_rank, r.rnk AS rejected_rank, c.score AS chosen_score, r.score AS rejected_score, "
-                "c.m AS group_size")
+def ranked_groups_sql() -> str:
+    """One row per prompt: m, mean, population sd, best score, and `ranked`, its responses' {score, neg_index}
+    (neg_index = -sample_index) in rank order: score descending, earlier sample first on ties."""
+    return """
+        SELECT prompt_id, count(*) AS m, avg(score) AS mu, coalesce(stddev_pop(score), 0) AS sd,
+               max(score) AS best_score,
+               list_sort(list({'score': score, 'neg_index': -sample_index}), 'DESC') AS ranked
+        FROM __scored GROUP BY prompt_id"""
+
+
+def pair_rows_sql(picks: str) -> str:
+    """`__pairs` rows from (strategy, prompt_id, m, ranked, c, r): the responses at ranks c (chosen) and r."""
+    return (f"SELECT strategy, prompt_id, -ranked[c].neg_index AS chosen_index, "
+            f"-ranked[r].neg_index AS rejected_index, c AS chosen_rank, r AS rejected_rank, "
+            f"ranked[c].score AS chosen_score, ranked[r].score AS rejected_score, m AS group_size FROM ({picks})")
 
 
 def rejected_rank_sql(strategy: str, params: DpoParams) -> str:
-    """(strategy, prompt_id, rnk): the rank of the rejected response, one row per prompt that has one. The best
-    response is rank 1 and ranks n_best + 1 .. m are the responses scored below it."""
-    label = f"{sql_str(strategy)} AS strategy"
+    """The rank of the rejected response (NULL: the prompt has none), from a prompt's m, n_best (responses tied
+    with the best; they hold ranks 1 .. n_best, the lower ones n_best + 1 .. m), mu, sd and `ranked`."""
     if strategy == "worst":  # the last rank: lowest score, the latest sample among ties
-        return f"SELECT {label}, prompt_id, m AS rnk FROM __groups WHERE m > n_best"
+        return "CASE WHEN m > n_best THEN m END"
     if strategy == "rank_k":
         k = int(params.k)
-        return f"SELECT {label}, prompt_id, {k} AS rnk FROM __groups WHERE m >= {k} AND n_best < {k}"
+        return f"CASE WHEN m >= {k} AND n_best < {k} THEN {k} END"
     if strategy == "random_lower":  # uniform over ranks n_best+1 .. m, from a per-prompt seeded hash
         u = f"(md5_number({sql_str(str(params.seed))} || ':' || prompt_id)::DOUBLE / pow(2::DOUBLE, 128))"
-        pos = f"n_best + 1 + least(floor({u} * (m - n_best))::BIGINT, m - n_best - 1)"
-        return f"SELECT {label}, prompt_id, {pos} AS rnk FROM __groups WHERE m > n_best"
+        return f"CASE WHEN m > n_best THEN n_best + 1 + least(floor({u} * (m - n_best))::BIGINT, m - n_best - 1) END"
     if strategy == "mean_minus_2sd":  # nearest the target among the lower ones; ties: lower score, then rank
         target = f"(mu - {float(params.sd_multiplier)!r} * sd)"
-        return (f"SELECT {label}, prompt_id, arg_min(rnk, (abs(score - {target}), score, rnk)) AS rnk FROM __ranked "
-                f"WHERE score < best_score GROUP BY prompt_id")
+        nearest = (f"list_min(list_transform(ranked[n_best + 1:], "
+                   f"lambda e, i: {{'d': abs(e.score - {target}), 's': e.score, 'i': i}})).i")
+        return f"CASE WHEN m > n_best THEN n_best + {nearest} END"
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
-def ranked_picks_sql(strategies: list[str], params: DpoParams) -> str:
-    """Pairs of every strategy that names one rejected rank per prompt, found in a single join: the target ranks
-    of all strategies first (a row per prompt each), then the rejected and the chosen (rank 1) rows by
-    (prompt_id, rnk)."""
-    targets = " UNION ALL ".join(rejected_rank_sql(s, params) for s in strategies)
-    return (f"SELECT {PAIR_COLUMNS} FROM ({targets}) t "
-            f"JOIN __ranked r ON r.prompt_id = t.prompt_id AND r.rnk = t.rnk "
-            f"JOIN __ranked c ON c.prompt_id = t.prompt_id AND c.rnk = 1")
+def capped_margin_picks_sql(params: DpoParams) -> str:
+    """A list of {strategy, c, r}: the (at most K) widest pairs at least `margin` apart, ties to the better chosen,
+    then the worse rejected. The pair of the a-th best and the j-th worst is beaten or tied (and ordered first) by
+    the a*j - 1 other pairs of a better-or-equal chosen and a worse-or-equal rejected, so only the pairs with
+    a*j <= K (`cand`, about K ln K of them) can make it; they are sorted within each prompt's row."""
+    k, margin = int(params.max_pairs_per_prompt), float(params.margin)
+    cand = "list_filter(cand.pairs, lambda x: x.a < m - x.j + 1)"  # chosen rank a above rejected rank m - j + 1
+    keyed = (f"list_transform({cand}, lambda x: {{'neg_diff': -(ranked[x.a].score - ranked[m - x.j + 1].score), "
+             f"'c': x.a, 'neg_r': x.j - m - 1}})")
+    widest = f"list_slice(list_sort(list_filter({keyed}, lambda x: x.neg_diff <= -{margin!r})), 1, {k})"
+    return f"list_transform({widest}, lambda x: {{'strategy': 'margin', 'c': x.c, 'r': -x.neg_r}})"
 
 
-def margin_pick_sql(cols: str, params: DpoParams) -> str:
-    """Every (higher, lower) pair at least `margin` apart, enumerated without an all-pairs join: the rows scored
-    <= s - margin are the lowest `below` of the prompt, i.e. ranks m - below + 1 .. m. With a cap of K pairs,
-    widest first: the pair of the a-th best and the b-th worst is beaten or tied (and ordered first) by the a*b - 1
-    other pairs of a better-or-equal chosen and a worse-or-equal rejected, so only pairs with a*b <= K can make it."""
-    margin = float(params.margin)
-    cols = f"{sql_str('margin')} AS {cols}"
-    if params.max_pairs_per_prompt:
+def ranked_picks_sql(params: DpoParams) -> str:
+    """Every strategy's pairs except uncapped margin, from one row per prompt: the (strategy, chosen rank,
+    rejected rank) picks of all strategies as one list, unnested."""
+    by_rank = [s for s in params.strategies if s != "margin"]
+    lists = []
+    if by_rank:
+        items = ", ".join(f"{{'strategy': {sql_str(s)}, 'c': 1::BIGINT, 'r': ({rejected_rank_sql(s, params)})::BIGINT}}"
+                          for s in by_rank)
+        lists.append(f"list_filter([{items}], lambda x: x.r IS NOT NULL)")
+    cte = f"WITH g AS ({ranked_groups_sql()})"
+    source = "g"
+    if by_rank:
+        cte += ", h AS (SELECT *, len(list_filter(ranked, lambda e: e.score = best_score)) AS n_best FROM g)"
+        source = "h"
+    if "margin" in params.strategies and params.max_pairs_per_prompt:
         k = int(params.max_pairs_per_prompt)
-        return (f"SELECT {cols} FROM __ranked c JOIN __ranked r ON r.prompt_id = c.prompt_id "
-                f"AND r.rnk > r.m - {k} AND c.rnk * (r.m - r.rnk + 1) <= {k} AND c.score - r.score >= {margin!r} "
-                f"WHERE c.rnk <= {k} "
-                f"QUALIFY row_number() OVER (PARTITION BY c.prompt_id "
-                f"ORDER BY c.score - r.score DESC, c.rnk, r.rnk DESC) <= {k}")
+        cte += (f", cand AS (SELECT list({{'a': a, 'j': j}}) AS pairs FROM "
+                f"(SELECT a, unnest(range(1, {k} // a + 1)) AS j FROM range(1, {k} + 1) t(a)))")
+        source += ", cand"
+        lists.append(capped_margin_picks_sql(params))
+    picks = lists[0] if len(lists) == 1 else f"list_concat({', '.join(lists)})"
+    return pair_rows_sql(f"{cte} SELECT prompt_id, m, ranked, unnest({picks}, recursive := true) FROM {source}")
+
+
+def ranked_rows_sql() -> str:
+    """One row per scored response: prompt_id, m, rnk, score, sample_index (the ranks of `ranked_groups_sql`)."""
+    return (f"SELECT prompt_id, m, rnk, e.score AS score, -e.neg_index AS sample_index FROM "
+            f"(SELECT prompt_id, m, generate_subscripts(ranked, 1) AS rnk, unnest(ranked) AS e "
+            f"FROM ({ranked_groups_sql()}))")
+
+
+def all_margin_pairs_sql(params: DpoParams) -> str:
+    """Every (higher, lower) pair at least `margin` apart, enumerated without an all-pairs join: the rows scored
+    <= s - margin are the lowest `below` of the prompt, i.e. ranks m - below + 1 .. m."""
+    margin = float(params.margin)
     below = (f"count(*) OVER (PARTITION BY prompt_id ORDER BY score "
              f"RANGE BETWEEN UNBOUNDED PRECEDING AND {margin!r} PRECEDING)")
-    return (f"SELECT {cols} FROM (SELECT *, unnest(range(m - below + 1, m + 1)) AS rejected_rnk FROM "
+    return (f"SELECT 'margin' AS strategy, c.prompt_id, c.sample_index AS chosen_index, "
+            f"r.sample_index AS rejected_index, c.rnk AS chosen_rank, r.rnk AS rejected_rank, "
+            f"c.score AS chosen_score, r.score AS rejected_score, c.m AS group_size "
+            f"FROM (SELECT *, unnest(range(m - below + 1, m + 1)) AS rejected_rnk FROM "
             f"(SELECT *, {below} AS below FROM __ranked) WHERE below > 0) c "
             f"JOIN __ranked r ON r.prompt_id = c.prompt_id AND r.rnk = c.rejected_rnk")
 
@@ -243,13 +291,15 @@ def margin_pick_sql(cols: str, params: DpoParams) -> str:
 def dpo_table_sql(strategy: str) -> str:
     """One strategy's pairs in TRL's conversational preference format."""
     return f"""
-        SELECT p.prompt_id || ':' || p.chosen_id || ':' || p.rejected_id AS id, p.prompt_id, c.prompt,
+        SELECT p.prompt_id || ':' || c.response_id || ':' || r.response_id AS id, p.prompt_id, c.prompt,
                {assistant('c.response')} AS chosen, {assistant('r.response')} AS rejected,
-               p.chosen_id, p.rejected_id, p.chosen_score, p.rejected_score, p.chosen_rank, p.rejected_rank,
-               p.group_size, p.strategy
+               c.response_id AS chosen_id, r.response_id AS rejected_id, p.chosen_score, p.rejected_score,
+               p.chosen_rank, p.rejected_rank, p.group_size, p.strategy
         FROM __pairs p
-        JOIN __pair_texts c ON c.response_id = p.chosen_id
-        JOIN __pair_texts r ON r.response_id = p.rejected_id
+        JOIN __pair_texts c
+            ON c.prompt_id = p.prompt_id AND c.sample_index = p.chosen_index AND c.score = p.chosen_score
+        JOIN __pair_texts r
+            ON r.prompt_id = p.prompt_id AND r.sample_index = p.rejected_index AND r.score = p.rejected_score
         WHERE p.strategy = {sql_str(strategy)}
         ORDER BY p.prompt_id, p.chosen_rank, p.rejected_rank
     """
