@@ -29,6 +29,18 @@ def test_approx_count_column_matches_the_re2_pattern() -> None:
     assert approx_count_column(ascii_only).to_pylist() == [9, 1, 0, 7]
 
 
+def test_approx_count_column_matches_the_re2_pattern_on_any_script() -> None:
+    """Characters from the whole Unicode range, and CJK characters inside, before and after word runs."""
+    rng = random.Random(7)
+    pool = [chr(c) for c in rng.sample(range(0x80, 0x110000), 4000) if not 0xD800 <= c < 0xE000]
+    pool += list("中文カタカナひらがな⺀〆々ー・") + ["\u0301", "\u3000", "a", "b", " ", "\n", "_", "7", "!"]
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 30))) for _ in range(20000)]
+    texts += ["a中b", "中a", "中文abc", "abc中文", "ab⺀c", "⺀中", "a\u0301中", "ー中a", "aー中", "中", "中 中"]
+    arr = pa.array(texts)
+    expected = pc.count_substring_regex(arr, PIECE_PATTERN).cast(pa.int32())
+    assert approx_count_column(arr).to_pylist() == expected.to_pylist()
+
+
 def test_detect_batch_matches_py3langid() -> None:
     texts = ["The quick brown fox jumps over the lazy dog, again and again.",
              "Le renard brun rapide saute par-dessus le chien paresseux.",
