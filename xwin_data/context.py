@@ -101,7 +101,10 @@ class StageContext:
                   total_rows: int | None = None) -> int:
         """Stream a query's result into the output table's Parquet (bounded memory), with a progress bar."""
         out = self._out_dir(table) / f"part-{len(list(self._out_dir(table).glob('*.parquet'))):05d}.parquet"
-        copy = f"COPY ({sql}) TO {sql_str(str(out))} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+        # Row groups of at most ~16 MB: wide rows (conversations) then make several groups, which DuckDB writes in
+        # parallel and later scans in parallel; narrow tables keep 122,880 rows per group.
+        copy = (f"COPY ({sql}) TO {sql_str(str(out))} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880, "
+                f"ROW_GROUP_SIZE_BYTES '16MB')")
         total = total_rows if total_rows is not None else (self.inputs[0].rows if self.inputs else None)
         n = self._run_with_progress(copy, description or f"{self.stage_id} → {table or self.table}", total)
         key = table or self.table

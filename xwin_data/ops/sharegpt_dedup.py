@@ -28,6 +28,16 @@ def normalise_column(text: pa.Array) -> pa.Array:
     return pc.binary_join(pc.ascii_split_whitespace(pc.ascii_trim_whitespace(pc.utf8_lower(text))), " ")
 
 
+def _rows_except(ctx, dropped: str) -> str:
+    """SQL for the input rows whose id is not in table `dropped`, in input order: the hash join behind NOT IN
+    probes row groups in parallel and does not keep their order, so the rows are put back in file order."""
+    from ..context import sql_str
+
+    return (f"SELECT * EXCLUDE (filename, file_row_number) FROM read_parquet({sql_str(ctx.inputs[0].glob)}, "
+            f"filename = true, file_row_number = true) WHERE id NOT IN (SELECT id FROM {dropped}) "
+            f"ORDER BY filename, file_row_number")
+
+
 def normalise_text(text: str) -> str:
     """`normalise_column` for one string."""
     return " ".join(w for w in _ASCII_WS.split(text.lower()) if w)
@@ -61,7 +71,7 @@ class DedupExact(Op):
                 bar.advance(batch.num_rows)
         con.execute("CREATE TEMP TABLE __dups AS SELECT id, kept FROM "
                     "(SELECT id, min(id) OVER (PARTITION BY k) AS kept FROM __keys) WHERE id <> kept")
-        ctx.write_sql(f"SELECT * FROM {ctx.input()} WHERE id NOT IN (SELECT id FROM __dups)")
+        ctx.write_sql(_rows_except(ctx, "__dups"))
         ctx.drop_sql("SELECT id AS source_id, 'exact_duplicate' AS reason, 'duplicate of ' || kept AS detail FROM __dups")
         ctx.stats["duplicates"] = con.execute("SELECT count(*) FROM __dups").fetchone()[0]
 
@@ -152,7 +162,7 @@ class DedupNear(Op):
                           "jaccard": [d[2] for d in dropped]},
                          schema=pa.schema([("id", pa.string()), ("kept", pa.string()), ("jaccard", pa.float64())]))
         con.register("__near", table)
-        ctx.write_sql(f"SELECT * FROM {ctx.input()} WHERE id NOT IN (SELECT id FROM __near)")
+        ctx.write_sql(_rows_except(ctx, "__near"))
         ctx.drop_sql("SELECT id AS source_id, 'near_duplicate' AS reason, "
                      "'near duplicate of ' || kept || ' (estimated jaccard ' || round(jaccard, 3) || ')' AS detail FROM __near")
         ctx.stats["near_duplicates"] = len(dropped)
