@@ -21,11 +21,35 @@ TEXT_SQL = {
 }
 
 
+_WS_BYTE = np.zeros(256, dtype=bool)
+_WS_BYTE[list(b" \t\n\v\f\r")] = True
+
+
 def normalise_column(text: pa.Array) -> pa.Array:
-    """What counts as 'the same text': lower case, runs of ASCII whitespace as one space, no ends."""
+    """What counts as 'the same text': lower case, runs of ASCII whitespace as one space, no ends.
+
+    Whitespace runs are collapsed on the UTF-8 bytes in numpy (no per-word strings); ASCII whitespace bytes never
+    occur inside a multi-byte character, so this is the same as splitting on whitespace and joining with spaces.
+    """
     import pyarrow.compute as pc
 
-    return pc.binary_join(pc.ascii_split_whitespace(pc.ascii_trim_whitespace(pc.utf8_lower(text))), " ")
+    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    trimmed = pc.ascii_trim_whitespace(pc.utf8_lower(text))
+    if trimmed.type != pa.string() or trimmed.offset or len(trimmed) == 0:
+        return pc.binary_join(pc.ascii_split_whitespace(trimmed), " ")
+    offsets = np.frombuffer(trimmed.buffers()[1], dtype=np.int32)[:len(trimmed) + 1]
+    data = np.frombuffer(trimmed.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    offsets = offsets - offsets[0]
+    ws = _WS_BYTE[data]
+    repeat = ws.copy()
+    repeat[1:] &= ws[:-1]  # a whitespace byte right after another goes (values start and end without any)
+    gone = np.flatnonzero(repeat)
+    out = np.where(ws, np.uint8(ord(" ")), data)
+    if len(gone):
+        out = np.delete(out, gone)
+        offsets = offsets - np.searchsorted(gone, offsets).astype(np.int32)
+    return pa.StringArray.from_buffers(len(trimmed), pa.py_buffer(offsets), pa.py_buffer(out), trimmed.buffers()[0],
+                                       trimmed.null_count)
 
 
 def _rows_except(ctx, dropped: str) -> str:
@@ -59,16 +83,30 @@ class DedupExact(Op):
     summary = "exact duplicates on normalised text; keeps the smallest id"
 
     def run(self, ctx, params: ExactParams) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
         con = ctx.con
         con.execute("CREATE TEMP TABLE __keys (id VARCHAR, k UHUGEINT)")
         reader = con.cursor().sql(f"SELECT id, {TEXT_SQL[params.on]} AS txt FROM {ctx.input()}").to_arrow_reader(20_000)
-        with ctx.track("normalised text keys", ctx.input_rows(), "rows") as bar:
+        pending: deque = deque()
+
+        def insert_one() -> None:  # in input order, on this thread (the connection's)
+            norm = pending.popleft().result()
+            con.register("__batch", norm)
+            con.execute("INSERT INTO __keys SELECT id, md5_number(coalesce(norm, '')) FROM __batch")
+            con.unregister("__batch")
+            bar.advance(norm.num_rows)
+
+        # Arrow and numpy release the GIL: two threads normalise while this one inserts keys.
+        with ctx.track("normalised text keys", ctx.input_rows(), "rows") as bar, ThreadPoolExecutor(2) as pool:
             for batch in reader:
-                norm = pa.table({"id": batch.column(0), "norm": normalise_column(batch.column(1))})
-                con.register("__batch", norm)
-                con.execute("INSERT INTO __keys SELECT id, md5_number(coalesce(norm, '')) FROM __batch")
-                con.unregister("__batch")
-                bar.advance(batch.num_rows)
+                pending.append(pool.submit(lambda b: pa.table({"id": b.column(0), "norm": normalise_column(b.column(1))}),
+                                           batch))
+                while len(pending) > 2:
+                    insert_one()
+            while pending:
+                insert_one()
         con.execute("CREATE TEMP TABLE __dups AS SELECT id, kept FROM "
                     "(SELECT id, min(id) OVER (PARTITION BY k) AS kept FROM __keys) WHERE id <> kept")
         ctx.write_sql(_rows_except(ctx, "__dups"))
