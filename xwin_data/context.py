@@ -94,6 +94,10 @@ class StageContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def output_glob(self, table: str | None = None) -> str:
+        """The Parquet files written so far to an output (e.g. to read a finished output back in a later query)."""
+        return str(self._out_dir(table) / "*.parquet")
+
     def rows_written(self, table: str | None = None) -> int:
         return self._rows.get(table or self.table, 0)
 

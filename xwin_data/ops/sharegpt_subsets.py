@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from ..context import sql_str
 from .base import Op, Params, register
 
 
@@ -67,18 +68,24 @@ class NestedSubsets(Op):
         total = con.execute("SELECT coalesce(sum(n_turns), 0), count(*) FROM __order").fetchone()
         manifest = []
         prefix = _prefix(ctx.table, params)
-        for size in params.sizes:
+        largest = None
+        for size in sorted(params.sizes, reverse=True):  # each smaller subset is a prefix of the largest one
             name = f"{prefix}_{size_label(size)}"
-            ctx.write_sql(f"SELECT i.* FROM {src} i JOIN __order o USING (id) WHERE o.cum - o.n_turns < {size} "
-                          f"ORDER BY o.pos", table=name, total_rows=total[1])
             rows, turns = con.execute(f"SELECT count(*), coalesce(sum(n_turns), 0) FROM __order "
                                       f"WHERE cum - n_turns < {size}").fetchone()
-            complete = bool(turns >= size)
-            if not complete:
-                ctx.log(f"[yellow]size {size:,} is larger than the data ({total[0]:,} assistant turns): "
-                        f"{name} holds all of it and is marked complete = false[/]")
+            if largest is None:
+                ctx.write_sql(f"SELECT i.* FROM {src} i JOIN __order o USING (id) WHERE o.cum - o.n_turns < {size} "
+                              f"ORDER BY o.pos", table=name, total_rows=total[1])
+                largest = ctx.output_glob(name)
+            else:  # the first rows of the largest subset's file, in its order (insertion order is preserved)
+                ctx.write_sql(f"SELECT * FROM read_parquet({sql_str(largest)}) LIMIT {rows}", table=name, total_rows=rows)
             manifest.append({"size": size, "table_name": name, "conversations": rows, "assistant_turns": turns,
-                             "complete": complete})
+                             "complete": bool(turns >= size)})
+        manifest.sort(key=lambda m: m["size"])
+        for m in manifest:
+            if not m["complete"]:
+                ctx.log(f"[yellow]size {m['size']:,} is larger than the data ({total[0]:,} assistant turns): "
+                        f"{m['table_name']} holds all of it and is marked complete = false[/]")
         import pyarrow as pa
 
         with ctx.writer(pa.schema([("size", pa.int64()), ("table_name", pa.string()), ("conversations", pa.int64()),
