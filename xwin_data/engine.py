@@ -100,6 +100,7 @@ def _toposort(recipe: Recipe, deps: dict[str, list[str]]) -> list[str]:
 
 def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> list[PlannedStage]:
     """Resolve ops, params, inputs and fingerprints; decide for each stage whether it must run."""
+    now = {tv.name: tv for tv in catalog.current_tables()}  # one read of the catalog for the whole plan
     planned: dict[str, PlannedStage] = {}
     produced: dict[str, tuple[str, str]] = {}  # table name -> (stage id, table)
     for i, st in enumerate(recipe.stages):
@@ -142,7 +143,7 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
             elif name in produced:
                 refs.append(InputRef(name, name, "", produced[name][0]))
             else:
-                tv = catalog.current(name)
+                tv = now.get(name)
                 if tv is None:
                     raise RecipeError(
                         f"input {name!r} is neither a stage of this recipe nor a table in catalog {catalog.root}"
@@ -174,7 +175,7 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
         })
         ps.table_fingerprints = {t: stable_hash([ps.fingerprint, t]) for t in ps.outputs}
         upstream_runs = any(r.producer and planned[r.producer].status != "built" for r in ps.inputs)
-        current = {t: catalog.current(t) for t in ps.outputs}
+        current = {t: now.get(t) for t in ps.outputs}
         if ps.stage_id in forced:
             ps.status, ps.reason = "run", "forced"
         elif all(cv is not None and cv.fingerprint == ps.table_fingerprints[t] for t, cv in current.items()):
@@ -189,7 +190,7 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
                 ps.reason = "not built yet"
             else:
                 ps.reason = "config or code changed"
-        ps.estimate = ps.op.estimate(_PlanView(ps, catalog, planned), ps.params) if ps.status == "run" else None
+        ps.estimate = ps.op.estimate(_PlanView(ps, catalog, planned, now), ps.params) if ps.status == "run" else None
     return ordered
 
 
@@ -200,15 +201,16 @@ class _PlanView:
     stage: PlannedStage
     catalog: Catalog
     planned: dict[str, PlannedStage]
+    current: dict[str, TableVersion]
 
     def input_rows(self, index: int = 0) -> int | None:
         ref = self.stage.inputs[index]
-        tv = self.catalog.current(ref.table)
+        tv = self.current.get(ref.table)
         return tv.rows if tv is not None and tv.fingerprint == ref.fingerprint else None
 
     def input_glob(self, index: int = 0) -> str | None:
         ref = self.stage.inputs[index]
-        tv = self.catalog.current(ref.table)
+        tv = self.current.get(ref.table)
         return self.catalog.data_glob(tv) if tv is not None and tv.fingerprint == ref.fingerprint else None
 
 
