@@ -1,11 +1,12 @@
 """What a running op sees: its inputs as DuckDB views, writers for its outputs and drops, progress, scratch space."""
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
@@ -159,6 +160,17 @@ class StageContext:
         key = table or self.table
         self._rows[key] = self._rows.get(key, 0) + self.inputs[index].rows
         return self.inputs[index].rows
+
+    def part_paths(self, table: str | None = None) -> Iterator[Path]:
+        """Fresh Parquet file paths in an output's folder, in the order readers take them, for files that other
+        processes write; count their rows with `add_rows`."""
+        folder = self._out_dir(table)
+        for i in itertools.count(len(list(folder.glob("*.parquet")))):
+            yield folder / f"part-{i:05d}.parquet"
+
+    def add_rows(self, n: int, table: str | None = None) -> None:
+        key = table or self.table
+        self._rows[key] = self._rows.get(key, 0) + n
 
     def writer(self, schema: pa.Schema, table: str | None = None) -> "BatchWriter":
         """A Parquet writer for rows that Python produces (model calls, parsing)."""

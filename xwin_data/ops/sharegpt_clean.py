@@ -5,6 +5,7 @@ vectorised regex over whole columns. See `xwin_data.text.cleaning` for what each
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import pyarrow as pa
@@ -48,24 +49,8 @@ class CleanConversations(Op):
 
     def run(self, ctx, params: CleanParams) -> None:
         from ..text.batches import map_batches_parallel
-        from ..text.cleaning import clean_column
 
         totals = {"html_values": 0, "unicode_values": 0, "empty_after_cleaning": 0}
-
-        def clean(batch: pa.RecordBatch) -> tuple[pa.Table, tuple[dict, list]]:
-            table = pa.Table.from_batches([batch])
-            messages = table.column("messages").combine_chunks()
-            role, content, parents, offsets = flat_messages(messages)
-            content, counts = clean_column(content, role, params.html, params.unicode, params.whitespace)
-            table = table.set_column(table.schema.get_field_index("messages"), "messages",
-                                     rebuild_messages(role, content, offsets))
-            empty_ids: list = []
-            empty = pc.equal(pc.utf8_length(content), 0)
-            if pc.any(empty).as_py():
-                bad_rows = pc.unique(pc.filter(parents, empty))
-                empty_ids = table.column("id").take(bad_rows).to_pylist()
-                table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), bad_rows)))
-            return table, (counts, empty_ids)
 
         def record(extra: tuple[dict, list]) -> None:
             counts, empty_ids = extra
@@ -75,7 +60,37 @@ class CleanConversations(Op):
             for rid in empty_ids:
                 ctx.drop(rid, "empty_after_cleaning", "a message value is empty once cleaned")
 
+        _prepare(params)
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-        map_batches_parallel(ctx, f"SELECT * FROM {ctx.input()}", clean, schema, record, batch_size=params.batch_size,
-                             description=f"{ctx.stage_id}: cleaning")
+        map_batches_parallel(ctx, f"SELECT * FROM {ctx.input()}", partial(clean_batch, params=params), schema, record,
+                             batch_size=params.batch_size, description=f"{ctx.stage_id}: cleaning", processes=True)
         ctx.stats.update(totals)
+
+
+def _prepare(params: CleanParams) -> None:
+    """Import what cleaning needs here, once, so forked workers start with it."""
+    from ..text import cleaning  # noqa: F401
+
+    if params.html:
+        import markdownify  # noqa: F401
+    if params.unicode != "off":
+        import ftfy  # noqa: F401
+
+
+def clean_batch(batch: pa.RecordBatch, params: CleanParams) -> tuple[pa.Table, tuple[dict, list]]:
+    """One batch cleaned, with the step counts and the ids of conversations left with an empty value (dropped)."""
+    from ..text.cleaning import clean_column
+
+    table = pa.Table.from_batches([batch])
+    messages = table.column("messages").combine_chunks()
+    role, content, parents, offsets = flat_messages(messages)
+    content, counts = clean_column(content, role, params.html, params.unicode, params.whitespace)
+    table = table.set_column(table.schema.get_field_index("messages"), "messages",
+                             rebuild_messages(role, content, offsets))
+    empty_ids: list = []
+    empty = pc.equal(pc.utf8_length(content), 0)
+    if pc.any(empty).as_py():
+        bad_rows = pc.unique(pc.filter(parents, empty))
+        empty_ids = table.column("id").take(bad_rows).to_pylist()
+        table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), bad_rows)))
+    return table, (counts, empty_ids)

@@ -5,6 +5,8 @@ Counts are vectorised over Arrow columns; tokens use the built-in approximation 
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -83,12 +85,26 @@ class ConversationStats(Op):
         schema = pa.schema([f for f in schema if f.name not in stat_names] + [pa.field(n, t) for n, t in STAT_FIELDS])
         cols = ", ".join(f'"{n}"' for n in schema.names if n not in stat_names)
         lang = sample_sql("messages", 4, params.language_chars)
+        approx = params.tokenizer == "approx"
+        if approx:
+            _prepare(params)
+        map_batches_parallel(ctx, f"SELECT {cols}, {lang} AS __lang FROM {ctx.input()}", partial(stats_batch, params=params),
+                             schema, batch_size=params.batch_size, description=f"{ctx.stage_id}: stats + language",
+                             threads=None if approx else 1, processes=approx)
 
-        def stats(batch: pa.RecordBatch) -> tuple[pa.Table, None]:
-            table = pa.Table.from_batches([batch])
-            text = table.column("__lang").combine_chunks()
-            return add_stats(table.drop_columns(["__lang"]), params.tokenizer, params.language, text), None
 
-        map_batches_parallel(ctx, f"SELECT {cols}, {lang} AS __lang FROM {ctx.input()}", stats, schema,
-                             batch_size=params.batch_size, description=f"{ctx.stage_id}: stats + language",
-                             threads=None if params.tokenizer == "approx" else 1)
+def _prepare(params: StatsParams) -> None:
+    """Load the language model and the token classes here, once, so forked workers start with them."""
+    from ..text.tokens import _char_classes
+
+    _char_classes()
+    if params.language:
+        from ..text.language import detect_batch
+
+        detect_batch(["warm up"])
+
+
+def stats_batch(batch: pa.RecordBatch, params: StatsParams) -> tuple[pa.Table, None]:
+    table = pa.Table.from_batches([batch])
+    text = table.column("__lang").combine_chunks()
+    return add_stats(table.drop_columns(["__lang"]), params.tokenizer, params.language, text), None

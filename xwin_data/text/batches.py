@@ -1,7 +1,11 @@
-"""Run a batch function over a query's Arrow batches on a few threads, writing results in input order.
+"""Run a batch function over a query's Arrow batches in worker processes (or threads), keeping the input order.
 
-The batch functions of the conversation ops spend their time in Arrow compute kernels, numpy and scipy, which
-release the GIL, so threads overlap them; at most `threads + 1` batches are in memory at once.
+The batch functions of the conversation ops are mostly Python (cleaning) or many small numpy steps (language id),
+which hold the GIL: threads barely overlap them, forked worker processes do (see `xwin_data.workers`). A function
+given with `processes=True` must be picklable (a module-level function, or a `functools.partial` of one); each
+worker writes its batch's result as a Parquet file of its own, named in input order, so results never travel back.
+Inputs of at most `2 * batch_size` rows stay in this process, where forking would cost more than it saves. At most
+`2 * workers` (or `threads + 1`) batches are in flight at once, which bounds memory.
 """
 from __future__ import annotations
 
@@ -12,22 +16,78 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+BatchFn = Callable[[pa.RecordBatch], tuple["pa.Table | None", Any]]
+
 
 def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def map_batches_parallel(ctx, sql: str, fn: Callable[[pa.RecordBatch], tuple[pa.Table | None, Any]],
-                         schema: pa.Schema, on_result: Callable[[Any], None] | None = None, *,
-                         table: str | None = None, batch_size: int = 20_000, description: str = "",
-                         threads: int | None = None) -> int:
+def write_part(fn: BatchFn, schema: pa.Schema, path: str, batch: pa.RecordBatch) -> tuple[int, Any]:
+    """In a worker: `fn(batch)`, its table written to `path` (nothing when empty); the row count and the extra."""
+    import pyarrow.parquet as pq
+
+    out, extra = fn(batch)
+    if out is None or not out.num_rows:
+        return 0, extra
+    if out.schema != schema:
+        out = out.select(schema.names).cast(schema)
+    pq.write_table(out, path, compression="zstd")
+    return out.num_rows, extra
+
+
+def map_batches_parallel(ctx, sql: str, fn: BatchFn, schema: pa.Schema, on_result: Callable[[Any], None] | None = None,
+                         *, table: str | None = None, batch_size: int = 20_000, description: str = "",
+                         threads: int | None = None, processes: bool = False) -> int:
     """`fn(batch) -> (table, extra)`; tables are written in order, `on_result(extra)` runs in the calling thread."""
-    threads = threads or ctx.threads or default_threads()
+    from ..workers import available_workers
+
     total = ctx.con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
-    reader = ctx.con.cursor().sql(sql).to_arrow_reader(batch_size)  # streams (execute() would materialise)
+    workers = available_workers() if processes else 0
+    if workers > 1 and total > 2 * batch_size:
+        _in_workers(ctx, sql, fn, schema, on_result, table, batch_size, description, total, workers)
+    else:
+        _in_threads(ctx, sql, fn, schema, on_result, table, batch_size, description, total,
+                    threads or ctx.threads or default_threads())
+    return ctx.rows_written(table)
+
+
+def _in_workers(ctx, sql, fn, schema, on_result, table, batch_size, description, total, workers) -> None:
+    from ..workers import pool
+
     pending: deque = deque()
-    with ctx.writer(schema, table) as writer, ctx.track(description, total, "rows") as bar, \
-            ThreadPoolExecutor(max_workers=threads) as pool:
+    written = 0
+    with pool(workers) as executor, ctx.track(description, total, "rows") as bar:
+        paths = ctx.part_paths(table)
+        reader = ctx.con.cursor().sql(sql).to_arrow_reader(batch_size)  # streams (execute() would materialise)
+
+        def finish_one() -> None:
+            nonlocal written
+            n_in, future = pending.popleft()
+            rows, extra = future.result()
+            ctx.add_rows(rows, table)
+            written += rows
+            if on_result is not None:
+                on_result(extra)
+            bar.advance(n_in)
+
+        for batch in reader:
+            pending.append((batch.num_rows, executor.submit(write_part, fn, schema, str(next(paths)), batch)))
+            while len(pending) >= 2 * workers:
+                finish_one()
+        while pending:
+            finish_one()
+    if not written:  # the output still gets a (empty) file with its schema
+        with ctx.writer(schema, table):
+            pass
+
+
+def _in_threads(ctx, sql, fn, schema, on_result, table, batch_size, description, total, threads) -> None:
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=threads) as executor, ctx.writer(schema, table) as writer, \
+            ctx.track(description, total, "rows") as bar:
+        reader = ctx.con.cursor().sql(sql).to_arrow_reader(batch_size)
+
         def finish_one() -> None:
             n_in, future = pending.popleft()
             out, extra = future.result()
@@ -38,9 +98,8 @@ def map_batches_parallel(ctx, sql: str, fn: Callable[[pa.RecordBatch], tuple[pa.
             bar.advance(n_in)
 
         for batch in reader:
-            pending.append((batch.num_rows, pool.submit(fn, batch)))
+            pending.append((batch.num_rows, executor.submit(fn, batch)))
             while len(pending) > threads:
                 finish_one()
         while pending:
             finish_one()
-    return ctx.rows_written(table)

@@ -152,6 +152,13 @@ def check_turns(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def normalise(record: Any, fmt: str = "auto", model_field: str | None = None) -> tuple[list[dict], str | None]:
     """Canonical messages and the answering model (where the record says) of one source record."""
+    turns, model = normalise_turns(record, fmt, model_field)
+    return [{"role": r, "content": c} for r, c in turns], model
+
+
+def normalise_turns(record: Any, fmt: str = "auto", model_field: str | None = None
+                    ) -> tuple[list[tuple[str, str]], str | None]:
+    """`normalise` with the messages as (role, content) pairs (for building Arrow columns directly)."""
     if not isinstance(record, dict):
         raise BadRecord("not_an_object", _short(record))
     kind = detect_format(record) if fmt == "auto" else fmt
@@ -164,4 +171,4 @@ def normalise(record: Any, fmt: str = "auto", model_field: str | None = None) ->
         if isinstance(value, str) and value:
             model = value
             break
-    return [{"role": r, "content": c} for r, c in turns], model
+    return turns, model

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 FILE_TYPES = ("auto", "jsonl", "json", "parquet", "hf")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -84,20 +84,49 @@ def _loads():
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    loads = _loads()
     with _open_binary(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
+        yield from _parse_lines(enumerate(fh, 1))
+
+
+def _parse_lines(numbered: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, Any]]:
+    loads = _loads()
+    for lineno, raw in numbered:
+        if not raw.strip():
+            continue
+        try:
+            yield lineno, loads(raw)
+        except ValueError as err:
             try:
-                yield lineno, loads(raw)
-            except ValueError as err:
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as uerr:
-                    yield lineno, Unreadable("invalid_utf8", f"{uerr}: {raw[:200]!r}")
-                    continue
-                yield lineno, Unreadable("broken_json", f"{err}: {raw[:200].decode('utf-8', 'replace')}")
+                raw.decode("utf-8")
+            except UnicodeDecodeError as uerr:
+                yield lineno, Unreadable("invalid_utf8", f"{uerr}: {raw[:200]!r}")
+                continue
+            yield lineno, Unreadable("broken_json", f"{err}: {raw[:200].decode('utf-8', 'replace')}")
+
+
+def jsonl_blocks(path: str, block_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """A JSONL file as blocks of whole lines, about `block_bytes` each, with the number of each block's first line:
+    the unit of work when many processes parse one file."""
+    lineno = 1
+    with _open_binary(Path(path)) as fh:
+        while True:
+            block = fh.read(block_bytes)
+            if not block:
+                return
+            if not block.endswith(b"\n"):
+                block += fh.readline()
+            yield lineno, block
+            lineno += block.count(b"\n")
+
+
+def iter_jsonl_block(block: bytes, first_lineno: int) -> Iterator[tuple[int, Any]]:
+    """The records of one block from `jsonl_blocks`, numbered as `iter_records` numbers a JSONL file's lines."""
+    lines = block.split(b"\n")
+    last = lines.pop()  # empty when the block ends with a newline
+    numbered = [(first_lineno + i, line + b"\n") for i, line in enumerate(lines)]
+    if last:
+        numbered.append((first_lineno + len(lines), last))
+    return _parse_lines(numbered)
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:

@@ -1,0 +1,119 @@
+"""Source records to rows of the canonical conversation table, a batch at a time, in whichever process parses them.
+
+`RowBuilder` turns `(position, record)` items into Arrow columns (id, messages, model) built straight from flat
+role and content lists, and keeps each bad record as a drop `(id, reason, detail)`; `parse_jsonl_block` does that
+for one block of JSONL lines and is what worker processes run. Ids are made unique afterwards, in file order, by the
+reader (`unique_ids`), since a repeat can sit in another block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    fmt: str
+    model_field: str | None
+    id_fields: tuple[str, ...]
+    stem: str  # fallback ids are `stem:position`
+
+
+@dataclass
+class Rows:
+    """Converted rows: `table` (id, messages, model), each row's position in the file, and the drops."""
+
+    table: pa.Table
+    positions: list[int]
+    drops: list[tuple[str, str, Any]] = field(default_factory=list)
+    records: int = 0  # items read, the bad ones included
+
+
+class RowBuilder:
+    def __init__(self, options: RowOptions):
+        self.options = options
+        self._clear()
+
+    def _clear(self) -> None:
+        self.ids: list[str] = []
+        self.positions: list[int] = []
+        self.models: list[str | None] = []
+        self.roles: list[str] = []
+        self.contents: list[str] = []
+        self.offsets: list[int] = [0]
+        self.drops: list[tuple[str, str, Any]] = []
+        self.records = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, position: int, record: Any) -> bool:
+        """Convert one item; False when it became a drop."""
+        from .records import BadRecord, normalise_turns
+        from .sources import Unreadable
+
+        self.records += 1
+        fallback = f"{self.options.stem}:{position}"
+        if isinstance(record, Unreadable):
+            self.drops.append((fallback, record.reason, record.detail))
+            return False
+        rid = None
+        if isinstance(record, dict):
+            for f in self.options.id_fields:
+                if record.get(f) not in (None, ""):
+                    rid = str(record[f])
+                    break
+        try:
+            turns, model = normalise_turns(record, self.options.fmt, self.options.model_field)
+        except BadRecord as bad:
+            self.drops.append((rid or fallback, bad.reason, bad.detail))
+            return False
+        self.ids.append(rid or fallback)
+        self.positions.append(position)
+        self.models.append(model)
+        for role, content in turns:
+            self.roles.append(role)
+            self.contents.append(content)
+        self.offsets.append(len(self.roles))
+        return True
+
+    def take(self) -> Rows:
+        """The rows converted so far (the builder starts over)."""
+        messages = pa.ListArray.from_arrays(
+            pa.array(self.offsets, pa.int32()),
+            pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())],
+                                       fields=list(MESSAGE_TYPE)))
+        table = pa.table({"id": pa.array(self.ids, pa.string()), "messages": messages,
+                          "model": pa.array(self.models, pa.string())})
+        rows = Rows(table, self.positions, self.drops, self.records)
+        self._clear()
+        return rows
+
+
+def parse_jsonl_block(block: bytes, first_lineno: int, options: RowOptions) -> Rows:
+    """Rows of one block of JSONL lines (see `sources.jsonl_blocks`)."""
+    from .sources import iter_jsonl_block
+
+    builder = RowBuilder(options)
+    for position, record in iter_jsonl_block(block, first_lineno):
+        builder.add(position, record)
+    return builder.take()
+
+
+def unique_ids(ids: list[str], positions: list[int], seen: set[str]) -> tuple[list[str], int]:
+    """Ids made unique against `seen` (updated): a repeat keeps its position, `id~position`, to stay traceable."""
+    if seen.isdisjoint(ids) and len(set(ids)) == len(ids):  # the usual case, checked at C speed
+        seen.update(ids)
+        return ids, 0
+    out, renamed = [], 0
+    for rid, position in zip(ids, positions):
+        if rid in seen:
+            rid = f"{rid}~{position}"
+            renamed += 1
+        seen.add(rid)
+        out.append(rid)
+    return out, renamed

@@ -1,0 +1,77 @@
+"""Forked worker processes for the Python-heavy batch work of a stage (parsing, cleaning, text statistics), and
+background warm-ups that overlap with it.
+
+Python code holds the GIL, so threads cannot run two batches of it at once; processes can. Workers are forked
+(nothing is re-imported or re-loaded: they start with the parent's modules, models and tables) once per stage and
+joined at its end, so their CPU time is counted with the build's. Forking while another thread is importing
+modules can leave a child waiting forever on that thread's import lock, so no background thread runs while a pool
+forks: a warm-up (e.g. importing the validation library) is queued with `warm_up_after_fork` and started once the
+next pool's workers exist, and every fork waits for running warm-ups to finish first.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+_queued: list[Callable[[], None]] = []
+_running: list[threading.Thread] = []
+_lock = threading.Lock()
+
+
+def available_workers() -> int:
+    """How many worker processes a stage may use: one per core, none where fork is unavailable or on one core."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return n if n > 1 else 0
+
+
+def warm_up_after_fork(fn: Callable[[], None]) -> None:
+    """Run `fn` in a background thread right after the next pool has forked (errors are ignored: a warm-up only
+    does early what its user would otherwise do when needed)."""
+    with _lock:
+        _queued.append(fn)
+
+
+def cancel_warm_ups() -> None:
+    """Forget queued warm-ups (a build that ends without forking)."""
+    with _lock:
+        _queued.clear()
+
+
+def wait_for_warm_ups() -> None:
+    with _lock:
+        running = list(_running)
+    for thread in running:
+        thread.join()
+    with _lock:
+        _running[:] = [t for t in _running if t.is_alive()]
+
+
+def _run_quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - the user of the warm-up repeats the work and reports its own errors
+        pass
+
+
+@contextmanager
+def pool(n: int) -> Iterator[ProcessPoolExecutor]:
+    """`n` forked worker processes for the duration of the block; queued warm-ups start once they exist."""
+    wait_for_warm_ups()
+    executor = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
+    try:
+        executor.submit(os.getpid).result()  # forks every worker now, before any thread of ours starts
+        with _lock:
+            queued, _queued[:] = list(_queued), []
+            for fn in queued:
+                thread = threading.Thread(target=_run_quietly, args=(fn,), name="xwin-warm-up", daemon=True)
+                thread.start()
+                _running.append(thread)
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
