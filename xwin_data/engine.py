@@ -26,6 +26,8 @@ from .ops.base import Op
 from .progress import console, make_progress
 from .recipe import Recipe, validate_params
 from .validate import SchemaError, ValidationResult, load_schema, validate_source
+from .validate import warm_up as warm_up_validation
+from .workers import cancel_warm_ups, warm_up_after_fork
 from .yaml_lines import RecipeError
 
 
@@ -308,6 +310,8 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
         reports: list[StageReport] = []
         ran, skipped = [], []
         status, error = "ok", None
+        if any(ps.status == "run" and any(ps.schemas.values()) for ps in stages):
+            warm_up_after_fork(warm_up_validation)  # the validation library loads while a stage's workers compute
         try:
             with make_progress(disable=not show_progress) as progress:
                 for ps in stages:
@@ -338,6 +342,7 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
                 error += "\n" + traceback.format_exc(limit=8)
             raise
         finally:
+            cancel_warm_ups()
             catalog.finish_build(build_id, status, ran, skipped, error)
             catalog.clean_staging(build_id)
             if status == "ok":

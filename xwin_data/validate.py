@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -106,8 +107,23 @@ def _ge_suite(schema: TableSchema):
     return suite
 
 
-@lru_cache(maxsize=1)
+_ge_lock = threading.Lock()
+
+
+def warm_up() -> None:
+    """Import great-expectations and set up its context ahead of the first validation (~3 s of imports), e.g. in
+    a background thread while a build's first stage runs (`xwin_data.workers.warm_up_after_fork`)."""
+    _ge_context()
+
+
 def _ge_context():
+    with _ge_lock:  # a warm-up thread and the first validation must not both build it
+        return _new_ge_context()
+
+
+@lru_cache(maxsize=1)
+def _new_ge_context():
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
