@@ -86,6 +86,9 @@ def test_workers_give_the_same_tables_and_drops(tmp_path, small_blocks, monkeypa
     con = xwin_data.connect(tmp_path / "forked")
     stats = con.execute("SELECT stats FROM table_versions WHERE name = 'raw' AND is_current").fetchone()[0]
     assert '"renamed_duplicate_ids"' in str(stats)
+    # the switched-off near-dedup stage reuses its input's validation and says so
+    checks = con.execute("SELECT results FROM validations WHERE table_name = 'near'").fetchone()[0]
+    assert "same_files_as_validated_input" in str(checks)
 
 
 def test_worker_parts_keep_the_input_order(tmp_path, small_blocks) -> None:

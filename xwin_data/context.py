@@ -56,6 +56,7 @@ class StageContext:
     threads: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     _con: duckdb.DuckDBPyConnection | None = None
+    passed_through: dict[str, InputTable] = field(default_factory=dict)  # output -> the input published as it is
     _rows: dict[str, int] = field(default_factory=dict)
     _drop_buffer: list[dict] = field(default_factory=list)
     _drop_parts: int = 0
@@ -145,7 +146,7 @@ class StageContext:
     def pass_through(self, index: int = 0, table: str | None = None) -> int:
         """Publish an input's Parquet files unchanged as an output (a stage switched off): hard links where the
         filesystem allows (catalog files are never rewritten in place), copies otherwise. The output is still
-        validated like any other."""
+        validated, unless its files are those of an input validated against the same schema in this build."""
         import glob
         import os
         import shutil
@@ -159,6 +160,7 @@ class StageContext:
                 shutil.copyfile(src, dst)
         key = table or self.table
         self._rows[key] = self._rows.get(key, 0) + self.inputs[index].rows
+        self.passed_through[key] = self.inputs[index]
         return self.inputs[index].rows
 
     def part_paths(self, table: str | None = None) -> Iterator[Path]:

@@ -231,7 +231,7 @@ def _drops_by_reason(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, 
 
 
 def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str, progress: Any,
-               memory_limit: str, overrides: list[str]) -> StageReport:
+               memory_limit: str, overrides: list[str], validated: dict[str, ValidationResult]) -> StageReport:
     start = time.monotonic()
     inputs = []
     for ref in ps.inputs:
@@ -263,7 +263,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
             columns = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
             schema_name = ps.schemas.get(table)
             if schema_name:
-                res: ValidationResult = validate_source(con, source, schema_name, table)
+                res = _validate(con, source, schema_name, table, ctx.passed_through.get(table), validated)
+                validated[ps.table_fingerprints[table]] = res
                 results.append(res)
                 validations.append({"build_id": build_id, "table_name": table, "schema_name": schema_name,
                                     "fingerprint": ps.table_fingerprints[table], "success": res.success,
@@ -294,6 +295,18 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     return StageReport(ps.stage_id, "built", {e["name"]: e["rows"] for e in entries}, rows_in, drops, seconds, ctx.stats)
 
 
+def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str,
+              same_as: InputTable | None, validated: dict[str, ValidationResult]) -> ValidationResult:
+    """Validate a staged table; one whose files are those of an input that passed the same schema earlier in this
+    build (a switched-off stage passing its input through) has that input's result, with a note saying so."""
+    prior = validated.get(same_as.fingerprint) if same_as is not None else None
+    if prior is not None and prior.success and prior.schema == schema_name:
+        note = {"expectation": "same_files_as_validated_input", "column": None, "success": True,
+                "message": f"the files of {same_as.name} (version {same_as.version}), validated in this build"}
+        return ValidationResult(table, schema_name, True, prior.rows, prior.checks + [note])
+    return validate_source(con, source, schema_name, table)
+
+
 def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[str] | bool = False,
           overrides: list[str] | None = None, memory_limit: str = "4GB", show_progress: bool = True) -> BuildReport:
     """Build every stage that is not already built; publish stage by stage."""
@@ -310,6 +323,7 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
         reports: list[StageReport] = []
         ran, skipped = [], []
         status, error = "ok", None
+        validated: dict[str, ValidationResult] = {}  # table fingerprint -> result, for tables validated here
         if any(ps.status == "run" and any(ps.schemas.values()) for ps in stages):
             warm_up_after_fork(warm_up_validation)  # the validation library loads while a stage's workers compute
         try:
@@ -326,7 +340,7 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
                         reports.append(StageReport(ps.stage_id, "restored", {}, 0, {}, 0.0))
                         continue
                     console.print(f"[bold cyan]▶ {ps.stage_id}[/] ({type(ps.op).name}): {ps.reason}")
-                    rep = _run_stage(ps, recipe, catalog, build_id, progress, memory_limit, overrides)
+                    rep = _run_stage(ps, recipe, catalog, build_id, progress, memory_limit, overrides, validated)
                     ran.append(ps.stage_id)
                     reports.append(rep)
                     drops = sum(rep.drops.values())
