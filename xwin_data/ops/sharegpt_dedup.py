@@ -52,14 +52,23 @@ def normalise_column(text: pa.Array) -> pa.Array:
                                        trimmed.null_count)
 
 
-def _rows_except(ctx, dropped: str) -> str:
-    """SQL for the input rows whose id is not in table `dropped`, in input order: the hash join behind NOT IN
-    probes row groups in parallel and does not keep their order, so the rows are put back in file order."""
-    from ..context import sql_str
+def _write_except(ctx, dropped: str) -> None:
+    """Write the input rows whose id is not in table `dropped`, in input order: batches of a plain scan (which keeps
+    the order, unlike the parallel hash join behind NOT IN) filtered and written by threads (Arrow releases the GIL)."""
+    from functools import partial
 
-    return (f"SELECT * EXCLUDE (filename, file_row_number) FROM read_parquet({sql_str(ctx.inputs[0].glob)}, "
-            f"filename = true, file_row_number = true) WHERE id NOT IN (SELECT id FROM {dropped}) "
-            f"ORDER BY filename, file_row_number")
+    from ..text.batches import map_batches_parallel
+
+    ids = ctx.con.sql(f"SELECT id FROM {dropped}").to_arrow_table().column(0).combine_chunks()
+    schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
+    map_batches_parallel(ctx, f"SELECT * FROM {ctx.input()}", partial(_without_ids, ids=ids), schema,
+                         batch_size=20_000, threads=2, description=f"{ctx.stage_id}: writing the kept rows")
+
+
+def _without_ids(batch: pa.RecordBatch, ids: pa.Array) -> tuple[pa.Table, None]:
+    import pyarrow.compute as pc
+
+    return pa.Table.from_batches([batch]).filter(pc.invert(pc.is_in(batch.column("id"), value_set=ids))), None
 
 
 def normalise_text(text: str) -> str:
@@ -109,7 +118,7 @@ class DedupExact(Op):
                 insert_one()
         con.execute("CREATE TEMP TABLE __dups AS SELECT id, kept FROM "
                     "(SELECT id, min(id) OVER (PARTITION BY k) AS kept FROM __keys) WHERE id <> kept")
-        ctx.write_sql(_rows_except(ctx, "__dups"))
+        _write_except(ctx, "__dups")
         ctx.drop_sql("SELECT id AS source_id, 'exact_duplicate' AS reason, 'duplicate of ' || kept AS detail FROM __dups")
         ctx.stats["duplicates"] = con.execute("SELECT count(*) FROM __dups").fetchone()[0]
 
@@ -200,7 +209,7 @@ class DedupNear(Op):
                           "jaccard": [d[2] for d in dropped]},
                          schema=pa.schema([("id", pa.string()), ("kept", pa.string()), ("jaccard", pa.float64())]))
         con.register("__near", table)
-        ctx.write_sql(_rows_except(ctx, "__near"))
+        _write_except(ctx, "__near")
         ctx.drop_sql("SELECT id AS source_id, 'near_duplicate' AS reason, "
                      "'near duplicate of ' || kept || ' (estimated jaccard ' || round(jaccard, 3) || ')' AS detail FROM __near")
         ctx.stats["near_duplicates"] = len(dropped)
