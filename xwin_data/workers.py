@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+MAX_WORKERS = 8  # each holds a couple of batches in flight; more would mostly add memory
 _queued: list[Callable[[], None]] = []
 _running: list[threading.Thread] = []
 _lock = threading.Lock()
 
 
 def available_workers() -> int:
-    """How many worker processes a stage may use: one per core, none where fork is unavailable or on one core."""
-    if "fork" not in multiprocessing.get_all_start_methods():
+    """How many worker processes a stage may use: one per core (at most MAX_WORKERS), none on one core or where
+    forking is not the platform's safe default (Linux has it; macOS and Windows spawn)."""
+    if not sys.platform.startswith("linux"):
         return 0
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return n if n > 1 else 0
+    n = len(os.sched_getaffinity(0))
+    return min(n, MAX_WORKERS) if n > 1 else 0
 
 
 def warm_up_after_fork(fn: Callable[[], None]) -> None:
