@@ -45,7 +45,7 @@ def _char_classes():
     import pyarrow.compute as pc
 
     cps = np.concatenate([np.arange(0, 0xD800), np.arange(0xE000, 0x110000)])  # no surrogates in UTF-8
-    data = "".join(map(chr, cps.tolist())).encode("utf-8")
+    data = cps.astype("<u4").tobytes().decode("utf-32-le").encode("utf-8")
     widths = np.where(cps < 0x80, 1, np.where(cps < 0x800, 2, np.where(cps < 0x10000, 3, 4)))
     offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int32)
     chars = pa.StringArray.from_buffers(len(cps), pa.py_buffer(offsets.tobytes()), pa.py_buffer(data))
