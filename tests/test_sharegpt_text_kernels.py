@@ -53,6 +53,26 @@ def test_detect_batch_matches_py3langid() -> None:
         assert label == (py3langid.classify(text)[0] if has_letters else "und"), text
 
 
+def test_language_sample_column_matches_its_sql_definition() -> None:
+    """The first n non-system messages joined by newlines, cut to n characters (code points), as DuckDB says it."""
+    import duckdb
+
+    from xwin_data.text.language import sample_column
+
+    m = lambda role, content: {"role": role, "content": content}  # noqa: E731
+    rows = [[m("system", "sys prompt"), m("user", "héllo wörld"), m("assistant", "e\u0301xyz")], [],
+            [m("system", "only")], [m("user", c) for c in "abcde"], [m("user", "👍🏽中文字"), m("assistant", "x")],
+            [m("user", ""), m(None, "zz"), m("assistant", "q")], [m("user", "x" * 30), m("assistant", "long " * 9)]]
+    table = pa.table({"msgs": pa.array(rows, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))})
+    sql = ("SELECT left(array_to_string(list_transform(list_filter(msgs, lambda x: x.role <> 'system')[1:{n}], "
+           "lambda x: x.content), chr(10)), {chars}) FROM t")
+    con = duckdb.connect()
+    con.register("t", table)
+    for n, chars in [(4, 5), (2, 12), (4, 400)]:
+        expected = [r[0] for r in con.execute(sql.format(n=n, chars=chars)).fetchall()]
+        assert sample_column(table.column("msgs"), n, chars).to_pylist() == expected, (n, chars)
+
+
 def test_disabled_near_dedup_publishes_its_input_unchanged_and_validated(tmp_path) -> None:
     import json
 

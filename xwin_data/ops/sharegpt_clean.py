@@ -48,7 +48,7 @@ class CleanConversations(Op):
     summary = "HTML→markdown, unicode repair (ftfy, fast path), whitespace normalisation"
 
     def run(self, ctx, params: CleanParams) -> None:
-        from ..text.batches import map_batches_parallel
+        from ..text.batches import map_input_parallel
 
         totals = {"html_values": 0, "unicode_values": 0, "empty_after_cleaning": 0}
 
@@ -62,8 +62,8 @@ class CleanConversations(Op):
 
         _prepare(params)
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-        map_batches_parallel(ctx, f"SELECT * FROM {ctx.input()}", partial(clean_batch, params=params), schema, record,
-                             batch_size=params.batch_size, description=f"{ctx.stage_id}: cleaning", processes=True)
+        map_input_parallel(ctx, partial(clean_batch, params=params), schema, record, batch_size=params.batch_size,
+                           description=f"{ctx.stage_id}: cleaning", processes=True)
         ctx.stats.update(totals)
 
 

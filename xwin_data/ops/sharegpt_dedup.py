@@ -53,16 +53,16 @@ def normalise_column(text: pa.Array) -> pa.Array:
 
 
 def _write_except(ctx, dropped: str) -> None:
-    """Write the input rows whose id is not in table `dropped`, in input order: batches of a plain scan (which keeps
-    the order, unlike the parallel hash join behind NOT IN) filtered and written by threads (Arrow releases the GIL)."""
+    """Write the input rows whose id is not in table `dropped`, in input order: the input's row groups read, filtered
+    and written by threads (Arrow releases the GIL), rather than an anti-join, whose parallel probe loses the order."""
     from functools import partial
 
-    from ..text.batches import map_batches_parallel
+    from ..text.batches import map_input_parallel
 
     ids = ctx.con.sql(f"SELECT id FROM {dropped}").to_arrow_table().column(0).combine_chunks()
     schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-    map_batches_parallel(ctx, f"SELECT * FROM {ctx.input()}", partial(_without_ids, ids=ids), schema,
-                         batch_size=20_000, threads=2, description=f"{ctx.stage_id}: writing the kept rows")
+    map_input_parallel(ctx, partial(_without_ids, ids=ids), schema, batch_size=20_000, threads=2,
+                       description=f"{ctx.stage_id}: writing the kept rows")
 
 
 def _without_ids(batch: pa.RecordBatch, ids: pa.Array) -> tuple[pa.Table, None]:

@@ -77,20 +77,17 @@ class ConversationStats(Op):
         return {**tokenizer_fingerprint(params.tokenizer), "py3langid": getattr(py3langid, "__version__", "")}
 
     def run(self, ctx, params: StatsParams) -> None:
-        from ..text.batches import map_batches_parallel
-        from ..text.language import sample_sql
+        from ..text.batches import map_input_parallel
 
         stat_names = {n for n, _ in STAT_FIELDS}
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
         schema = pa.schema([f for f in schema if f.name not in stat_names] + [pa.field(n, t) for n, t in STAT_FIELDS])
-        cols = ", ".join(f'"{n}"' for n in schema.names if n not in stat_names)
-        lang = sample_sql("messages", 4, params.language_chars)
         approx = params.tokenizer == "approx"
         if approx:
             _prepare(params)
-        map_batches_parallel(ctx, f"SELECT {cols}, {lang} AS __lang FROM {ctx.input()}", partial(stats_batch, params=params),
-                             schema, batch_size=params.batch_size, description=f"{ctx.stage_id}: stats + language",
-                             threads=None if approx else 1, processes=approx)
+        map_input_parallel(ctx, partial(stats_batch, params=params), schema, batch_size=params.batch_size,
+                           description=f"{ctx.stage_id}: stats + language", threads=None if approx else 1,
+                           processes=approx)
 
 
 def _prepare(params: StatsParams) -> None:
@@ -105,6 +102,8 @@ def _prepare(params: StatsParams) -> None:
 
 
 def stats_batch(batch: pa.RecordBatch, params: StatsParams) -> tuple[pa.Table, None]:
+    from ..text.language import sample_column
+
     table = pa.Table.from_batches([batch])
-    text = table.column("__lang").combine_chunks()
-    return add_stats(table.drop_columns(["__lang"]), params.tokenizer, params.language, text), None
+    text = sample_column(table.column("messages"), 4, params.language_chars) if params.language else None
+    return add_stats(table, params.tokenizer, params.language, text), None

@@ -52,17 +52,66 @@ def _executor(total: int, batch_size: int, processes: bool, threads: int) -> Ite
             yield executor, threads + 1
 
 
+def read_and_write_part(fn: BatchFn, schema: pa.Schema, path: str, source: str, row_group: int,
+                        batch_size: int) -> tuple[int, list]:
+    """One row group of a Parquet file through `fn` (in batches of at most `batch_size` rows), written to `path`;
+    the row count and the extras, one per batch."""
+    import pyarrow.parquet as pq
+
+    group = pq.ParquetFile(source).read_row_group(row_group, use_threads=False)
+    outs, extras = [], []
+    for batch in group.to_batches(max_chunksize=batch_size):
+        out, extra = fn(batch)
+        extras.append(extra)
+        if out is not None and out.num_rows:
+            outs.append(out if out.schema == schema else out.select(schema.names).cast(schema))
+    if outs:
+        pq.write_table(pa.concat_tables(outs), path, compression="zstd")
+    return sum(o.num_rows for o in outs), extras
+
+
 def map_batches_parallel(ctx, sql: str, fn: BatchFn, schema: pa.Schema, on_result: Callable[[Any], None] | None = None,
                          *, table: str | None = None, batch_size: int = 20_000, description: str = "",
                          threads: int | None = None, processes: bool = False) -> int:
-    """`fn(batch) -> (table, extra)`; tables are written in order, `on_result(extra)` runs in the calling thread."""
+    """`fn(batch) -> (table, extra)` over the batches of a query; tables are written in order, `on_result(extra)`
+    runs in the calling thread."""
     total = ctx.con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+    reader = lambda: ctx.con.cursor().sql(sql).to_arrow_reader(batch_size)  # noqa: E731 - streams, opened after forking
+    tasks = ((batch.num_rows, write_part, (batch,)) for batch in _lazy(reader))
+    return _run(ctx, tasks, total, fn, schema, on_result, table, batch_size, description, threads, processes)
+
+
+def map_input_parallel(ctx, fn: BatchFn, schema: pa.Schema, on_result: Callable[[Any], None] | None = None, *,
+                       index: int = 0, table: str | None = None, batch_size: int = 20_000, description: str = "",
+                       threads: int | None = None, processes: bool = False) -> int:
+    """`map_batches_parallel` over all rows of an input table in file order, each row group read from the input's
+    Parquet files by the worker that computes it (nothing is scanned here and handed over)."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    groups = []
+    for source in sorted(glob.glob(ctx.inputs[index].glob)):
+        meta = pq.ParquetFile(source).metadata
+        groups += [(source, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    tasks = ((n, read_and_write_part, (source, i, batch_size)) for source, i, n in groups)
+    each = (lambda extras: [on_result(e) for e in extras]) if on_result is not None else None
+    return _run(ctx, tasks, sum(g[2] for g in groups), fn, schema, each, table, batch_size, description, threads,
+                processes)
+
+
+def _lazy(open_reader: Callable[[], Any]):
+    yield from open_reader()
+
+
+def _run(ctx, tasks, total: int, fn: BatchFn, schema: pa.Schema, on_result, table, batch_size, description, threads,
+         processes) -> int:
+    """Submit `(rows in, work, args)` tasks in order, `work(fn, schema, part path, *args)` writing the next part."""
     pending: deque = deque()
     written = 0
     with _executor(total, batch_size, processes, threads or ctx.threads or default_threads()) as (executor, in_flight), \
             ctx.track(description, total, "rows") as bar:
         paths = ctx.part_paths(table)
-        reader = ctx.con.cursor().sql(sql).to_arrow_reader(batch_size)  # streams (execute() would materialise)
 
         def finish_one() -> None:
             nonlocal written
@@ -74,8 +123,9 @@ def map_batches_parallel(ctx, sql: str, fn: BatchFn, schema: pa.Schema, on_resul
                 on_result(extra)
             bar.advance(n_in)
 
-        for batch in reader:
-            pending.append((batch.num_rows, executor.submit(write_part, fn, schema, str(next(paths)), batch)))
+        for n_in, work, args in tasks:
+            path = str(next(paths))
+            pending.append((n_in, executor.submit(work, fn, schema, path, *args)))
             while len(pending) >= in_flight:
                 finish_one()
         while pending:

@@ -109,10 +109,24 @@ def detect_batch(texts: list[str]) -> list[str]:
     return out
 
 
-def sample_sql(messages: str = "messages", n_messages: int = 4, chars: int = 400) -> str:
-    """SQL for the text sample whose language stands for the conversation."""
-    return (f"left(array_to_string(list_transform(list_filter({messages}, lambda m: m.role <> 'system')[1:{n_messages}], "
-            f"lambda m: m.content), '\n'), {chars})")
+def sample_column(messages, n_messages: int = 4, chars: int = 400):
+    """The text sample whose language stands for each conversation of a list<struct<role, content>> column: its
+    first `n_messages` non-system messages joined by newlines, cut to `chars` characters (code points)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    messages = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
+    flat = pc.list_flatten(messages)
+    parents = pc.list_parent_indices(messages).to_numpy()
+    kept = pc.fill_null(pc.not_equal(flat.field("role"), "system"), False).to_numpy(zero_copy_only=False)
+    parents = parents[kept]
+    rank = np.arange(len(parents)) - np.searchsorted(parents, parents)  # place among the row's kept messages
+    first = rank < n_messages
+    content = pc.utf8_slice_codeunits(flat.field("content").filter(pa.array(kept)).filter(pa.array(first)), 0, chars)
+    offsets = np.zeros(len(messages) + 1, dtype=np.int32)
+    np.cumsum(np.bincount(parents[first], minlength=len(messages)), out=offsets[1:])
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), content), "\n")
+    return pc.utf8_slice_codeunits(joined, 0, chars)
 
 
 def sample_py(messages: list[dict], n_messages: int = 4, chars: int = 400) -> str:
