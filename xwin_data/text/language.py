@@ -49,17 +49,19 @@ def detect(text: str) -> str:
     return py3langid.classify(text)[0]
 
 
-def _feature_counts(rows: np.ndarray, feats: np.ndarray, n_rows: int, n_feat: int):
-    """Counts of each (row, feature) as a sparse matrix (CSC, one entry per pair), in linear time: a stable radix
-    sort by row, then the column-major transpose puts a row's repeats of a feature side by side to be summed
-    (rather than sorting every row's features)."""
+def _feature_counts(slots: np.ndarray, lens: np.ndarray, n_feat: int):
+    """Counts of each (text, feature) as a sparse matrix (CSC, one entry per pair), from the feature hit at each
+    byte of each text (`slots`: the texts' bytes one after another, -1 where no feature ends). Dropping the -1s
+    leaves the hits grouped by text (CSR); the column-major transpose then puts a text's repeats of a feature side
+    by side to be summed, all in linear time."""
     from scipy import sparse
 
-    order = np.argsort(rows.astype(np.int16) if n_rows <= np.iinfo(np.int16).max else rows, kind="stable")
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    by_row = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), feats[order], indptr), shape=(n_rows, n_feat))
-    counts = by_row.tocsc()  # rows ascending within each column
+    hit = slots >= 0
+    hits_before = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
+    indptr = hits_before[np.concatenate([[0], np.cumsum(lens)])]  # hits before each text's first byte
+    by_text = sparse.csr_matrix((np.ones(int(indptr[-1]), dtype=np.float32), slots[hit], indptr),
+                                shape=(len(lens), n_feat))
+    counts = by_text.tocsc()  # texts ascending within each column
     counts.sum_duplicates()
     return counts
 
@@ -80,22 +82,18 @@ def detect_batch(texts: list[str]) -> list[str]:
     columns = np.frombuffer(padded, dtype=np.uint8).reshape(len(encoded), width).T.copy()  # byte j of every text
     active_until = np.searchsorted(-lens_sorted, -np.arange(1, width + 1), side="right")  # texts longer than j
     state = np.zeros(len(encoded), dtype=np.int32)
-    rows = np.empty(int(lens.sum()), dtype=np.int32)  # at most one feature per byte
-    feats = np.empty(len(rows), dtype=np.int32)
-    n_hits = 0
+    starts = np.zeros(len(encoded), dtype=np.int64)  # where each text's bytes begin in `slots`
+    np.cumsum(lens_sorted[:-1], out=starts[1:])
+    slots = np.empty(int(lens.sum()), dtype=np.int32)  # the feature ending at each byte of each text, or -1
     for j in range(width):
         k = int(active_until[j])
         s = nextmove[rowbase[state[:k]] + columns[j, :k]]
         state[:k] = s
-        f = output[s]
-        hit = np.flatnonzero(f >= 0)
-        rows[n_hits:n_hits + len(hit)] = hit
-        feats[n_hits:n_hits + len(hit)] = f[hit]
-        n_hits += len(hit)
+        slots[starts[:k] + j] = output[s]
     n_feat, n_cls = ident.nb_ptc.shape
     scores = np.full((len(encoded), n_cls), np.finfo(np.float32).min, dtype=np.float32)
-    if n_hits:
-        counts = _feature_counts(rows[:n_hits], feats[:n_hits], len(encoded), n_feat)
+    if (slots >= 0).any():
+        counts = _feature_counts(slots, lens_sorted, n_feat)
         counts.data = np.log1p(counts.data)
         has = np.bincount(counts.indices, minlength=len(encoded)) > 0
         dense = np.asarray(counts @ nb_ptc, dtype=np.float32) + ident.nb_pc
