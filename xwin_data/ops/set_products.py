@@ -62,29 +62,52 @@ class SetOp(Op):
 
 
 # ------------------------------------------------------------------------------------------------ rs_best_of_n
-# Selection runs over the narrow columns (ids, order, score); the texts of the picked rows are fetched once.
+# Selection runs over the narrow columns (order, score); the texts of the picked rows are fetched once.
+
+def fetch_picked_rows(con, table: str, keys_sql: str, columns: str) -> None:
+    """Temp table `table`: `columns` of the scored rows named by `keys_sql`'s (prompt_id, sample_index, score), in
+    one semi-join over `__scored`. Picks are named so because selecting them on the narrow key columns is cheaper
+    than carrying ids or texts; a name must then be unique, i.e. no two responses of a prompt share both
+    sample_index and score (their rank order would be undefined) -- an error otherwise."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_keys AS SELECT DISTINCT prompt_id, sample_index, score "
+                f"FROM ({keys_sql})")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        SELECT s.prompt_id, s.sample_index, s.score, {columns}
+        FROM __scored s SEMI JOIN {table}_keys k
+            ON s.prompt_id = k.prompt_id AND s.sample_index = k.sample_index AND s.score = k.score""")
+    keys, rows = (con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in (f"{table}_keys", table))
+    if rows != keys:
+        dup = con.execute(f"SELECT prompt_id, sample_index, score FROM {table} GROUP BY ALL HAVING count(*) > 1 "
+                          "LIMIT 1").fetchall()[0]
+        raise ValueError(f"prompt {dup[0]!r} has several responses with sample_index {dup[1]} and score {dup[2]}; "
+                         "sample_index must tell a prompt's responses apart (it breaks score ties in the ranks)")
+    con.execute(f"DROP TABLE {table}_keys")
+
 
 def prepare_rs(con, source: str, ns: list[int]) -> None:
-    """Temp tables `__rs_picks` (n, prompt_id, response_id, n_available) and `__rs_texts` (the picked rows).
-    Every n is picked in one scan and one GROUP BY (an aggregate per n with a FILTER), then unpivoted."""
-    aggs = ", ".join(f"arg_max(response_id, (score, -sample_index)) FILTER (WHERE sample_index < {int(n)}) AS r{i}, "
-                     f"count(*) FILTER (WHERE sample_index < {int(n)}) AS c{i}" for i, n in enumerate(ns))
-    selects = " UNION ALL ".join(f"SELECT {int(n)} AS n, prompt_id, r{i} AS response_id, c{i} AS n_available "
-                                 f"FROM __rs_best WHERE c{i} > 0" for i, n in enumerate(ns))
+    """Temp tables `__rs_picks` (n, prompt_id, sample_index, score, n_available) and `__rs_texts` (the picked rows'
+    response_id and SFT messages). Every n is picked in one scan and one GROUP BY (the largest (score,
+    -sample_index) per n, with a FILTER), then unpivoted."""
+    aggs = ", ".join(f"max({{'score': score, 'neg_index': -sample_index}}) FILTER (WHERE sample_index < {int(n)}) "
+                     f"AS b{i}, count(*) FILTER (WHERE sample_index < {int(n)}) AS c{i}" for i, n in enumerate(ns))
+    selects = " UNION ALL ".join(f"SELECT {int(n)} AS n, prompt_id, -b{i}.neg_index AS sample_index, "
+                                 f"b{i}.score AS score, c{i} AS n_available FROM __rs_best WHERE c{i} > 0"
+                                 for i, n in enumerate(ns))
     con.execute(f"CREATE OR REPLACE TEMP VIEW __scored AS {scored_rows_sql(source)}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE __rs_best AS SELECT prompt_id, {aggs} FROM __scored GROUP BY prompt_id")
     con.execute(f"CREATE OR REPLACE TEMP TABLE __rs_picks AS {selects}")
     con.execute("DROP TABLE __rs_best")
-    con.execute("CREATE OR REPLACE TEMP TABLE __rs_texts AS SELECT prompt, response_id, sample_index, response, score "
-                "FROM __scored WHERE response_id IN (SELECT response_id FROM __rs_picks)")
+    fetch_picked_rows(con, "__rs_texts", "SELECT prompt_id, sample_index, score FROM __rs_picks",
+                      f"s.response_id, list_concat(s.prompt, {assistant('s.response')}) AS messages")
 
 
 def rs_table_sql(n: int) -> str:
     """Best of the first n samples (by sample_index) of each prompt as SFT messages; ties go to the earlier one."""
     return f"""
-        SELECT p.prompt_id AS id, list_concat(t.prompt, {assistant('t.response')}) AS messages,
-               p.prompt_id, p.response_id, t.sample_index, t.score, p.n, p.n_available
-        FROM __rs_picks p JOIN __rs_texts t USING (response_id)
+        SELECT p.prompt_id AS id, t.messages, p.prompt_id, t.response_id, p.sample_index, p.score, p.n, p.n_available
+        FROM __rs_picks p
+        JOIN __rs_texts t ON t.prompt_id = p.prompt_id AND t.sample_index = p.sample_index AND t.score = p.score
         WHERE p.n = {int(n)}
         ORDER BY p.prompt_id
     """
@@ -160,9 +183,7 @@ def prepare_dpo(con, source: str, params: DpoParams) -> None:
 
     Ranks come from one GROUP BY, not a window over every row: each prompt's (score, -sample_index) keys sorted
     descending, so rank r is `ranked[r]`, and each strategy's pick is list arithmetic on one row per prompt. A
-    picked response is named by (prompt_id, sample_index, score) until one semi-join over the scored rows fetches
-    its id and texts; that needs the name to be unique, i.e. no two responses of a prompt share both sample_index
-    and score (their rank order would be undefined) -- an error otherwise."""
+    picked response is named by (prompt_id, sample_index, score) until `fetch_picked_rows` fetches its texts."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW __scored AS {scored_rows_sql(source)}")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE __groups AS
@@ -176,22 +197,9 @@ def prepare_dpo(con, source: str, params: DpoParams) -> None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE __ranked AS {ranked_rows_sql()}")
         picks.append(all_margin_pairs_sql(params))
     con.execute("CREATE OR REPLACE TEMP TABLE __pairs AS " + " UNION ALL ".join(picks))
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE __pair_keys AS
-        SELECT DISTINCT prompt_id, sample_index, score
-        FROM (SELECT prompt_id, chosen_index AS sample_index, chosen_score AS score FROM __pairs
-              UNION ALL SELECT prompt_id, rejected_index, rejected_score FROM __pairs)""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE __pair_texts AS
-        SELECT s.prompt_id, s.sample_index, s.score, s.response_id, s.prompt, s.response
-        FROM __scored s SEMI JOIN __pair_keys k
-            ON s.prompt_id = k.prompt_id AND s.sample_index = k.sample_index AND s.score = k.score""")
-    keys, rows = (con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("__pair_keys", "__pair_texts"))
-    if rows != keys:
-        dup = con.execute("SELECT prompt_id, sample_index, score FROM __pair_texts GROUP BY ALL HAVING count(*) > 1 "
-                          "LIMIT 1").fetchall()[0]
-        raise ValueError(f"prompt {dup[0]!r} has several responses with sample_index {dup[1]} and score {dup[2]}; "
-                         "sample_index must tell a prompt's responses apart (it breaks score ties in the ranks)")
+    fetch_picked_rows(con, "__pair_texts", "SELECT prompt_id, chosen_index AS sample_index, chosen_score AS score "
+                      "FROM __pairs UNION ALL SELECT prompt_id, rejected_index, rejected_score FROM __pairs",
+                      "s.response_id, s.prompt, s.response")
 
 
 def ranked_groups_sql() -> str:
