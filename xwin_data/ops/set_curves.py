@@ -98,12 +98,14 @@ def prepare_bon(con, source: str, max_m: int) -> None:
     first..last, so #lower = first - 1 and #lower + #equal = last (found from each end with list_position).
     A view, not a temp table: the lists are built inside the query that writes the curve, whose join and dot
     products then run on every thread; a temp table of 100K prompts is a single row group, which one thread
-    scans (the whole per-prompt write ran on one core)."""
+    scans (the whole per-prompt write ran on one core). twice_mid is DOUBLE, as list_inner_product takes it; an
+    integer list would be cast again for each of the prompt's m output rows."""
     con.register("__bon_weights", order_stat_weights(max_m))
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW __bon_lists AS
         SELECT prompt_id, m, s,
-               list_transform(s, lambda x: list_position(s, x) - 1 + m + 1 - list_position(r, x)) AS twice_mid
+               list_transform(s, lambda x: (list_position(s, x) - 1 + m + 1 - list_position(r, x))::DOUBLE)
+                   AS twice_mid
         FROM (SELECT prompt_id, m, s, list_reverse(s) AS r
               FROM (SELECT prompt_id, count(*) AS m, list_sort(list(score)) AS s
                     FROM ({scored_rows_sql(source)}) GROUP BY prompt_id))""")
