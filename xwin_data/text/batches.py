@@ -1,12 +1,13 @@
-"""Run a batch function over a query's Arrow batches in worker processes or threads, keeping the input order.
+"""Run a batch function over an input table's row groups in worker processes or threads, keeping the input order.
 
 The batch functions of the conversation ops are mostly Python (cleaning) or many small numpy steps (language id),
 which hold the GIL: threads barely overlap them, forked worker processes do (see `xwin_data.workers`). A function
 given with `processes=True` must be picklable (a module-level function, or a `functools.partial` of one); inputs of
 at most `2 * batch_size` rows stay in this process, where forking would cost more than it saves. Functions that are
-Arrow kernels release the GIL and run on threads. Either way each batch's result is written as a Parquet file of its
-own by whoever computed it (Parquet encoding releases the GIL too), named in input order, so writing is parallel
-and results never travel back. At most `2 * workers` (or `threads + 1`) batches are in flight, which bounds memory.
+Arrow kernels release the GIL and run on threads. Either way each row group is read, computed and written as a
+Parquet file of its own by one worker (Parquet decoding and encoding release the GIL too), the files named in input
+order, so nothing is handed over but file names and small results. At most `2 * workers` (or `threads + 1`) row
+groups are in flight, which bounds memory.
 """
 from __future__ import annotations
 
@@ -23,19 +24,6 @@ BatchFn = Callable[[pa.RecordBatch], tuple["pa.Table | None", Any]]
 
 def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
-
-
-def write_part(fn: BatchFn, schema: pa.Schema, path: str, batch: pa.RecordBatch) -> tuple[int, Any]:
-    """`fn(batch)`, its table written to `path` (nothing when empty); the row count and the extra."""
-    import pyarrow.parquet as pq
-
-    out, extra = fn(batch)
-    if out is None or not out.num_rows:
-        return 0, extra
-    if out.schema != schema:
-        out = out.select(schema.names).cast(schema)
-    pq.write_table(out, path, compression="zstd")
-    return out.num_rows, extra
 
 
 @contextmanager
@@ -70,22 +58,12 @@ def read_and_write_part(fn: BatchFn, schema: pa.Schema, path: str, source: str, 
     return sum(o.num_rows for o in outs), extras
 
 
-def map_batches_parallel(ctx, sql: str, fn: BatchFn, schema: pa.Schema, on_result: Callable[[Any], None] | None = None,
-                         *, table: str | None = None, batch_size: int = 20_000, description: str = "",
-                         threads: int | None = None, processes: bool = False) -> int:
-    """`fn(batch) -> (table, extra)` over the batches of a query; tables are written in order, `on_result(extra)`
-    runs in the calling thread."""
-    total = ctx.con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
-    reader = lambda: ctx.con.cursor().sql(sql).to_arrow_reader(batch_size)  # noqa: E731 - streams, opened after forking
-    tasks = ((batch.num_rows, write_part, (batch,)) for batch in _lazy(reader))
-    return _run(ctx, tasks, total, fn, schema, on_result, table, batch_size, description, threads, processes)
-
-
 def map_input_parallel(ctx, fn: BatchFn, schema: pa.Schema, on_result: Callable[[Any], None] | None = None, *,
                        index: int = 0, table: str | None = None, batch_size: int = 20_000, description: str = "",
                        threads: int | None = None, processes: bool = False) -> int:
-    """`map_batches_parallel` over all rows of an input table in file order, each row group read from the input's
-    Parquet files by the worker that computes it (nothing is scanned here and handed over)."""
+    """`fn(batch) -> (table, extra)` over all rows of an input table: each row group is read from the input's
+    Parquet files, computed and written by one worker (nothing is scanned here and handed over); the tables land in
+    input order and `on_result(extra)` runs in the calling thread, in input order."""
     import glob
 
     import pyarrow.parquet as pq
@@ -94,38 +72,23 @@ def map_input_parallel(ctx, fn: BatchFn, schema: pa.Schema, on_result: Callable[
     for source in sorted(glob.glob(ctx.inputs[index].glob)):
         meta = pq.ParquetFile(source).metadata
         groups += [(source, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
-    tasks = ((n, read_and_write_part, (source, i, batch_size)) for source, i, n in groups)
-    each = (lambda extras: [on_result(e) for e in extras]) if on_result is not None else None
-    return _run(ctx, tasks, sum(g[2] for g in groups), fn, schema, each, table, batch_size, description, threads,
-                processes)
-
-
-def _lazy(open_reader: Callable[[], Any]):
-    yield from open_reader()
-
-
-def _run(ctx, tasks, total: int, fn: BatchFn, schema: pa.Schema, on_result, table, batch_size, description, threads,
-         processes) -> int:
-    """Submit `(rows in, work, args)` tasks in order, `work(fn, schema, part path, *args)` writing the next part."""
+    total = sum(n for _, _, n in groups)
     pending: deque = deque()
     written = 0
     with _executor(total, batch_size, processes, threads or ctx.threads or default_threads()) as (executor, in_flight), \
             ctx.track(description, total, "rows") as bar:
-        paths = ctx.part_paths(table)
-
         def finish_one() -> None:
             nonlocal written
             n_in, future = pending.popleft()
-            rows, extra = future.result()
+            rows, extras = future.result()
             ctx.add_rows(rows, table)
             written += rows
-            if on_result is not None:
+            for extra in extras if on_result is not None else ():
                 on_result(extra)
             bar.advance(n_in)
 
-        for n_in, work, args in tasks:
-            path = str(next(paths))
-            pending.append((n_in, executor.submit(work, fn, schema, path, *args)))
+        for (source, i, n), path in zip(groups, ctx.part_paths(table)):
+            pending.append((n, executor.submit(read_and_write_part, fn, schema, str(path), source, i, batch_size)))
             while len(pending) >= in_flight:
                 finish_one()
         while pending:
