@@ -87,8 +87,10 @@ def clean_column(content: pa.Array, role: pa.Array, html: bool = True, unicode: 
     counts = {"html": 0, "unicode": 0}
     need = None
     if html:
-        is_html = pc.and_(pc.and_(pc.equal(role, "assistant"), pc.match_substring_regex(content, _HTML, ignore_case=True)),
-                          pc.invert(pc.match_substring(content, "```")))
+        is_html = pc.and_(pc.equal(role, "assistant"), pc.match_substring_regex(content, _HTML, ignore_case=True))
+        if pc.any(is_html).as_py():  # the code-fence test only where a tag was found (few values)
+            fenced = pc.match_substring(content.filter(is_html), "```")
+            is_html = pc.replace_with_mask(is_html, is_html, pc.invert(fenced))
         counts["html"] = pc.sum(is_html).as_py() or 0
         need = is_html
     if unicode != "off":
