@@ -75,7 +75,8 @@ def fetch_picked_rows(con, table: str, keys_sql: str, columns: str) -> None:
         CREATE OR REPLACE TEMP TABLE {table} AS
         SELECT s.prompt_id, s.sample_index, s.score, {columns}
         FROM __scored s SEMI JOIN {table}_keys k
-            ON s.prompt_id = k.prompt_id AND s.sample_index = k.sample_index AND s.score = k.score""")
+            ON s.prompt_id = k.prompt_id AND s.sample_index IS NOT DISTINCT FROM k.sample_index
+               AND s.score = k.score""")
     keys, rows = (con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in (f"{table}_keys", table))
     if rows != keys:
         dup = con.execute(f"SELECT prompt_id, sample_index, score FROM {table} GROUP BY ALL HAVING count(*) > 1 "
@@ -203,20 +204,22 @@ def prepare_dpo(con, source: str, params: DpoParams) -> None:
 
 
 def ranked_groups_sql() -> str:
-    """One row per prompt: m, mean, population sd, best score, and `ranked`, its responses' {score, neg_index}
-    (neg_index = -sample_index) in rank order: score descending, earlier sample first on ties."""
+    """One row per prompt: m, mean, population sd, best score, and `ranked`, its responses' {neg_score,
+    sample_index} sorted ascending, i.e. in rank order: score descending, earlier sample first on ties (a missing
+    sample_index last, as in ORDER BY score DESC, sample_index)."""
     return """
         SELECT prompt_id, count(*) AS m, avg(score) AS mu, coalesce(stddev_pop(score), 0) AS sd,
                max(score) AS best_score,
-               list_sort(list({'score': score, 'neg_index': -sample_index}), 'DESC') AS ranked
+               list_sort(list({'neg_score': -score, 'sample_index': sample_index})) AS ranked
         FROM __scored GROUP BY prompt_id"""
 
 
 def pair_rows_sql(picks: str) -> str:
     """`__pairs` rows from (strategy, prompt_id, m, ranked, c, r): the responses at ranks c (chosen) and r."""
-    return (f"SELECT strategy, prompt_id, -ranked[c].neg_index AS chosen_index, "
-            f"-ranked[r].neg_index AS rejected_index, c AS chosen_rank, r AS rejected_rank, "
-            f"ranked[c].score AS chosen_score, ranked[r].score AS rejected_score, m AS group_size FROM ({picks})")
+    return (f"SELECT strategy, prompt_id, ranked[c].sample_index AS chosen_index, "
+            f"ranked[r].sample_index AS rejected_index, c AS chosen_rank, r AS rejected_rank, "
+            f"-ranked[c].neg_score AS chosen_score, -ranked[r].neg_score AS rejected_score, m AS group_size "
+            f"FROM ({picks})")
 
 
 def rejected_rank_sql(strategy: str, params: DpoParams) -> str:
@@ -233,7 +236,7 @@ def rejected_rank_sql(strategy: str, params: DpoParams) -> str:
     if strategy == "mean_minus_2sd":  # nearest the target among the lower ones; ties: lower score, then rank
         target = f"(mu - {float(params.sd_multiplier)!r} * sd)"
         nearest = (f"list_min(list_transform(ranked[n_best + 1:], "
-                   f"lambda e, i: {{'d': abs(e.score - {target}), 's': e.score, 'i': i}})).i")
+                   f"lambda e, i: {{'d': abs(-e.neg_score - {target}), 's': -e.neg_score, 'i': i}})).i")
         return f"CASE WHEN m > n_best THEN n_best + {nearest} END"
     raise ValueError(f"unknown strategy {strategy!r}")
 
@@ -245,7 +248,7 @@ def capped_margin_picks_sql(params: DpoParams) -> str:
     a*j <= K (`cand`, about K ln K of them) can make it; they are sorted within each prompt's row."""
     k, margin = int(params.max_pairs_per_prompt), float(params.margin)
     cand = "list_filter(cand.pairs, lambda x: x.a < m - x.j + 1)"  # chosen rank a above rejected rank m - j + 1
-    keyed = (f"list_transform({cand}, lambda x: {{'neg_diff': -(ranked[x.a].score - ranked[m - x.j + 1].score), "
+    keyed = (f"list_transform({cand}, lambda x: {{'neg_diff': ranked[x.a].neg_score - ranked[m - x.j + 1].neg_score, "
              f"'c': x.a, 'neg_r': x.j - m - 1}})")
     widest = f"list_slice(list_sort(list_filter({keyed}, lambda x: x.neg_diff <= -{margin!r})), 1, {k})"
     return f"list_transform({widest}, lambda x: {{'strategy': 'margin', 'c': x.c, 'r': -x.neg_r}})"
@@ -263,7 +266,7 @@ def ranked_picks_sql(params: DpoParams) -> str:
     cte = f"WITH g AS ({ranked_groups_sql()})"
     source = "g"
     if by_rank:
-        cte += ", h AS (SELECT *, len(list_filter(ranked, lambda e: e.score = best_score)) AS n_best FROM g)"
+        cte += ", h AS (SELECT *, len(list_filter(ranked, lambda e: -e.neg_score = best_score)) AS n_best FROM g)"
         source = "h"
     if "margin" in params.strategies and params.max_pairs_per_prompt:
         k = int(params.max_pairs_per_prompt)
@@ -277,7 +280,7 @@ def ranked_picks_sql(params: DpoParams) -> str:
 
 def ranked_rows_sql() -> str:
     """One row per scored response: prompt_id, m, rnk, score, sample_index (the ranks of `ranked_groups_sql`)."""
-    return (f"SELECT prompt_id, m, rnk, e.score AS score, -e.neg_index AS sample_index FROM "
+    return (f"SELECT prompt_id, m, rnk, -e.neg_score AS score, e.sample_index FROM "
             f"(SELECT prompt_id, m, generate_subscripts(ranked, 1) AS rnk, unnest(ranked) AS e "
             f"FROM ({ranked_groups_sql()}))")
 
@@ -305,9 +308,11 @@ def dpo_table_sql(strategy: str) -> str:
                p.chosen_rank, p.rejected_rank, p.group_size, p.strategy
         FROM __pairs p
         JOIN __pair_texts c
-            ON c.prompt_id = p.prompt_id AND c.sample_index = p.chosen_index AND c.score = p.chosen_score
+            ON c.prompt_id = p.prompt_id AND c.sample_index IS NOT DISTINCT FROM p.chosen_index
+               AND c.score = p.chosen_score
         JOIN __pair_texts r
-            ON r.prompt_id = p.prompt_id AND r.sample_index = p.rejected_index AND r.score = p.rejected_score
+            ON r.prompt_id = p.prompt_id AND r.sample_index IS NOT DISTINCT FROM p.rejected_index
+               AND r.score = p.rejected_score
         WHERE p.strategy = {sql_str(strategy)}
         ORDER BY p.prompt_id, p.chosen_rank, p.rejected_rank
     """
