@@ -23,28 +23,27 @@ from .set_products import SetOp, assistant, drop_unscored, require_columns, scor
 
 # ------------------------------------------------------------------------------------------------ wind_groups
 def prepare_wind(con, source: str, min_group_size: int = 2) -> None:
-    """Temp table `__wind_groups`: one row per prompt with at least `min_group_size` scored responses: its prompt
-    messages (of the first sample), m, and its scores sorted ascending (`s`) and descending (`r`).
-    A response's #lower is its score's first position in `s` minus one and #lower + #equal is m minus its first
-    position in `r` plus one, so each wide row needs one hash-join probe on prompt_id and two list lookups; no
-    window sort of the wide rows (texts included), which cost more than this join. A table, not a CTE: it is
-    the join's small build side either way, and the planner then never re-evaluates the list functions per row."""
-    scored = "score IS NOT NULL AND NOT isnan(score)"
+    """Temp table `__wind_groups`: one row per prompt with at least `min_group_size` scored responses: m and its
+    scores sorted ascending (`s`) and descending (`r`). A response's #lower is its score's first position in `s`
+    minus one and #lower + #equal is m minus its first position in `r` plus one, so each wide row needs one
+    hash-join probe on prompt_id and two list lookups; no window sort of the wide rows (texts included), which cost
+    more than this join. A table, not a CTE: it is the join's small build side either way, and the planner then
+    never re-evaluates the list functions per row."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE __wind_groups AS
-        SELECT prompt_id, prompt, m, s, list_reverse(s) AS r
-        FROM (SELECT prompt_id, arg_min(prompt, sample_index) AS prompt, count(*) FILTER (WHERE {scored}) AS m,
-                     list_sort(list(score) FILTER (WHERE {scored})) AS s
-              FROM {source} GROUP BY prompt_id)
+        SELECT prompt_id, m, s, list_reverse(s) AS r
+        FROM (SELECT prompt_id, count(*) AS m, list_sort(list(score)) AS s
+              FROM ({scored_rows_sql(source)}) GROUP BY prompt_id)
         WHERE m >= {int(min_group_size)}""")
 
 
 def wind_groups_sql(source: str) -> str:
-    """Every scored response of the prompts in `__wind_groups` (`prepare_wind`) with its leave-one-out win rate
-    (#lower + (#equal - 1) / 2) / (m - 1). Rows come in the source's order (row order is not meaningful; sort in
-    queries), which also keeps ids and texts of one prompt together for the Parquet encoder."""
+    """Every scored response of the prompts in `__wind_groups` (`prepare_wind`), with its own prompt messages and
+    its leave-one-out win rate (#lower + (#equal - 1) / 2) / (m - 1). Rows come in the source's order (row order
+    is not meaningful; sort in queries), which also keeps ids and texts of one prompt together for the Parquet
+    encoder."""
     return f"""
-        SELECT x.response_id AS id, x.prompt_id, g.prompt, {assistant('x.response')} AS completion, x.response,
+        SELECT x.response_id AS id, x.prompt_id, x.prompt, {assistant('x.response')} AS completion, x.response,
                x.response_id, x.sample_index, x.score, g.m AS group_size,
                (list_position(g.s, x.score) + g.m - list_position(g.r, x.score) - 1) * 0.5 / (g.m - 1) AS win_rate
         FROM ({scored_rows_sql(source)}) x JOIN __wind_groups g USING (prompt_id)
