@@ -80,9 +80,11 @@ def fetch_picked_rows(con, table: str, keys_sql: str, columns: str) -> None:
     keys, rows = (con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in (f"{table}_keys", table))
     if rows != keys:
         dup = con.execute(f"SELECT prompt_id, sample_index, score FROM {table} GROUP BY ALL HAVING count(*) > 1 "
-                          "LIMIT 1").fetchall()[0]
-        raise ValueError(f"prompt {dup[0]!r} has several responses with sample_index {dup[1]} and score {dup[2]}; "
-                         "sample_index must tell a prompt's responses apart (it breaks score ties in the ranks)")
+                          "LIMIT 1").fetchall()
+        which = (f"prompt {dup[0][0]!r} has several responses with sample_index {dup[0][1]} and score {dup[0][2]}"
+                 if dup else f"{keys - rows} picked response(s) not found again")
+        raise ValueError(f"{which}; sample_index must tell a prompt's responses apart (it breaks score ties in the "
+                         "ranks)")
     con.execute(f"DROP TABLE {table}_keys")
 
 
@@ -182,9 +184,10 @@ def prepare_dpo(con, source: str, params: DpoParams) -> None:
     """Temp tables `__groups` (per prompt: m, best and worst score, for counts and drop reasons), `__pairs` (every
     strategy's picks: ranks, sample indices, scores) and `__pair_texts` (the picked rows' id, prompt, response).
 
-    Ranks come from one GROUP BY, not a window over every row: each prompt's (score, -sample_index) keys sorted
-    descending, so rank r is `ranked[r]`, and each strategy's pick is list arithmetic on one row per prompt. A
-    picked response is named by (prompt_id, sample_index, score) until `fetch_picked_rows` fetches its texts."""
+    Ranks come from one GROUP BY, not a window over every row: each prompt's (-score, sample_index) keys sorted
+    (`ranked_groups_sql`), so rank r is `ranked[r]`, and each strategy's pick is list arithmetic on one row per
+    prompt. A picked response is named by (prompt_id, sample_index, score) until `fetch_picked_rows` fetches its
+    texts."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW __scored AS {scored_rows_sql(source)}")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE __groups AS
