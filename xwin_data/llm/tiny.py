@@ -7,6 +7,8 @@ cache folder once and loaded like any other model, with `from_pretrained(path)`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +29,12 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<pad>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<unk>"]
 
-# Sizes: "tiny" for tests (about 0.2M parameters); "small" (about 25M) for generation benchmarks.
+# Sizes: "tiny" for tests (about 0.2M parameters); "small" (about 27M) for generation benchmarks. A size's
+# cache folder is named by a hash of its settings, so changing them here never reuses an older model.
 SIZES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=2, head_dim=32, vocab_size=1024),
-    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8,
+    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=7, num_attention_heads=8,
                   num_key_value_heads=8, head_dim=64, vocab_size=4096),
 }
 
@@ -98,7 +101,8 @@ def ensure_tiny_models(home: str | Path | None = None, size: str = "tiny") -> Ti
     if size not in SIZES:
         raise ValueError(f"unknown tiny model size {size!r} (sizes: {', '.join(SIZES)})")
     root = Path(home) if home else default_home()
-    base = root / "tiny-models" / f"v{TINY_VERSION}-{size}"
+    settings = hashlib.sha256(json.dumps(SIZES[size], sort_keys=True).encode()).hexdigest()[:8]
+    base = root / "tiny-models" / f"v{TINY_VERSION}-{size}-{settings}"
     paths = TinyModels(base / "tokenizer", base / "policy", base / "reward")
     done = base / ".complete"
     if done.exists():
