@@ -7,7 +7,7 @@ A synthetic Xwin-Set (scores rounded to 2 decimals, so ties occur) is written to
 side then reads that file and writes every derived table to Parquet (zstd): rs_best_of_{1..64}, dpo_pairs_{worst,
 random_lower, rank_k, mean_minus_2sd, margin (capped at 8 per prompt)}, wind_groups, bon_curve(+_per_prompt).
 The DuckDB side runs the ops' own SQL (xwin_data.ops.set_products / set_curves) the way `ctx.write_sql` does
-(COPY ... TO parquet); the pandas side is what a careful pandas user would write (vectorised groupby / sort /
+(COPY ... TO parquet, with the same options); the pandas side is what a careful pandas user would write (vectorised groupby / sort /
 merge, numpy for the order-statistic dot products, `df.to_parquet`). Both sides write the same columns (checked),
 and the outputs are compared before the timings are printed.
 Target: DuckDB >= 10x pandas and < 60 s in all on 2 cores.
@@ -64,6 +64,7 @@ def synthetic_set(path: Path, prompts: int, m: int, seed: int = 0) -> int:
 def run_duckdb(src_path: Path, out: Path, threads: int) -> dict[str, float]:
     import duckdb
 
+    from xwin_data.context import PARQUET_COPY_OPTIONS
     from xwin_data.ops.set_curves import (bon_overall_sql, bon_per_prompt_sql, prepare_bon, prepare_wind,
                                           wind_groups_sql)
     from xwin_data.ops.set_products import DpoParams, dpo_table_sql, prepare_dpo, prepare_rs, rs_table_sql
@@ -76,8 +77,7 @@ def run_duckdb(src_path: Path, out: Path, threads: int) -> dict[str, float]:
     times: dict[str, float] = {}
 
     def copy(sql: str, name: str) -> None:
-        con.execute(f"COPY ({sql}) TO '{out / name}.parquet' (FORMAT parquet, COMPRESSION zstd, "
-                    "ROW_GROUP_SIZE 122880)").fetchall()
+        con.execute(f"COPY ({sql}) TO '{out / name}.parquet' ({PARQUET_COPY_OPTIONS})").fetchall()
 
     t = time.perf_counter()
     prepare_rs(con, "xwin_set", NS)

@@ -20,6 +20,13 @@ DROPS_SCHEMA = pa.schema([
     ("detail", pa.string()), ("build_id", pa.string()),
 ])
 DETAIL_MAX = 2000
+# How a stage's query is written to Parquet. Row groups of at most ~16 MB: wide rows (conversations) then make
+# several groups, which DuckDB writes in parallel and later scans in parallel; narrow tables keep 122,880 rows
+# per group. No dictionary pages for strings: the texts these tables hold are nearly all distinct, so building
+# a dictionary for each column chunk only to discard it is wasted work, and zstd already packs repeated
+# short values such as roles.
+PARQUET_COPY_OPTIONS = ("FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880, ROW_GROUP_SIZE_BYTES '16MB', "
+                        "STRING_DICTIONARY_PAGE_SIZE_LIMIT 1")
 
 
 def quote_ident(name: str) -> str:
@@ -107,10 +114,7 @@ class StageContext:
                   total_rows: int | None = None) -> int:
         """Stream a query's result into the output table's Parquet (bounded memory), with a progress bar."""
         out = self._out_dir(table) / f"part-{len(list(self._out_dir(table).glob('*.parquet'))):05d}.parquet"
-        # Row groups of at most ~16 MB: wide rows (conversations) then make several groups, which DuckDB writes in
-        # parallel and later scans in parallel; narrow tables keep 122,880 rows per group.
-        copy = (f"COPY ({sql}) TO {sql_str(str(out))} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880, "
-                f"ROW_GROUP_SIZE_BYTES '16MB')")
+        copy = f"COPY ({sql}) TO {sql_str(str(out))} ({PARQUET_COPY_OPTIONS})"
         total = total_rows if total_rows is not None else (self.inputs[0].rows if self.inputs else None)
         n = self._run_with_progress(copy, description or f"{self.stage_id} → {table or self.table}", total)
         key = table or self.table
