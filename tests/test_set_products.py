@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import xwin_data
+from scored_sets import SET_FROM_JSONL_STAGE
 from xwin_data.catalog import Catalog
 
 # Planted scores: ties at the top and bottom, an all-tied group, a singleton, a missing score, a short group.
@@ -26,16 +27,7 @@ PLANTED = {
 UNIFORM = [5.0, 1.0, 2.0, 3.0, 4.0]
 N_UNIFORM = 400
 
-RECIPE = """\
-name: planted_set
-stages:
-  - id: xwin_set
-    op: sql
-    params:
-      query: >-
-        SELECT prompt_id, prompt::STRUCT(role VARCHAR, content VARCHAR)[] AS prompt, response_id,
-               sample_index::INTEGER AS sample_index, response, score::DOUBLE AS score
-        FROM read_json('${recipe_dir}/set.jsonl')
+RECIPE = "name: planted_set\nstages:\n" + SET_FROM_JSONL_STAGE + """\
   - id: rs_best_of
     op: rs_best_of_n
     inputs: [xwin_set]

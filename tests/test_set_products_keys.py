@@ -9,17 +9,9 @@ from pathlib import Path
 import pytest
 
 import xwin_data
+from scored_sets import SET_FROM_JSONL_STAGE
 
-RECIPE = """\
-name: keys
-stages:
-  - id: xwin_set
-    op: sql
-    params:
-      query: >-
-        SELECT prompt_id, prompt::STRUCT(role VARCHAR, content VARCHAR)[] AS prompt, response_id,
-               sample_index::INTEGER AS sample_index, response, score::DOUBLE AS score
-        FROM read_json('${recipe_dir}/set.jsonl')
+RECIPE = "name: keys\nstages:\n" + SET_FROM_JSONL_STAGE + """\
   - id: dpo_pairs
     op: dpo_pairs
     inputs: [xwin_set]
