@@ -6,7 +6,7 @@
 A synthetic Xwin-Set (scores rounded to 2 decimals, so ties occur) is written to Parquet first (not timed). Each
 side then reads that file and writes every derived table to Parquet (zstd): rs_best_of_{1..64}, dpo_pairs_{worst,
 random_lower, rank_k, mean_minus_2sd, margin (capped at 8 per prompt)}, wind_groups, bon_curve(+_per_prompt).
-The DuckDB side runs the ops' own SQL (xwin_data.ops.set_products / set_curves) the way `ctx.write_sql` does
+The DuckDB side runs the ops' own SQL (xwin_data.ops.sets.products / set_curves) the way `ctx.write_sql` does
 (COPY ... TO parquet, with the same options); the pandas side is what a careful pandas user would write
 (vectorised groupby / sort / merge, numpy for the order-statistic dot products, `df.to_parquet`). Both sides write
 the same columns (checked), and the outputs are compared before the timings are printed.
@@ -64,10 +64,10 @@ def synthetic_set(path: Path, prompts: int, m: int, seed: int = 0) -> int:
 def run_duckdb(src_path: Path, out: Path, threads: int) -> dict[str, float]:
     import duckdb
 
-    from xwin_data.context import PARQUET_COPY_OPTIONS
-    from xwin_data.ops.set_curves import (bon_overall_sql, bon_per_prompt_sql, prepare_bon, prepare_wind,
+    from xwin_data.core.context import PARQUET_COPY_OPTIONS
+    from xwin_data.ops.sets.curves import (bon_overall_sql, bon_per_prompt_sql, prepare_bon, prepare_wind,
                                           wind_groups_sql)
-    from xwin_data.ops.set_products import DpoParams, dpo_table_sql, prepare_dpo, prepare_rs, rs_table_sql
+    from xwin_data.ops.sets.products import DpoParams, dpo_table_sql, prepare_dpo, prepare_rs, rs_table_sql
 
     out.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(":memory:", config={"memory_limit": "8GB", "temp_directory": str(out / "tmp")})

@@ -127,8 +127,8 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
     import datasets
     import ftfy
 
-    from xwin_data.ops.sharegpt_dedup import normalise_text
-    from xwin_data.ops.sharegpt_split import split_conversation
+    from xwin_data.ops.dedup.sharegpt import normalise_text
+    from xwin_data.ops.text.split import split_conversation
     from xwin_data.text.cleaning import _html_to_markdown, clean_value, needs_html, normalise_whitespace
     from xwin_data.text.language import detect, sample_py
     from xwin_data.text.records import BadRecord, check_turns, ROLE_MAP

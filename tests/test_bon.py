@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from xwin_data.bon import best_of_curve, best_of_weights, expected_best, mean_best_of
-from xwin_data.ops.set_curves import bon_per_prompt_sql, prepare_bon
+from xwin_data.ops.sets.curves import bon_per_prompt_sql, prepare_bon
 
 # Ties inside, at the top and at the bottom; a flat group; a singleton.
 SCORES = {"a": [0.3, -1.0, 2.0, 0.3, 1.1, 0.0], "b": [5.0, 4.0, 4.0, -2.0, 1.0, 3.5], "flat": [2.0, 2.0, 2.0],

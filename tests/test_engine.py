@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import xwin_data
-from xwin_data.catalog import Catalog
-from xwin_data.recipe import load_recipe
-from xwin_data.yaml_lines import RecipeError
+from xwin_data.core.catalog import Catalog
+from xwin_data.core.recipe import load_recipe
+from xwin_data.core.yaml_lines import RecipeError
 
 RECIPE = """\
 name: smoke
@@ -89,7 +89,7 @@ def test_broken_recipe_names_line_and_key(workdir: Path, mutation, line, key) ->
     path = workdir / "bad.yaml"
     path.write_text(mutation(RECIPE))
     with pytest.raises(RecipeError) as err:
-        from xwin_data.engine import plan
+        from xwin_data.core.engine import plan
 
         plan(load_recipe(path), Catalog(workdir / "cat"))
     assert err.value.line == line, str(err.value)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import xwin_data
-from xwin_data.catalog import Catalog
-from xwin_data.export import export_table
+from xwin_data.core.catalog import Catalog
+from xwin_data.exports.base import export_table
 from xwin_data.ops.base import register
-from xwin_data.ops.sql_ops import SqlOp
+from xwin_data.ops.readers.sql import SqlOp
 
 import xwin_data.exports  # noqa: F401  registers the formats
 

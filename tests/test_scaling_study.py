@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import xwin_data
-from xwin_data.catalog import Catalog
+from xwin_data.core.catalog import Catalog
 
 PROJECT = Path(__file__).resolve().parents[1]
 SIZES = [20, 40, 80]

@@ -12,7 +12,7 @@ import pytest
 
 import xwin_data
 from scored_sets import SET_FROM_JSONL_STAGE
-from xwin_data.catalog import Catalog
+from xwin_data.core.catalog import Catalog
 
 # Planted scores: ties at the top and bottom, an all-tied group, a singleton, a missing score, a short group.
 PLANTED = {

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 import xwin_data
-from xwin_data.yaml_lines import RecipeError
+from xwin_data.core.yaml_lines import RecipeError
 
 WORDS = ("river stone quiet lamp orbit violet harbor maple signal copper meadow lantern pixel canyon ember "
          "glacier velvet thunder saffron willow puzzle falcon marble nectar prism quartz raven sable tundra "

@@ -11,8 +11,8 @@ import duckdb
 import pytest
 
 import xwin_data
-from xwin_data import workers
-from xwin_data.ops import sharegpt_read
+from xwin_data.core import workers
+from xwin_data.ops.readers import sharegpt as sharegpt_read
 
 RECIPE = """\
 name: workers

@@ -11,7 +11,7 @@ import pytest
 
 import xwin_data
 from xwin_data.bon import mean_best_of
-from xwin_data.catalog import Catalog
+from xwin_data.core.catalog import Catalog
 
 VICUNA = "lm-sys_FastChat_vicuna-eval-2023/fastchat/eval/table"
 

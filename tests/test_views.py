@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import xwin_data
-from xwin_data.catalog import Catalog
+from xwin_data.core.catalog import Catalog
 from xwin_data.ops.base import register
-from xwin_data.ops.sql_ops import SqlOp
+from xwin_data.ops.readers.sql import SqlOp
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ import pytest
 from openai_server import ChatRequest, body_key, pairwise_judge, prefer_first, prefer_longer, unparseable
 
 import xwin_data
-from xwin_data.catalog import Catalog
-from xwin_data.connection import connect
+from xwin_data.core.catalog import Catalog
+from xwin_data.core.connection import connect
 
 PROJECT = Path(__file__).resolve().parents[1]
 RECIPE = PROJECT / "recipes" / "xwin_pair.yaml"

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .stats import OUTCOME_VALUE, length_controlled_ci, length_controlled_win_rate, win_rate_summary
+from xwin_data.evals.stats import OUTCOME_VALUE, length_controlled_ci, length_controlled_win_rate, win_rate_summary
 
 
 def summarize(records: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:

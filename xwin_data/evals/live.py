@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fingerprint import path_fingerprint
-from .alpaca import combine_orders, summarize
-from .fastchat import NEED_REF_CATEGORIES, load_jsonl, load_judge_prompts, pairwise_messages, single_messages
-from .recorded import outcome_for
-from .stats import bootstrap_ci
-from .verdicts import parse_pair_verdict, parse_rating
+from xwin_data.core.fingerprint import path_fingerprint
+from xwin_data.evals.alpaca import combine_orders, summarize
+from xwin_data.evals.fastchat import NEED_REF_CATEGORIES, load_jsonl, load_judge_prompts, pairwise_messages, single_messages
+from xwin_data.evals.recorded import outcome_for
+from xwin_data.evals.stats import bootstrap_ci
+from xwin_data.evals.verdicts import parse_pair_verdict, parse_rating
 
 
 @dataclass
@@ -38,7 +38,7 @@ class JudgeConfig:
 
 
 def _client(judge: JudgeConfig, cache):
-    from ..llm.client import ChatClient, ClientSettings
+    from xwin_data.llm.client import ChatClient, ClientSettings
 
     settings = ClientSettings(model=judge.model, base_url=judge.base_url, api_key_env=judge.api_key_env,
                               concurrency=judge.concurrency, budget_usd=judge.budget_usd)
@@ -47,7 +47,7 @@ def _client(judge: JudgeConfig, cache):
 
 def _judge(client, calls: list[tuple[str, list[dict]]], max_tokens: int) -> list[str | None]:
     """Run (template name, messages) judge calls; the text of each reply, None for a failed call."""
-    from ..llm.client import ChatCall
+    from xwin_data.llm.client import ChatCall
 
     results = client.run([ChatCall(messages=m, params={"temperature": 0.0, "max_tokens": max_tokens},
                                    key_parts={"template": name, "use": "eval"}) for name, m in calls])
@@ -56,8 +56,8 @@ def _judge(client, calls: list[tuple[str, list[dict]]], max_tokens: int) -> list
 
 def _generate(model: str, backend: str, cache, prompts: list[tuple[str, list[dict]]], max_new_tokens: int,
               base_url: str | None = None) -> list[str]:
-    from ..llm.generation import GeneratorSpec, SamplingConfig, generate_cached, make_generator
-    from ..llm.tiny import resolve_model
+    from xwin_data.llm.generation import GeneratorSpec, SamplingConfig, generate_cached, make_generator
+    from xwin_data.llm.tiny import resolve_model
 
     spec = GeneratorSpec(backend=backend, model=model if backend == "openai" else resolve_model(model),
                          base_url=base_url)
@@ -94,7 +94,7 @@ def load_reference(source: str, catalog) -> list[dict]:
     if path.is_file():
         rows = load_jsonl(path) if path.suffix == ".jsonl" else json.loads(path.read_text(encoding="utf-8"))
     else:
-        from ..connection import connect
+        from xwin_data.core.connection import connect
 
         if catalog.current(source) is None:
             raise ValueError(f"--reference {source!r} is neither a file nor a table in catalog {catalog.root}")
@@ -121,7 +121,7 @@ def pairwise_renderer(template: str = "pairwise-abc", judge_prompts: Path | None
             return pairwise_messages(prompts, prompt[-1]["content"], a, b)[1]
 
         return render_fastchat, "abc", ident
-    from ..llm.judge import load_template, render
+    from xwin_data.llm.judge import load_template, render
 
     t = load_template(template)
     return (lambda prompt, a, b: render(t, prompt, a, b)), t.verdict, t.version_id
@@ -222,7 +222,7 @@ def mtbench_summary(records: list[dict], n_boot: int = 2000) -> dict:
         if r["kind"] != "single":
             pairs.setdefault(r["question_id"], []).append(r["outcome"])
     if pairs:
-        from .stats import win_rate_summary
+        from xwin_data.evals.stats import win_rate_summary
 
         summary["pairwise"] = win_rate_summary([combine_orders(*(o + [None])[:2]) for o in pairs.values()],
                                                n_boot=n_boot)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .verdicts import parse_any_pair
+from xwin_data.evals.verdicts import parse_any_pair
 
 
 def _read_jsonl(path: Path) -> list[dict]:

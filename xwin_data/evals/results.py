@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ..catalog import utcnow
+from xwin_data.core.catalog import utcnow
 
 EVAL_RESULTS_SCHEMA = pa.schema([
     ("eval_id", pa.string()), ("eval", pa.string()), ("model", pa.string()), ("reference_model", pa.string()),
@@ -54,7 +54,7 @@ def result_row(kind: str, summary: dict, *, model: str | None, items: int, folde
 
 def record_results(catalog, rows: list[dict]) -> None:
     """Append rows to the catalog's `eval_results` table (one new table version per row)."""
-    from ..training.records import append_record
+    from xwin_data.training.records import append_record
 
     for row in rows:
         append_record(catalog, "eval_results", row, EVAL_RESULTS_SCHEMA)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from ..llm.judge import parse_verdict
+from xwin_data.llm.judge import parse_verdict
 
 PAIR_KINDS = ("abc", "graded", "scores")
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")

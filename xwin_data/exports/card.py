@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..catalog import Catalog
-from ..connection import connect
-from ..export import exporter
-from .kinds import table_columns, table_kind
+from xwin_data.core.catalog import Catalog
+from xwin_data.core.connection import connect
+from xwin_data.exports.base import exporter
+from xwin_data.exports.kinds import table_columns, table_kind
 
 
 def _load(v: Any) -> Any:

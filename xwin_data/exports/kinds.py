@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..catalog import Catalog
-from ..connection import connect
+from xwin_data.core.catalog import Catalog
+from xwin_data.core.connection import connect
 
 ROLES = ("system", "user", "assistant")
 

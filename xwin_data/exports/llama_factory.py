@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..export import exporter
-from ..progress import console
-from .kinds import export_examples, write_skipped_note
+from xwin_data.exports.base import exporter
+from xwin_data.core.progress import console
+from xwin_data.exports.kinds import export_examples, write_skipped_note
 
 TAGS = {"user": "human", "assistant": "gpt"}
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export import exporter
-from ..progress import console
-from .kinds import export_examples, plain, write_skipped_note
+from xwin_data.exports.base import exporter
+from xwin_data.core.progress import console
+from xwin_data.exports.kinds import export_examples, plain, write_skipped_note
 
 
 def trl_record(kind: str, ex) -> dict:

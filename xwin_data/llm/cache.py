@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..fingerprint import stable_hash
+from xwin_data.core.fingerprint import stable_hash
 
 
 def request_key(**parts: Any) -> str:

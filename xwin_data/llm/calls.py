@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .costs import BudgetExceeded
-from .errors import LLMError
+from xwin_data.llm.costs import BudgetExceeded
+from xwin_data.llm.errors import LLMError
 
 
 class ClientSettings(BaseModel):

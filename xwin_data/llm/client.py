@@ -23,12 +23,12 @@ import re
 import time
 from typing import Any, Callable, Sequence
 
-from .cache import RequestCache, request_key
-from .calls import ChatCall, ChatResult, ClientSettings
-from .costs import BudgetExceeded, CostLedger, PriceTable
-from .errors import (AuthError, BadResponse, ConnectionFailed, LLMError, MissingKey, RateLimited, RequestRejected,
+from xwin_data.llm.cache import RequestCache, request_key
+from xwin_data.llm.calls import ChatCall, ChatResult, ClientSettings
+from xwin_data.llm.costs import BudgetExceeded, CostLedger, PriceTable
+from xwin_data.llm.errors import (AuthError, BadResponse, ConnectionFailed, LLMError, MissingKey, RateLimited, RequestRejected,
                      ServerError, Timeout)
-from .transport import ClientPool, aiohttp_available, dropped_connection, retry_after_seconds
+from xwin_data.llm.transport import ClientPool, aiohttp_available, dropped_connection, retry_after_seconds
 
 __all__ = ["ClientSettings", "ChatCall", "ChatResult", "ChatClient", "LLMError", "RateLimited", "ServerError",
            "Timeout", "BadResponse", "ConnectionFailed", "RequestRejected", "AuthError", "MissingKey",

@@ -2,7 +2,7 @@
 attempt may help)."""
 from __future__ import annotations
 
-from .costs import BudgetExceeded
+from xwin_data.llm.costs import BudgetExceeded
 
 __all__ = ["LLMError", "RateLimited", "ServerError", "Timeout", "ConnectionFailed", "BadResponse",
            "RequestRejected", "AuthError", "MissingKey", "BudgetExceeded"]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..fingerprint import path_fingerprint, stable_hash
+from xwin_data.core.fingerprint import path_fingerprint, stable_hash
 
 Messages = list[dict]
 MAX_SEED = 2**31 - 1
@@ -156,7 +156,7 @@ def derive_seed(base_seed: int, rendered_prompt: str) -> int:
 
 def model_identity(model: str, revision: str | None = None) -> str:
     """Identifier for fingerprints and cache keys: a local folder by name and content hash, a hub id by id@revision."""
-    from .tiny import resolve_model
+    from xwin_data.llm.tiny import resolve_model
 
     resolved = resolve_model(model)
     path = Path(resolved)
@@ -179,13 +179,13 @@ def make_generator(spec: GeneratorSpec | dict) -> Generator:
     if isinstance(spec, dict):
         spec = GeneratorSpec.model_validate(spec)
     if spec.backend == "transformers":
-        from .backends.transformers_backend import TransformersGenerator
+        from xwin_data.llm.backends.transformers_backend import TransformersGenerator
         return TransformersGenerator(spec)
     if spec.backend == "vllm":
-        from .backends.vllm_backend import VLLMGenerator
+        from xwin_data.llm.backends.vllm_backend import VLLMGenerator
         return VLLMGenerator(spec)
     if spec.backend == "openai":
-        from .backends.openai_backend import OpenAIGenerator
+        from xwin_data.llm.backends.openai_backend import OpenAIGenerator
         return OpenAIGenerator(spec)
     raise ValueError(f"unknown generation backend {spec.backend!r}")
 
@@ -193,7 +193,7 @@ def make_generator(spec: GeneratorSpec | dict) -> Generator:
 def sample_key(backend: str, model_id: str, rendered_prompt: str, sampling: SamplingConfig, seed: int) -> str:
     """Cache key of one sample: backend (samplers differ), model, exact prompt, sampling parameters and the
     sample's own seed."""
-    from .cache import request_key
+    from xwin_data.llm.cache import request_key
 
     return request_key(kind="generation", backend=backend, model=model_id, prompt=rendered_prompt,
                        sampling=sampling.cache_params(), seed=int(seed))

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .client import ChatCall, ChatClient, ChatResult
+from xwin_data.llm.client import ChatCall, ChatClient, ChatResult
 
 TEMPLATE_PACKAGE = "xwin_data.templates"
 VERDICT_KINDS = ("abc", "graded", "scores")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .cache import RequestCache, request_key
+from xwin_data.llm.cache import RequestCache, request_key
 
 
 class RewardModelScorer:
     def __init__(self, model: str = "tiny-reward", batch_size: int = 8, max_length: int = 1024,
                  cache: RequestCache | None = None):
-        from .generation import model_identity
+        from xwin_data.llm.generation import model_identity
 
         self.model_name, self.batch_size, self.max_length, self.cache = model, batch_size, max_length, cache
         self.model_id = model_identity(model)
@@ -28,7 +28,7 @@ class RewardModelScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from .tiny import resolve_model
+        from xwin_data.llm.tiny import resolve_model
 
         path = resolve_model(self.model_name)
         self._tok = AutoTokenizer.from_pretrained(path)

@@ -22,7 +22,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .cache import request_key
+from xwin_data.llm.cache import request_key
 
 Messages = list[dict]
 
@@ -56,7 +56,7 @@ class RewardScorer:
     def _load_spec(self, spec: RewardSpec) -> tuple[str, str | None, dict]:
         """Common to the backends: tokenizer (with the chat template check) and model id; returns the resolved
         model path, the revision and the remaining backend options."""
-        from .tiny import resolve_model
+        from xwin_data.llm.tiny import resolve_model
 
         self.spec = spec
         opts = dict(spec.extra)
@@ -119,8 +119,8 @@ class RewardScorer:
 def _load_tokenizer(spec: RewardSpec, model_path: str):
     from transformers import AutoTokenizer
 
-    from .generation import load_chat_template
-    from .tiny import resolve_model
+    from xwin_data.llm.generation import load_chat_template
+    from xwin_data.llm.tiny import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model(spec.tokenizer) if spec.tokenizer else model_path,
                                         revision=spec.extra.get("revision"))
@@ -137,7 +137,7 @@ def _require_template(tokenizer, name: str) -> None:
 
 
 def _identity(spec: RewardSpec) -> str:
-    from .generation import model_identity
+    from xwin_data.llm.generation import model_identity
 
     ident = model_identity(spec.model, spec.extra.get("revision"))
     if spec.tokenizer:
@@ -203,7 +203,7 @@ class VLLMRewardScorer(RewardScorer):
     def __init__(self, spec: RewardSpec):
         from vllm import LLM
 
-        from .tiny import resolve_model
+        from xwin_data.llm.tiny import resolve_model
 
         path, revision, opts = self._load_spec(spec)
         kwargs = {"runner": "pooling", "enforce_eager": True, "max_model_len": spec.max_length, "seed": 0, **opts}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from ..fingerprint import stable_hash
+from xwin_data.core.fingerprint import stable_hash
 
 TINY_VERSION = "1"
 

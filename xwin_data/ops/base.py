@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..context import StageContext
+    from xwin_data.core.context import StageContext
 
 
 class Params(BaseModel):
@@ -74,14 +74,14 @@ def register(cls: type[Op]) -> type[Op]:
 
 
 def get_op(name: str) -> type[Op] | None:
-    from . import load_all
+    from xwin_data.ops import load_all
 
     load_all()
     return _REGISTRY.get(name)
 
 
 def all_ops() -> dict[str, type[Op]]:
-    from . import load_all
+    from xwin_data.ops import load_all
 
     load_all()
     return dict(sorted(_REGISTRY.items()))

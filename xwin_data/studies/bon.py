@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bon import best_of_curve
-from ..catalog import Catalog
-from ..connection import connect
-from .judge import StudyError
-from .output import study_dir, write_results
-from .plots import lines_with_ci
+from xwin_data.bon import best_of_curve
+from xwin_data.core.catalog import Catalog
+from xwin_data.core.connection import connect
+from xwin_data.studies.judge import StudyError
+from xwin_data.studies.output import study_dir, write_results
+from xwin_data.studies.plots import lines_with_ci
 
 
 def set_tables(catalog: Catalog) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..catalog import Catalog
+from xwin_data.core.catalog import Catalog
 
 
 def study_dir(catalog: Catalog, name: str, out: Path | None) -> Path:

@@ -2,7 +2,7 @@
 
     xwin-data study scaling recipes/scaling.yaml [--set train.overrides.max_steps=20 ...]
 
-Training goes through the training layer (`train/sft.py` via `xwin_data.commands.train.run_script`, the script
+Training goes through the training layer (`train/sft.py` via `xwin_data.cli.train.run_script`, the script
 `xwin-data train sft` runs), from a base training config plus overrides; every run lands in the catalog's `runs`
 table. Each size is keyed by its subset table's fingerprint and a hash of the resolved training config: a finished
 size is not trained again (its model path is kept in `<folder>/state/train-<key>.json`), and an evaluation is
@@ -24,11 +24,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..catalog import Catalog
-from ..fingerprint import stable_hash
-from .judge import StudyError
-from .output import study_dir, write_results
-from .scaling_eval import EvaluatorSpec, evaluator_identity, make_evaluator, reference_items
+from xwin_data.core.catalog import Catalog
+from xwin_data.core.fingerprint import stable_hash
+from xwin_data.studies.judge import StudyError
+from xwin_data.studies.output import study_dir, write_results
+from xwin_data.studies.scaling_eval import EvaluatorSpec, evaluator_identity, make_evaluator, reference_items
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 # Fields of the training config that say where things go, not what is trained.
@@ -57,7 +57,7 @@ class ScalingConfig(BaseModel):
 
 def load_scaling_config(path: str | Path, sets: list[str] | None = None) -> ScalingConfig:
     """YAML + `--set a.b=value` overrides; `${recipe_dir}` / `${project_dir}` are replaced in strings."""
-    from ..recipe import RecipeError, interpolate, parse_set
+    from xwin_data.core.recipe import RecipeError, interpolate, parse_set
 
     path = Path(path)
     if not path.is_file():
@@ -88,7 +88,7 @@ def load_scaling_config(path: str | Path, sets: list[str] | None = None) -> Scal
 
 def subset_plan(catalog: Catalog, cfg: ScalingConfig) -> list[dict]:
     """[{size, table, fingerprint, conversations}] in increasing size, every table present in the catalog."""
-    from ..connection import connect
+    from xwin_data.core.connection import connect
 
     con = connect(catalog, canned_views=False)
     try:
@@ -156,7 +156,7 @@ def _read_json(path: Path) -> dict | None:
 def train_size(catalog: Catalog, cfg: ScalingConfig, settings: dict, sub: dict, folder: Path,
                train_key: str) -> dict:
     """Train one subset through train/<kind>.py; the run record of the training layer."""
-    from ..commands.train import run_script
+    from xwin_data.cli.train import run_script
 
     out_dir = folder / "models" / f"{sub['size']}-{train_key[:12]}"
     fixed = {"table": sub["table"], "output_dir": str(out_dir), "catalog": str(catalog.root),
@@ -169,7 +169,7 @@ def train_size(catalog: Catalog, cfg: ScalingConfig, settings: dict, sub: dict, 
 
 
 def run_scaling_study(catalog: Catalog, cfg: ScalingConfig, out: Path | None = None, log=print) -> dict:
-    from ..llm.cache import RequestCache
+    from xwin_data.llm.cache import RequestCache
 
     subsets = subset_plan(catalog, cfg)
     settings = training_settings(cfg)
@@ -230,7 +230,7 @@ def _write_outputs(folder: Path, cfg: ScalingConfig, rows: list[dict], per_promp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .plots import lines_with_ci
+    from xwin_data.studies.plots import lines_with_ci
 
     label = "reward-model" if cfg.evaluator.kind == "reward_model" else f"judge {cfg.evaluator.judge.model}"
     png = lines_with_ci(folder / "scaling.png",

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..evals.stats import bootstrap_ci, win_rate_summary
+from xwin_data.evals.stats import bootstrap_ci, win_rate_summary
 
 
 class JudgeEvaluator(BaseModel):
@@ -51,13 +51,13 @@ class RewardModelEvaluator:
     """Keeps the reward model loaded across sizes; scores are cached (the references are scored once)."""
 
     def __init__(self, spec: EvaluatorSpec, cache) -> None:
-        from ..llm.reward import RewardSpec, make_scorer
+        from xwin_data.llm.reward import RewardSpec, make_scorer
 
         self.spec, self.cache = spec, cache
         self.scorer = make_scorer(RewardSpec(model=spec.reward_model))
 
     def _scores(self, items: list[dict], responses: list[str]) -> list[float]:
-        from ..llm.reward import score_cached, with_response
+        from xwin_data.llm.reward import score_cached, with_response
 
         convs = [with_response(it["prompt"], r) for it, r in zip(items, responses)]
         return score_cached(self.scorer, self.cache, convs)
@@ -77,7 +77,7 @@ class RewardModelEvaluator:
 
 
 def greedy_answers(model_path: str, items: list[dict], max_new_tokens: int, cache) -> list[str]:
-    from ..llm.generation import GeneratorSpec, SamplingConfig, generate_cached, make_generator
+    from xwin_data.llm.generation import GeneratorSpec, SamplingConfig, generate_cached, make_generator
 
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     with make_generator(GeneratorSpec(backend="transformers", model=str(model_path))) as gen:
@@ -86,7 +86,7 @@ def greedy_answers(model_path: str, items: list[dict], max_new_tokens: int, cach
 
 
 def judge_evaluator(spec: EvaluatorSpec, cache):
-    from ..evals.live import JudgeConfig, run_alpaca
+    from xwin_data.evals.live import JudgeConfig, run_alpaca
 
     j = spec.judge
     cfg = JudgeConfig(model=j.model, base_url=j.base_url, api_key_env=j.api_key_env, concurrency=j.concurrency,
@@ -106,13 +106,13 @@ def make_evaluator(spec: EvaluatorSpec, cache):
 
 def evaluator_identity(spec: EvaluatorSpec) -> dict:
     """What changes an evaluation's result (the judge key's variable name and budget do not)."""
-    from ..llm.generation import model_identity
+    from xwin_data.llm.generation import model_identity
 
     data = spec.model_dump(exclude={"judge"} if spec.kind == "reward_model" else {"reward_model", "tie_margin"})
     if spec.kind == "reward_model":
         data["reward_model_id"] = model_identity(spec.reward_model)
     else:
-        from ..llm.judge import load_template
+        from xwin_data.llm.judge import load_template
 
         data["judge"] = {"model": spec.judge.model, "base_url": spec.judge.base_url,
                          "template": load_template(spec.judge.template).version_id}
@@ -122,7 +122,7 @@ def evaluator_identity(spec: EvaluatorSpec) -> dict:
 def holdout_items(catalog, source_table: str, exclude_tables: list[str], limit: int) -> list[dict]:
     """Conversations of `source_table` in none of `exclude_tables`, in a fixed pseudo-random order: the first
     user turn (with any system turn before it) is the prompt, the first assistant reply the reference."""
-    from ..connection import connect
+    from xwin_data.core.connection import connect
 
     con = connect(catalog, canned_views=False)
     try:
@@ -150,7 +150,7 @@ def holdout_items(catalog, source_table: str, exclude_tables: list[str], limit: 
 
 def reference_items(catalog, spec: EvaluatorSpec, source_table: str, subset_tables: list[str]) -> tuple[list[dict], dict]:
     """(items, identity of the reference data for the evaluation key)."""
-    from ..fingerprint import path_fingerprint
+    from xwin_data.core.fingerprint import path_fingerprint
 
     if spec.reference == "holdout":
         tv = catalog.current(source_table)
@@ -161,7 +161,7 @@ def reference_items(catalog, spec: EvaluatorSpec, source_table: str, subset_tabl
         ident = {"holdout": source_table, "fingerprint": tv.fingerprint,
                  "excluded": {t: catalog.current(t).fingerprint for t in subset_tables}}
     else:
-        from ..evals.live import load_reference
+        from xwin_data.evals.live import load_reference
 
         items = load_reference(spec.reference, catalog)[: spec.max_prompts]
         path = Path(spec.reference)

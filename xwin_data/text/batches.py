@@ -1,7 +1,7 @@
 """Run a batch function over an input table's row groups in worker processes or threads, keeping the input order.
 
 The batch functions of the conversation ops are mostly Python (cleaning) or many small numpy steps (language id),
-which hold the GIL: threads barely overlap them, forked worker processes do (see `xwin_data.workers`). A function
+which hold the GIL: threads barely overlap them, forked worker processes do (see `xwin_data.core.workers`). A function
 given with `processes=True` must be picklable (a module-level function, or a `functools.partial` of one); inputs of
 at most `2 * batch_size` rows stay in this process, where forking would cost more than it saves. Functions that are
 Arrow kernels release the GIL and run on threads. Either way each row group is read, computed and written as a
@@ -29,7 +29,7 @@ def default_threads() -> int:
 @contextmanager
 def _executor(total: int, batch_size: int, processes: bool, threads: int) -> Iterator[tuple[Any, int]]:
     """Forked workers where they pay, else threads; with how many batches may be in flight."""
-    from ..workers import available_workers, pool
+    from xwin_data.core.workers import available_workers, pool
 
     workers = available_workers() if processes else 0
     if workers > 1 and total > 2 * batch_size:

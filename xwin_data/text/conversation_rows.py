@@ -53,8 +53,8 @@ class RowBuilder:
 
     def add(self, position: int, record: Any) -> bool:
         """Convert one item; False when it became a drop."""
-        from .records import BadRecord, normalise_turns
-        from .sources import Unreadable
+        from xwin_data.text.records import BadRecord, normalise_turns
+        from xwin_data.text.sources import Unreadable
 
         self.records += 1
         fallback = f"{self.options.stem}:{position}"
@@ -96,7 +96,7 @@ class RowBuilder:
 
 def parse_jsonl_block(block: bytes, first_lineno: int, options: RowOptions) -> Rows:
     """Rows of one block of JSONL lines (see `sources.jsonl_blocks`)."""
-    from .sources import iter_jsonl_block
+    from xwin_data.text.sources import iter_jsonl_block
 
     builder = RowBuilder(options)
     for position, record in iter_jsonl_block(block, first_lineno):

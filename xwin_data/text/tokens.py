@@ -155,7 +155,7 @@ def count_with_tokenizer(name: str, texts: list[str]) -> list[int]:
 
 
 def tokenizer_fingerprint(name: str) -> dict:
-    from ..fingerprint import path_fingerprint
+    from xwin_data.core.fingerprint import path_fingerprint
 
     if name == APPROX:
         return {"tokenizer": APPROX, "pattern": PIECE_PATTERN}

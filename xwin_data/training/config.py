@@ -95,7 +95,7 @@ CONFIGS = {"sft": XwinSFTConfig, "rs": XwinSFTConfig, "rm": XwinRewardConfig, "d
 def config_class(kind: str) -> type:
     """`sft` / `rs` / `rm` / `dpo` -> its config class (`wind`: `xwin_data.training.wind.WindConfig`)."""
     if kind == "wind":
-        from .wind import WindConfig
+        from xwin_data.training.wind import WindConfig
 
         return WindConfig
     return CONFIGS[kind]

@@ -23,7 +23,7 @@ class TableFormatError(ValueError):
 
 def read_rows(catalog: str | Path, table: str, max_rows: int | None = None) -> list[dict]:
     """Rows of a table's current version, in a stable order (by `id` or `prompt_id` when present)."""
-    from ..connection import connect
+    from xwin_data.core.connection import connect
 
     con = connect(catalog, canned_views=False)
     try:

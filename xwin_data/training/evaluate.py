@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..bon import mean_best_of
-from ..catalog import Catalog
+from xwin_data.bon import mean_best_of
+from xwin_data.core.catalog import Catalog
 
 
 @dataclass
@@ -40,7 +40,7 @@ class BonEvalSettings:
 
 def reward_scorer(settings: BonEvalSettings):
     """The evaluation's reward scorer (close it when done)."""
-    from ..llm.reward import RewardSpec, make_scorer
+    from xwin_data.llm.reward import RewardSpec, make_scorer
 
     return make_scorer(RewardSpec(model=settings.reward_model, batch_size=settings.batch_size))
 
@@ -61,7 +61,7 @@ def sample_and_score(model_path: str | Path, prompts: list[dict], settings: BonE
                      scorer=None) -> tuple[dict[str, list[float]], float]:
     """max(n) samples per prompt from the policy (the generation layer's transformers backend), scored by the
     reward model (`scorer`, else `reward_scorer(settings)`) -> ({prompt_id: scores}, mean generated tokens)."""
-    from ..llm.generation import GeneratorSpec, SamplingConfig, make_generator
+    from xwin_data.llm.generation import GeneratorSpec, SamplingConfig, make_generator
 
     n = max(settings.best_of)
     gen = make_generator(GeneratorSpec(backend="transformers", model=str(model_path), batch_size=settings.batch_size))
@@ -85,8 +85,8 @@ def sample_and_score(model_path: str | Path, prompts: list[dict], settings: BonE
 def evaluate_policy(catalog: str | Path, model_path: str | Path, stage: str, settings: BonEvalSettings,
                     run_id: str | None = None, record: bool = True, scorer=None) -> dict:
     """Sample, score, compute best-of-n means and (by default) append a row to the catalog's `evals` table."""
-    from .data import prompt_rows, read_rows
-    from .records import record_eval, table_identity
+    from xwin_data.training.data import prompt_rows, read_rows
+    from xwin_data.training.records import record_eval, table_identity
 
     start = time.perf_counter()
     prompts = prompt_rows(read_rows(catalog, settings.prompts_table), settings.prompts_table, settings.max_prompts)

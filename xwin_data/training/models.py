@@ -5,7 +5,7 @@ for a model already loaded), shared with the Xwin-Set `score_responses` op.
 """
 from __future__ import annotations
 
-from ..llm.tiny import resolve_model
+from xwin_data.llm.tiny import resolve_model
 
 
 def load_tokenizer(name: str, fallback: str | None = None):

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock
 
-from ..catalog import Catalog, utcnow
-from ..fingerprint import library_versions, stable_hash
+from xwin_data.core.catalog import Catalog, utcnow
+from xwin_data.core.fingerprint import library_versions, stable_hash
 
 RUNS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("stage", pa.string()), ("kind", pa.string()), ("table_name", pa.string()),

@@ -71,9 +71,9 @@ def finish(cfg, trainer, *, kind: str, rows_used: int, skipped: dict, started: f
            loss_before: float | None = None, fixed_loss_after: float | None = None, evaluate: bool = True) -> dict:
     """Save, then on the main process: fixed-batch loss after (unless the caller measured it, as WIND does on
     its first iteration's samples), run record, best-of-n evaluation."""
-    from .config import config_dict
-    from .evaluate import BonEvalSettings, evaluate_policy
-    from .records import new_run_id, record_run
+    from xwin_data.training.config import config_dict
+    from xwin_data.training.evaluate import BonEvalSettings, evaluate_policy
+    from xwin_data.training.records import new_run_id, record_run
 
     out = Path(cfg.output_dir)
     trainer.save_model(str(out))

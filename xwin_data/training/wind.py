@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainingArguments
 
-from .config import StageArgs, _stage_config, _stage_defaults
+from xwin_data.training.config import StageArgs, _stage_config, _stage_defaults
 
 
 @dataclass
@@ -93,7 +93,7 @@ class WindTrainer(Trainer):
         self.loss_is_scaled_for_ga = False  # compute_loss returns a mean; Trainer divides by the GA steps
         device = self.args.device
         self.ref_model = ref_model.to(device).eval().requires_grad_(False)
-        from ..llm.reward import TransformersRewardScorer
+        from xwin_data.llm.reward import TransformersRewardScorer
 
         # The Xwin-Set op's scorer over the loaded model: fresh samples score as the stored groups were scored.
         self.reward_scorer = TransformersRewardScorer.from_model(

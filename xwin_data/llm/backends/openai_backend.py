@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from ..generation import Completion, Generator, GeneratorSpec, Messages, SamplingConfig, model_identity
+from xwin_data.llm.generation import Completion, Generator, GeneratorSpec, Messages, SamplingConfig, model_identity
 
 
 class OpenAIGenerator(Generator):
@@ -29,7 +29,7 @@ class OpenAIGenerator(Generator):
         if spec.tokenizer:  # exact per-response token counts (the API reports one total for all n choices)
             from transformers import AutoTokenizer
 
-            from ..tiny import resolve_model
+            from xwin_data.llm.tiny import resolve_model
             self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(spec.tokenizer))
             self.model_id += f"+tok={model_identity(spec.tokenizer)}"
         self._client = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..generation import Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError, SamplingConfig, \
+from xwin_data.llm.generation import Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError, SamplingConfig, \
     load_chat_template
 
 
@@ -49,7 +49,7 @@ class TransformersGenerator(LocalGenerator):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..tiny import resolve_model
+        from xwin_data.llm.tiny import resolve_model
 
         self.spec = spec
         opts = dict(spec.extra)

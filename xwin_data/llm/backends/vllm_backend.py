@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from ..generation import Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError, SamplingConfig, \
+from xwin_data.llm.generation import Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError, SamplingConfig, \
     load_chat_template
 
 _OWN_KEYS = {"revision", "model_id", "in_process"}
@@ -41,7 +41,7 @@ def _cpu_defaults(in_process: bool) -> None:
 
 class VLLMGenerator(LocalGenerator):
     def __init__(self, spec: GeneratorSpec):
-        from ..tiny import resolve_model
+        from xwin_data.llm.tiny import resolve_model
 
         self.spec = spec
         opts = dict(spec.extra)

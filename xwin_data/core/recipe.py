@@ -1,0 +1,223 @@
+"""Recipes: YAML loaded into pydantic models, variables, `--set` overrides, errors that name file, line and key."""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from xwin_data.core.yaml_lines import LineMap, RecipeError, load_yaml_with_lines
+
+IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+class StageSpec(BaseModel):
+    """One stage: an op applied to named input tables, writing one table (or a declared family of tables)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str = Field(pattern=IDENT, description="stage id; also the output table name unless `table` is set")
+    op: str = Field(description="registered op name, see `xwin-data ops`")
+    inputs: list[str] = Field(default_factory=list, description="stage ids of this recipe or tables in the catalog")
+    params: dict[str, Any] = Field(default_factory=dict, description="op parameters, validated by the op")
+    table: str | None = Field(default=None, pattern=IDENT, description="output table name (default: the id)")
+    table_schema: str | None = Field(default=None, alias="schema", description="schema in schemas/ to validate against")
+    description: str = ""
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.id
+
+
+class Recipe(BaseModel):
+    """A whole recipe. `vars` are free settings that stages refer to as `${name}` or `${name.key}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=IDENT)
+    description: str = ""
+    vars: dict[str, Any] = Field(default_factory=dict)
+    stages: list[StageSpec] = Field(min_length=1)
+
+    # Filled by the loader, not by YAML.
+    source: str | None = Field(default=None, exclude=True)
+    lines: Any = Field(default=None, exclude=True)
+
+    def stage(self, stage_id: str) -> StageSpec:
+        for st in self.stages:
+            if st.id == stage_id:
+                return st
+        raise KeyError(stage_id)
+
+    def line_of(self, *path: Any) -> int | None:
+        return self.lines.line_of(path) if isinstance(self.lines, LineMap) else None
+
+    def stage_line(self, stage_id: str, *rest: Any) -> int | None:
+        for i, st in enumerate(self.stages):
+            if st.id == stage_id:
+                return self.line_of("stages", i, *rest)
+        return None
+
+    def error(self, message: str, path: tuple = (), key: str | None = None) -> RecipeError:
+        return RecipeError(message, file=self.source, line=self.line_of(*path) if path else None, key=key)
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+def parse_set(expr: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value); the value is read as a YAML scalar or list."""
+    if "=" not in expr:
+        raise RecipeError(f"--set expects key=value, got {expr!r}", key=expr)
+    key, raw = expr.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError(f"--set has an empty key in {expr!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _resolve_set_path(data: dict, parts: list[str]) -> list:
+    """Turn a user key into a concrete path into the raw recipe dict."""
+    top = parts[0]
+    stages = data.get("stages") if isinstance(data.get("stages"), list) else []
+    stage_ids = {st.get("id"): i for i, st in enumerate(stages) if isinstance(st, dict)}
+    if top == "stages" and len(parts) > 1:
+        sel = parts[1]
+        idx = stage_ids.get(sel, int(sel) if sel.isdigit() else None)
+        if idx is None:
+            raise RecipeError(f"no stage {sel!r} (stages: {', '.join(stage_ids)})", key=".".join(parts))
+        return ["stages", idx, *parts[2:]]
+    if top in Recipe.model_fields and top not in ("source", "lines"):
+        return list(parts)
+    vars_ = data.get("vars") or {}
+    if top in vars_:
+        return ["vars", *parts]
+    if top in stage_ids:
+        return ["stages", stage_ids[top], *parts[1:]]
+    known = sorted(vars_) + sorted(stage_ids)
+    raise RecipeError(
+        f"unknown key {parts[0]!r}: not a recipe field, a variable or a stage id (known: {', '.join(known)})",
+        key=".".join(parts),
+    )
+
+
+def apply_sets(data: dict, sets: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for expr in sets:
+        parts, value = parse_set(expr)
+        path = _resolve_set_path(data, parts)
+        node: Any = data
+        for i, key in enumerate(path[:-1]):
+            nxt = node[key] if isinstance(node, list) else node.get(key)
+            if nxt is None:
+                if path[0] == "vars" and i == 1:
+                    raise RecipeError(f"variable {path[1]!r} is not a mapping", key=".".join(parts))
+                nxt = {}
+                node[key] = nxt
+            if not isinstance(nxt, (dict, list)):
+                raise RecipeError(f"cannot set inside {key!r}: it is a {type(nxt).__name__}", key=".".join(parts))
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- variables
+def interpolate(value: Any, variables: dict[str, Any], where: str = "") -> Any:
+    """Replace `${name}` / `${name.key}` in strings; a string that is only `${x}` takes x's value and type."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, variables, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, variables, where) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def lookup(name: str) -> Any:
+        node: Any = variables
+        for part in name.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                raise RecipeError(f"unknown variable ${{{name}}} (variables: {', '.join(sorted(variables))})", key=where)
+        return node
+
+    whole = _VAR.fullmatch(value)
+    if whole:
+        return interpolate(lookup(whole.group(1)), variables, where)
+    return _VAR.sub(lambda m: str(interpolate(lookup(m.group(1)), variables, where)), value)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _format_loc(loc: tuple, stage_ids: list[str] | None = None) -> str:
+    """`stages.1.params.x` reads better as `kept.params.x`."""
+    if stage_ids and len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int) and loc[1] < len(stage_ids):
+        loc = (stage_ids[loc[1]],) + tuple(loc[2:])
+    return ".".join(str(p) for p in loc)
+
+
+def _raise_validation(err: ValidationError, source: str, lines: LineMap, prefix: tuple = (),
+                      stage_ids: list[str] | None = None) -> None:
+    # A misspelt key shows up as both "unknown" and "missing": the unknown one names what to fix.
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    loc = prefix + tuple(first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = f"unknown key {loc[-1]!r}"
+    elif first["type"] == "missing":
+        msg = f"missing required key {loc[-1]!r}"
+    more = len(err.errors()) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    raise RecipeError(msg, file=source, line=lines.line_of(loc), key=_format_loc(loc, stage_ids)) from None
+
+
+def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
+    """Load, override, validate and interpolate a recipe. Op params are validated by `validate_ops`."""
+    path = Path(path)
+    data, lines = load_yaml_with_lines(path)
+    source = str(path)
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe is a mapping with `name` and `stages`", file=source, line=1)
+    try:
+        data = apply_sets(data, sets or [])
+    except RecipeError as err:
+        raise RecipeError(str(err).split(": ", 1)[-1] if err.key else str(err), file=f"{source} (--set)",
+                          key=err.key) from None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        ids = [st.get("id") if isinstance(st, dict) else None for st in data.get("stages") or []]
+        _raise_validation(err, source, lines, stage_ids=[str(i) for i in ids])
+    recipe.source, recipe.lines = source, lines
+    seen: dict[str, int] = {}
+    for i, st in enumerate(recipe.stages):
+        if st.id in seen:
+            raise recipe.error(f"duplicate stage id {st.id!r}", ("stages", i, "id"), key=f"stages[{i}].id")
+        seen[st.id] = i
+    builtins = {"recipe_dir": str(path.resolve().parent), "project_dir": str(Path(__file__).resolve().parents[2])}
+    variables = {**builtins, **interpolate(recipe.vars, {**builtins, **recipe.vars}, "vars")}
+    for i, st in enumerate(recipe.stages):
+        try:
+            st.params = interpolate(st.params, variables, f"stages[{i}].params")
+        except RecipeError as err:
+            raise RecipeError(str(err).split(": ", 1)[-1], file=source, line=recipe.line_of("stages", i, "params"),
+                              key=f"{st.id}.params") from None
+    recipe.vars = variables
+    return recipe
+
+
+def validate_params(recipe: Recipe, index: int, model: type[BaseModel]) -> BaseModel:
+    """Validate one stage's params with its op's model, errors naming the params line."""
+    st = recipe.stages[index]
+    try:
+        return model.model_validate(st.params)
+    except ValidationError as err:
+        _raise_validation(err, recipe.source or "<recipe>", recipe.lines or LineMap(), ("stages", index, "params"),
+                          [s.id for s in recipe.stages])
+        raise  # unreachable

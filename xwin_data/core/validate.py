@@ -1,0 +1,204 @@
+"""Table contracts: column types checked in DuckDB, per-row invariants computed in DuckDB, and a
+great-expectations suite run over the narrow invariant frame in chunks (bounded memory). A failed suite blocks
+publishing and reports the failed expectation with example rows.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import yaml
+
+SCHEMAS_DIR = Path(os.environ.get("XWIN_DATA_SCHEMAS", Path(__file__).resolve().parents[2] / "schemas"))
+CHUNK_ROWS = 250_000
+
+
+@dataclass
+class TableSchema:
+    name: str
+    description: str
+    columns: dict[str, str]
+    key: str | None
+    invariants: dict[str, str]
+    expectations: list[dict]
+    frame_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ValidationResult:
+    table: str
+    schema: str
+    success: bool
+    rows: int
+    checks: list[dict]
+
+    def failures(self) -> list[dict]:
+        return [c for c in self.checks if not c["success"]]
+
+    def report(self) -> str:
+        lines = [f"table {self.table} against schema {self.schema}: {'passed' if self.success else 'FAILED'}"]
+        for c in self.failures():
+            lines.append(f"  ✗ {c['expectation']} {c.get('column') or ''}: {c.get('message', '')}")
+            for ex in c.get("examples", [])[:3]:
+                lines.append(f"      e.g. {ex}")
+        return "\n".join(lines)
+
+
+class SchemaError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> TableSchema:
+    path = SCHEMAS_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in SCHEMAS_DIR.glob("*.yaml"))
+        raise SchemaError(f"no schema {name!r} in {SCHEMAS_DIR} (known: {', '.join(known)})")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return TableSchema(
+        name=name, description=data.get("description", ""), columns=data.get("columns", {}),
+        key=data.get("key"), invariants=data.get("invariants", {}) or {},
+        expectations=data.get("expectations", []) or [], frame_columns=data.get("frame_columns", []) or [],
+    )
+
+
+def list_schemas() -> list[str]:
+    return sorted(p.stem for p in SCHEMAS_DIR.glob("*.yaml"))
+
+
+def _normalise_type(t: str) -> str:
+    return " ".join(t.upper().replace('"', "").split())
+
+
+def _check_columns(con: duckdb.DuckDBPyConnection, source: str, schema: TableSchema) -> list[dict]:
+    actual = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    checks = []
+    for col, typ in schema.columns.items():
+        if col not in actual:
+            checks.append({"expectation": "column_exists", "column": col, "success": False,
+                           "message": f"missing column (table has: {', '.join(actual)})"})
+        elif typ != "ANY" and _normalise_type(actual[col]) != _normalise_type(typ):
+            checks.append({"expectation": "column_type", "column": col, "success": False,
+                           "message": f"type {actual[col]}, expected {typ}"})
+        else:
+            checks.append({"expectation": "column_type", "column": col, "success": True, "message": typ})
+    return checks
+
+
+def _ge_suite(schema: TableSchema):
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=f"xwin_data.{schema.name}")
+    for inv in schema.invariants:
+        suite.add_expectation(gx.expectations.ExpectColumnValuesToBeInSet(column=inv, value_set=[True]))
+    for spec in schema.expectations:
+        kind = spec["type"]
+        cls_name = "".join(part.capitalize() for part in kind.split("_"))
+        cls = getattr(gx.expectations, cls_name, None)
+        if cls is None:
+            raise SchemaError(f"schema {schema.name}: unknown expectation {kind!r}")
+        suite.add_expectation(cls(**spec.get("kwargs", {})))
+    return suite
+
+
+_ge_lock = threading.Lock()
+
+
+def warm_up() -> None:
+    """Import great-expectations and set up its context ahead of the first validation (~3 s of imports), e.g. in
+    a background thread while a build's first stage runs (`xwin_data.core.workers.warm_up_after_fork`)."""
+    _ge_context()
+
+
+def _ge_context():
+    with _ge_lock:  # a warm-up thread and the first validation must not both build it
+        return _new_ge_context()
+
+
+@lru_cache(maxsize=1)
+def _new_ge_context():
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    ctx = gx.get_context(mode="ephemeral")
+    try:
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+    batch_def = ctx.data_sources.add_pandas("xwin").add_dataframe_asset("frame").add_batch_definition_whole_dataframe("all")
+    return ctx, batch_def
+
+
+def validate_source(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str) -> ValidationResult:
+    """Validate a relation (`read_parquet(...)` or a view) against a schema."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    schema = load_schema(schema_name)
+    checks = _check_columns(con, source, schema)
+    rows = con.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+    if not all(c["success"] for c in checks):
+        return ValidationResult(table, schema_name, False, rows, checks)
+
+    key = schema.key
+    # __key carries whether the key is present (NULL where the key is NULL) for the not-null expectation: GE hashes
+    # every frame column of every batch, and a boolean hashes far faster than the key strings.
+    exprs = [f"CASE WHEN {key} IS NULL THEN NULL ELSE true END AS __key" if key else "NULL AS __key"]
+    exprs += [f"coalesce(({expr}), false) AS {name}" for name, expr in schema.invariants.items()]
+    exprs += schema.frame_columns
+    if key:
+        exprs.append(f"count(*) OVER (PARTITION BY {key}) = 1 AS key_unique")
+    frame_sql = f"SELECT {', '.join(exprs)} FROM {source}"
+
+    ctx, batch_def = _ge_context()
+    suite = _ge_suite(schema)
+    if key:
+        import great_expectations as gx
+
+        suite.add_expectation(gx.expectations.ExpectColumnValuesToBeInSet(column="key_unique", value_set=[True]))
+        suite.add_expectation(gx.expectations.ExpectColumnValuesToNotBeNull(column="__key"))
+    counts: dict[str, dict] = {}
+    cur = con.cursor()
+    cur.execute(frame_sql)
+    while True:
+        frame = cur.fetch_df_chunk(max(1, CHUNK_ROWS // 2048))
+        if frame is None or len(frame) == 0:
+            break
+        result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="SUMMARY")
+        for res in result.results:
+            cfg = res.expectation_config
+            ident = f"{cfg.type}:{cfg.kwargs.get('column', '')}"
+            entry = counts.setdefault(ident, {"expectation": cfg.type, "column": cfg.kwargs.get("column"),
+                                              "success": True, "unexpected": 0, "examples": []})
+            entry["success"] = entry["success"] and bool(res.success)
+            entry["unexpected"] += int(res.result.get("unexpected_count") or 0)
+    for entry in counts.values():
+        col = entry["column"]
+        entry["message"] = f"{entry['unexpected']} of {rows} rows unexpected" if not entry["success"] else "ok"
+        if not entry["success"] and (col in schema.invariants or col == "key_unique"):
+            cond = f"NOT coalesce(({schema.invariants[col]}), false)" if col in schema.invariants \
+                else f"{key} IN (SELECT {key} FROM {source} GROUP BY 1 HAVING count(*) > 1)"
+            sample = con.execute(f"SELECT * FROM {source} WHERE {cond} LIMIT 3").fetchall()
+            entry["examples"] = [_preview(r) for r in sample]
+        checks.append(entry)
+    return ValidationResult(table, schema_name, all(c["success"] for c in checks), rows, checks)
+
+
+def _preview(row: Any, limit: int = 300) -> str:
+    text = repr(row)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def validate_parquet(glob: str, schema_name: str, table: str) -> ValidationResult:
+    con = duckdb.connect(":memory:")
+    try:
+        return validate_source(con, f"read_parquet('{glob}')", schema_name, table)
+    finally:
+        con.close()

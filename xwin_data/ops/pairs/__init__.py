@@ -1,0 +1,1 @@
+"""Xwin-Pair ops: prompts, candidate generation, pairs, judging."""

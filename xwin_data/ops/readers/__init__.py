@@ -1,0 +1,1 @@
+"""Ops that bring data into the catalog: ShareGPT-style files, generic SQL."""

@@ -1,0 +1,1 @@
+"""Conversation text ops: cleaning, stats and language id, filters, splitting, nested subsets."""

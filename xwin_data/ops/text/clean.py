@@ -1,0 +1,96 @@
+"""Cleaning of conversation text (HTML to markdown, unicode repair, whitespace), column-at-a-time over Arrow.
+
+Only values whose cheap regex test says they need HTML or unicode work go through Python; whitespace rules run as
+vectorised regex over whole columns. See `xwin_data.text.cleaning` for what each step does.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from xwin_data.ops.base import Op, Params, register
+
+
+def flat_messages(messages: pa.ListArray) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
+    """(role, content, parent row index, offsets starting at 0) of a list<struct<role, content>> column."""
+    flat = pc.list_flatten(messages)
+    parents = pc.list_parent_indices(messages)
+    offsets = pc.subtract(messages.offsets, messages.offsets[0])
+    return flat.field("role"), flat.field("content"), parents, offsets
+
+
+def rebuild_messages(role: pa.Array, content: pa.Array, offsets: pa.Array) -> pa.ListArray:
+    struct = pa.StructArray.from_arrays([role, content], names=["role", "content"])
+    return pa.ListArray.from_arrays(offsets, struct)
+
+
+class CleanParams(Params):
+    html: bool = Field(True, description="convert assistant values that are HTML (ShareGPT page scrapes) to markdown")
+    unicode: Literal["fast", "full", "off"] = Field(
+        "fast", description="ftfy repair: fast = values with mojibake signatures, entities or control characters; "
+                            "full = every non-ASCII value; off")
+    whitespace: bool = Field(True, description="CRLF→LF, nbsp/zero-width, trailing spaces, 3+ newlines→2, trim")
+    batch_size: int = Field(10_000, ge=1)
+
+
+@register
+class CleanConversations(Op):
+    """Clean every message value; a conversation left with an empty value is dropped (`empty_after_cleaning`)."""
+
+    name = "clean_conversations"
+    Params = CleanParams
+    schema = "conversations"
+    min_inputs = max_inputs = 1
+    summary = "HTML→markdown, unicode repair (ftfy, fast path), whitespace normalisation"
+
+    def run(self, ctx, params: CleanParams) -> None:
+        from xwin_data.text.batches import map_input_parallel
+
+        totals = {"html_values": 0, "unicode_values": 0, "empty_after_cleaning": 0}
+
+        def record(extra: tuple[dict, list]) -> None:
+            counts, empty_ids = extra
+            totals["html_values"] += counts["html"]
+            totals["unicode_values"] += counts["unicode"]
+            totals["empty_after_cleaning"] += len(empty_ids)
+            for rid in empty_ids:
+                ctx.drop(rid, "empty_after_cleaning", "a message value is empty once cleaned")
+
+        _prepare(params)
+        schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
+        map_input_parallel(ctx, partial(clean_batch, params=params), schema, record, batch_size=params.batch_size,
+                           description=f"{ctx.stage_id}: cleaning", processes=True)
+        ctx.stats.update(totals)
+
+
+def _prepare(params: CleanParams) -> None:
+    """Import what cleaning needs here, once, so forked workers start with it."""
+    from xwin_data.text import cleaning  # noqa: F401
+
+    if params.html:
+        import markdownify  # noqa: F401
+    if params.unicode != "off":
+        import ftfy  # noqa: F401
+
+
+def clean_batch(batch: pa.RecordBatch, params: CleanParams) -> tuple[pa.Table, tuple[dict, list]]:
+    """One batch cleaned, with the step counts and the ids of conversations left with an empty value (dropped)."""
+    from xwin_data.text.cleaning import clean_column
+
+    table = pa.Table.from_batches([batch])
+    messages = table.column("messages").combine_chunks()
+    role, content, parents, offsets = flat_messages(messages)
+    content, counts = clean_column(content, role, params.html, params.unicode, params.whitespace)
+    table = table.set_column(table.schema.get_field_index("messages"), "messages",
+                             rebuild_messages(role, content, offsets))
+    empty_ids: list = []
+    empty = pc.equal(pc.utf8_length(content), 0)
+    if pc.any(empty).as_py():
+        bad_rows = pc.unique(pc.filter(parents, empty))
+        empty_ids = table.column("id").take(bad_rows).to_pylist()
+        table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), bad_rows)))
+    return table, (counts, empty_ids)
