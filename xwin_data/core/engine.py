@@ -19,20 +19,16 @@ from pydantic import BaseModel
 
 from xwin_data import __version__
 from xwin_data.core.catalog import Catalog, TableVersion
+from xwin_data.core.errors import BuildError, RecipeError, SchemaError
 from xwin_data.core.context import InputTable, StageContext, sql_str
 from xwin_data.core.fingerprint import library_versions, stable_hash
 from xwin_data.ops import get_op, all_ops
 from xwin_data.ops.base import Op
 from xwin_data.core.progress import console, make_progress
 from xwin_data.core.recipe import Recipe, validate_params
-from xwin_data.core.validate import SchemaError, ValidationResult, load_schema, validate_source
+from xwin_data.core.validate import ValidationResult, load_schema, validate_source
 from xwin_data.core.validate import warm_up as warm_up_validation
 from xwin_data.core.workers import cancel_warm_ups, warm_up_after_fork
-from xwin_data.core.yaml_lines import RecipeError
-
-
-class BuildError(RuntimeError):
-    """A stage failed or its output failed validation; nothing of that stage was published."""
 
 
 @dataclass

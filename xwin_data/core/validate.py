@@ -15,6 +15,8 @@ from typing import Any
 import duckdb
 import yaml
 
+from xwin_data.core.errors import SchemaError
+
 SCHEMAS_DIR = Path(os.environ.get("XWIN_DATA_SCHEMAS", Path(__file__).resolve().parents[2] / "schemas"))
 CHUNK_ROWS = 250_000
 
@@ -48,10 +50,6 @@ class ValidationResult:
             for ex in c.get("examples", [])[:3]:
                 lines.append(f"      e.g. {ex}")
         return "\n".join(lines)
-
-
-class SchemaError(ValueError):
-    pass
 
 
 @lru_cache(maxsize=None)

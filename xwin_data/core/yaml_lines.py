@@ -6,18 +6,7 @@ from typing import Any
 
 import yaml
 
-
-class RecipeError(ValueError):
-    """A recipe problem found before any work: names the file, the line and the key."""
-
-    def __init__(self, message: str, file: str | None = None, line: int | None = None, key: str | None = None):
-        self.file, self.line, self.key = file, line, key
-        where = ""
-        if file:
-            where = f"{file}:{line}" if line else file
-        prefix = f"{where}: " if where else ""
-        keypart = f"{key}: " if key else ""
-        super().__init__(f"{prefix}{keypart}{message}")
+from xwin_data.core.errors import RecipeError
 
 
 class _Loader(yaml.SafeLoader):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from xwin_data.core.catalog import Catalog
 from xwin_data.core.connection import connect
+from xwin_data.core.errors import XwinError
 from xwin_data.evals.stats import bootstrap_ci, cohen_kappa
 from xwin_data.evals.verdicts import parse_any_pair
 from xwin_data.studies.output import study_dir, write_results
@@ -36,7 +37,7 @@ _SCORES = re.compile(r"^(\d+(?:\.\d+)?)\s+(\d+(?:\.\d+)?)$")  # the scores templ
 VERDICT_ALIASES = {"a": "A", "b": "B", "c": "tie", "tie": "tie", "1": "A", "2": "B", "0": "tie"}
 
 
-class StudyError(ValueError):
+class StudyError(XwinError, ValueError):
     """The table lacks what the study needs; the message names the expected columns."""
 
 
