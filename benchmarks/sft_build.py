@@ -131,7 +131,8 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
     from xwin_data.ops.text.split import split_conversation
     from xwin_data.text.cleaning import _html_to_markdown, clean_value, needs_html, normalise_whitespace
     from xwin_data.text.language import detect, sample_py
-    from xwin_data.text.records import BadRecord, check_turns, ROLE_MAP
+    from xwin_data.conversation import ROLE_SPELLINGS
+    from xwin_data.text.records import BadRecord, check_turns
     from xwin_data.text.tokens import approx_count
 
     datasets.disable_progress_bars()
@@ -140,7 +141,7 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
 
     def to_messages(ex):
         try:
-            turns = [(ROLE_MAP[t["from"]], t["value"]) for t in ex["conversations"]]
+            turns = [(ROLE_SPELLINGS[t["from"]], t["value"]) for t in ex["conversations"]]
             msgs = [{"role": r, "content": c} for r, c in check_turns(turns)]
             return {"messages": msgs, "ok": True}
         except (BadRecord, KeyError, TypeError):

@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from xwin_data.conversation import ROLES
 from xwin_data.core.catalog import Catalog
 from xwin_data.core.connection import connect
 from xwin_data.core.errors import XwinError
-
-ROLES = ("system", "user", "assistant")
-
 
 class ExportError(XwinError, ValueError):
     """A table this format cannot represent; the message says which columns were expected."""

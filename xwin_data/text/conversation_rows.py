@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+from xwin_data.conversation import MESSAGE_TYPE
 
 
 @dataclass(frozen=True)

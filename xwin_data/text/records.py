@@ -10,12 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-ROLE_MAP = {
-    "human": "user", "user": "user", "prompter": "user",
-    "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "assistant": "assistant",
-    "model": "assistant",
-    "system": "system",
-}
+from xwin_data.conversation import canonical_role
+
 FORMATS = ("sharegpt", "openai", "alpaca")
 MODEL_FIELDS = ("model", "model_id", "model_name")
 
@@ -73,7 +69,7 @@ def _turns_sharegpt(record: dict) -> list[tuple[str, str]]:
         raw_role = turn.get("from", turn.get("role"))
         if raw_role is None or ("value" not in turn and "content" not in turn):
             raise BadRecord("missing_field", f"turn {i} needs 'from' and 'value' (keys: {sorted(turn)})")
-        role = ROLE_MAP.get(str(raw_role).strip().lower())
+        role = canonical_role(raw_role)
         if role is None:
             raise BadRecord("unknown_role", f"turn {i}: role {raw_role!r}")
         turns.append((role, _content(turn.get("value", turn.get("content")), f"turn {i}")))
@@ -95,7 +91,7 @@ def _turns_openai(record: dict) -> list[tuple[str, str]]:
             raise BadRecord("malformed_turn", f"turn {i}: {_short(m)}")
         if "role" not in m or "content" not in m:
             raise BadRecord("missing_field", f"turn {i} needs 'role' and 'content' (keys: {sorted(m)})")
-        role = ROLE_MAP.get(str(m["role"]).strip().lower())
+        role = canonical_role(m["role"])
         if role is None:
             raise BadRecord("unknown_role", f"turn {i}: role {m['role']!r}")
         turns.append((role, _content(m["content"], f"turn {i}")))

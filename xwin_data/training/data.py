@@ -14,9 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+from xwin_data.conversation import Messages, valid_messages
 from xwin_data.core.errors import XwinError
-
-Messages = list[dict[str, str]]
 
 
 class TableFormatError(XwinError, ValueError):
@@ -43,23 +42,11 @@ def read_rows(catalog: str | Path, table: str, max_rows: int | None = None) -> l
         con.close()
 
 
-def _messages(value: Any) -> Messages | None:
-    if not isinstance(value, list) or not value:
-        return None
-    out = []
-    for m in value:
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in (
-                "system", "user", "assistant"):
-            return None
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
 def _as_turns(value: Any, role: str) -> Messages | None:
     """Text or messages -> messages (text becomes one turn of `role`)."""
     if isinstance(value, str):
         return [{"role": role, "content": value}] if value.strip() else None
-    return _messages(value)
+    return valid_messages(value)
 
 
 def _finish(rows: list[dict], skipped: Counter, table: str, kind: str):
@@ -88,7 +75,7 @@ def sft_dataset(rows: list[dict], table: str = "table"):
     out, skipped = [], Counter()
     for row in rows:
         if shape == ("messages",):
-            msgs = _messages(row["messages"])
+            msgs = valid_messages(row["messages"])
         else:
             prompt = _as_turns(row["prompt"], "user")
             reply = _as_turns(row[shape[1]], "assistant")
@@ -143,7 +130,7 @@ def prompt_rows(rows: list[dict], table: str = "table", max_prompts: int | None 
         if shape == ("prompt",):
             msgs = _as_turns(row["prompt"], "user")
         else:
-            msgs = _messages(row["messages"])
+            msgs = valid_messages(row["messages"])
             while msgs and msgs[-1]["role"] == "assistant":
                 msgs = msgs[:-1]
         if not msgs or msgs[-1]["role"] != "user":

@@ -12,11 +12,9 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from xwin_data.conversation import MESSAGES_TYPE, ROLES, prompt_turns
 from xwin_data.llm.generation import GeneratorSpec, SamplingConfig
 from xwin_data.ops.base import Op, Params, register
-
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-
 
 def upstream_estimate(plan_view, index: int = 0) -> dict | None:
     """The estimate of the stage that makes input `index`, when it runs in this build."""
@@ -48,13 +46,6 @@ class CandidatesParams(Params):
     id_column: str = "id"
     messages_column: str = "messages"
     max_prompts: int | None = Field(None, ge=1, description="first N prompts only (by id)")
-
-
-def prompt_turns(messages: list[dict]) -> list[dict] | None:
-    """The conversation up to and including its last user turn (a full SFT conversation becomes a prompt)."""
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages or []]
-    last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
-    return None if last_user is None else msgs[:last_user + 1]
 
 
 @register
@@ -96,7 +87,7 @@ class GenerateCandidates(Op):
             else:
                 prompts.append((r["id"], turns))
         schema = pa.schema([("candidate_id", pa.string()), ("prompt_id", pa.string()), ("policy", pa.string()),
-                            ("sample_index", pa.int32()), ("prompt", MESSAGES), ("response", pa.string()),
+                            ("sample_index", pa.int32()), ("prompt", MESSAGES_TYPE), ("response", pa.string()),
                             ("tokens", pa.int32()), ("finish_reason", pa.string())])
         cache = RequestCache(ctx.cache_dir / "generation.sqlite")
         stats: dict = {}
@@ -220,7 +211,7 @@ class ReadPrompts(Op):
     def run(self, ctx, params: PromptsParams) -> None:
         import json
 
-        schema = pa.schema([("id", pa.string()), ("messages", MESSAGES)])
+        schema = pa.schema([("id", pa.string()), ("messages", MESSAGES_TYPE)])
         rows, seen = [], set()
         for line_no, rec in enumerate(_load_prompt_records(params.path), 1):
             if isinstance(rec, str):
@@ -231,7 +222,7 @@ class ReadPrompts(Op):
             if isinstance(rec, dict) and isinstance(rec.get("messages"), list):
                 msgs = [{"role": m.get("role"), "content": m.get("content")} for m in rec["messages"]
                         if isinstance(m, dict)]
-                if any(m["role"] not in ("system", "user", "assistant") or not isinstance(m["content"], str)
+                if any(m["role"] not in ROLES or not isinstance(m["content"], str)
                        for m in msgs):
                     ctx.drop(rid, "bad_messages", json.dumps(rec)[:500])
                     continue

@@ -24,6 +24,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from xwin_data.ops.base import Op, Params, register
+from xwin_data.conversation import with_response
 from xwin_data.ops.pairs.candidates import upstream_rows
 
 CLIENT_FIELDS = ("model", "base_url", "api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute",
@@ -195,7 +196,7 @@ class JudgePairs(Op):
         cache = RequestCache(ctx.cache_dir / "reward.sqlite")
         try:
             scorer = RewardModelScorer(j.reward_model, j.batch_size, cache=cache)
-            convs = [p.prompt + [{"role": "assistant", "content": ans}] for p in pairs for ans in (p.first, p.second)]
+            convs = [with_response(p.prompt, ans) for p in pairs for ans in (p.first, p.second)]
             with ctx.track(f"reward-model judge {j.reward_model}", len(pairs), "pairs") as bar:
                 scores = []
                 for lo in range(0, len(convs), 64):

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pyarrow as pa
 
-from xwin_data.ops.pairs.candidates import MESSAGES
+from xwin_data.conversation import MESSAGES_TYPE
 
 CALLS_SCHEMA = pa.schema([
     ("pair_id", pa.string()), ("order", pa.string()), ("attempt", pa.int32()), ("request_key", pa.string()),
@@ -20,7 +20,7 @@ CALLS_SCHEMA = pa.schema([
     ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("cached", pa.bool_()), ("judge", pa.string()),
     ("template_version", pa.string())])
 
-_COMMON = [("pair_id", pa.string()), ("prompt_id", pa.string()), ("prompt", MESSAGES)]
+_COMMON = [("pair_id", pa.string()), ("prompt_id", pa.string()), ("prompt", MESSAGES_TYPE)]
 _TAIL = [("strength", pa.float64()), ("consistent", pa.bool_()), ("n_valid_orders", pa.int32()),
          ("verdict_ab", pa.string()), ("verdict_ba", pa.string()), ("judge", pa.string()),
          ("template_version", pa.string()), ("judge_calls", pa.int32()), ("prompt_tokens", pa.int64()),

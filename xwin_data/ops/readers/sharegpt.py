@@ -8,11 +8,11 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from xwin_data.conversation import MESSAGES_TYPE
 from xwin_data.core.fingerprint import path_fingerprint
 from xwin_data.core.yaml_lines import RecipeError
 from xwin_data.ops.base import Op, Params, register
 
-MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 RAW_SCHEMA = pa.schema([("id", pa.string()), ("messages", MESSAGES_TYPE), ("source", pa.string()),
                         ("model", pa.string())])
 ID_FIELDS = ("id", "conversation_id", "question_id", "uid")

@@ -15,12 +15,12 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from xwin_data.conversation import MESSAGES_SQL_TYPE, MESSAGES_TYPE, ROLES_SQL, prompt_turns_sql, with_response
 from xwin_data.core.context import sql_str
 from xwin_data.ops.base import Op, Params, register
 
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 RESPONSES_SCHEMA = pa.schema([
-    ("prompt_id", pa.string()), ("prompt", MESSAGES), ("response_id", pa.string()), ("sample_index", pa.int32()),
+    ("prompt_id", pa.string()), ("prompt", MESSAGES_TYPE), ("response_id", pa.string()), ("sample_index", pa.int32()),
     ("attempt", pa.int32()), ("response", pa.string()), ("tokens", pa.int32()), ("finish_reason", pa.string()),
     ("policy", pa.string()),
 ])
@@ -41,22 +41,20 @@ def prompts_sql(source: str, columns: set[str], turns: str, max_prompts: int | N
     ident = "id" if "id" in columns else "prompt_id" if "prompt_id" in columns else None
     if ident is None:
         raise ValueError(f"the prompts input needs an `id` or `prompt_id` column (has: {', '.join(sorted(columns))})")
-    roles = "list_transform(m, lambda x: x.role)"
     if "prompt" in columns:
         msgs = "prompt"
         cut = "m"
     elif "messages" in columns:
         msgs = "messages"
-        cut = (f"list_slice(m, 1, coalesce(list_position({roles}, 'user'), 0))" if turns == "first" else
-               f"list_slice(m, 1, len(m) + 1 - coalesce(list_position(list_reverse({roles}), 'user'), len(m) + 1))")
+        cut = prompt_turns_sql("m", "first" if turns == "first" else "last")
     else:
         raise ValueError(f"the prompts input needs a `prompt` or `messages` column (has: {', '.join(sorted(columns))})")
     base = (f"SELECT CAST({ident} AS VARCHAR) AS prompt_id, {cut} AS prompt, "
             f"count(*) OVER (PARTITION BY {ident}) AS copies "
-            f"FROM (SELECT *, CAST({msgs} AS STRUCT(role VARCHAR, content VARCHAR)[]) AS m FROM {source})")
+            f"FROM (SELECT *, CAST({msgs} AS {MESSAGES_SQL_TYPE}) AS m FROM {source})")
     bad = ("CASE WHEN prompt_id IS NULL THEN 'missing_id' WHEN copies > 1 THEN 'duplicate_prompt_id' "
            "WHEN prompt IS NULL OR len(prompt) = 0 OR prompt[-1].role <> 'user' THEN 'no_user_turn' "
-           "WHEN NOT list_bool_and(list_transform(prompt, lambda x: x.role IN ('system', 'user', 'assistant'))) "
+           f"WHEN NOT list_bool_and(list_transform(prompt, lambda x: x.role IN {ROLES_SQL}))) "
            "THEN 'unknown_role' "
            "WHEN length(trim(coalesce(prompt[-1].content, ''))) = 0 THEN 'empty_prompt' END")
     order = "md5(prompt_id)" if max_prompts else "prompt_id"
@@ -335,7 +333,7 @@ class ScoreResponses(Op):
                 reader = con.cursor().sql(rows_sql).to_arrow_reader(params.rows_per_chunk)
                 for batch in reader:
                     rows = batch.to_pylist()
-                    convs = [list(r["prompt"]) + [{"role": "assistant", "content": r["response"]}] for r in rows]
+                    convs = [with_response(r["prompt"], r["response"]) for r in rows]
                     cached_before = stats.get("cached", 0)
                     scores = score_cached(scorer, cache, convs, stats, on_scored=bar.advance)
                     bar.advance(stats["cached"] - cached_before)
