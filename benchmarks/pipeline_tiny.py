@@ -158,7 +158,7 @@ def main() -> None:
     s = lambda x: max(1, int(x * args.scale))  # noqa: E731
 
     import xwin_data
-    from xwin_data.cli.train import run_script
+    from xwin_data.training.scripts import run_script
     from xwin_data.training.data import prompt_rows, read_rows
     from xwin_data.llm.reward import RewardSpec, make_scorer
     from xwin_data.training.records import record_eval

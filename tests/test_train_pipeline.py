@@ -7,7 +7,7 @@ import json
 import pytest
 
 import xwin_data
-from xwin_data.cli.train import run_script
+from xwin_data.training.scripts import run_script
 
 FAST = ["max_length=128", "per_device_train_batch_size=4", "logging_steps=5", "report_to=[]", "save_strategy=no",
         "dataloader_num_workers=0", "seed=0"]

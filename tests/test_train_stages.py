@@ -9,7 +9,7 @@ import math
 import pytest
 
 import xwin_data
-from xwin_data.cli.train import run_script
+from xwin_data.training.scripts import run_script
 
 COMMON = ["max_length=128", "per_device_train_batch_size=4", "logging_steps=1", "lr_scheduler_type=constant",
           "report_to=[]", "save_strategy=no", "dataloader_num_workers=0", "seed=0"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import xwin_data
-from xwin_data.cli.train import run_script
+from xwin_data.training.scripts import run_script
 from xwin_data.training.wind import centred, group_win_rates, wind_target
 from xwin_data.training.wind_tabular import bradley_terry, softmax, win_rates, wind_step
 

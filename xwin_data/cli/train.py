@@ -1,7 +1,6 @@
 """`xwin-data train sft|rm|rs|dpo|wind CONFIG [key=value ...]`: run a training script of `train/` in-process.
 
-The scripts are the same files `accelerate launch train/<stage>.py CONFIG` runs; this command finds them in
-`./train/` or beside the installed package, so a checkout works from any folder.
+The scripts are the same files `accelerate launch train/<stage>.py CONFIG` runs (see `training/scripts.py`).
 """
 from __future__ import annotations
 
@@ -9,6 +8,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from xwin_data.training.scripts import run_script
 
 NAME = "train"
 STAGES = {
@@ -21,24 +22,6 @@ STAGES = {
 app = typer.Typer(help="Train on catalog tables with TRL: " + ", ".join(STAGES) + ". Each run is recorded in "
                        "the `runs` table and, with bon_eval_prompts_table set, evaluated into `evals`.",
                   no_args_is_help=True)
-
-
-def script_path(stage: str) -> Path:
-    """train/<stage>.py in the current folder, else in the project checkout that holds this package."""
-    candidates = [Path.cwd() / "train" / f"{stage}.py", Path(__file__).resolve().parents[2] / "train" / f"{stage}.py"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"training script for {stage!r} not found (looked in: "
-                            f"{', '.join(str(c) for c in candidates)}); run from a checkout of the project")
-
-
-def run_script(stage: str, argv: list[str]) -> dict:
-    """Run train/<stage>.py's `main(argv)` in this process and return its run record."""
-    import runpy
-
-    namespace = runpy.run_path(str(script_path(stage)), run_name=f"xwin_train_{stage}")
-    return namespace["main"](argv)
 
 
 def _command(stage: str):

@@ -12,7 +12,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 from pydantic import BaseModel
@@ -22,13 +22,15 @@ from xwin_data.core.catalog import Catalog, TableVersion
 from xwin_data.core.errors import BuildError, RecipeError, SchemaError
 from xwin_data.core.context import InputTable, StageContext, sql_str
 from xwin_data.core.fingerprint import library_versions, stable_hash
-from xwin_data.ops import get_op, all_ops
-from xwin_data.ops.base import Op
 from xwin_data.core.progress import console, make_progress
 from xwin_data.core.recipe import Recipe, validate_params
+from xwin_data.core.registry import all_ops, get_op
 from xwin_data.core.validate import ValidationResult, load_schema, validate_source
 from xwin_data.core.validate import warm_up as warm_up_validation
 from xwin_data.core.workers import cancel_warm_ups, warm_up_after_fork
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xwin_data.ops.base import Op
 
 
 @dataclass

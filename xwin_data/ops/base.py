@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+# The registry lives in core (the engine looks ops up there); ops register through these names.
+from xwin_data.core.registry import all_ops, get_op, register
+
 if TYPE_CHECKING:  # pragma: no cover
     from xwin_data.core.context import StageContext
 
@@ -58,30 +61,3 @@ class Op:
         except (OSError, TypeError):
             src = ""
         return hashlib.sha256(f"{cls.version}\n{src}".encode()).hexdigest()[:16]
-
-
-_REGISTRY: dict[str, type[Op]] = {}
-
-
-def register(cls: type[Op]) -> type[Op]:
-    """Class decorator: make an op available to recipes under `cls.name`."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"op {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_op(name: str) -> type[Op] | None:
-    from xwin_data.ops import load_all
-
-    load_all()
-    return _REGISTRY.get(name)
-
-
-def all_ops() -> dict[str, type[Op]]:
-    from xwin_data.ops import load_all
-
-    load_all()
-    return dict(sorted(_REGISTRY.items()))

@@ -2,7 +2,7 @@
 
     xwin-data study scaling recipes/scaling.yaml [--set train.overrides.max_steps=20 ...]
 
-Training goes through the training layer (`train/sft.py` via `xwin_data.cli.train.run_script`, the script
+Training goes through the training layer (`train/sft.py` via `xwin_data.training.scripts.run_script`, the script
 `xwin-data train sft` runs), from a base training config plus overrides; every run lands in the catalog's `runs`
 table. Each size is keyed by its subset table's fingerprint and a hash of the resolved training config: a finished
 size is not trained again (its model path is kept in `<folder>/state/train-<key>.json`), and an evaluation is
@@ -156,7 +156,7 @@ def _read_json(path: Path) -> dict | None:
 def train_size(catalog: Catalog, cfg: ScalingConfig, settings: dict, sub: dict, folder: Path,
                train_key: str) -> dict:
     """Train one subset through train/<kind>.py; the run record of the training layer."""
-    from xwin_data.cli.train import run_script
+    from xwin_data.training.scripts import run_script
 
     out_dir = folder / "models" / f"{sub['size']}-{train_key[:12]}"
     fixed = {"table": sub["table"], "output_dir": str(out_dir), "catalog": str(catalog.root),
