@@ -161,7 +161,7 @@ def main() -> None:
     from xwin_data.training.scripts import run_script
     from xwin_data.training.data import prompt_rows, read_rows
     from xwin_data.llm.reward import RewardSpec, make_scorer
-    from xwin_data.training.records import record_eval
+    from xwin_data.training.records import EvalRecord, record_eval, table_identity
 
     out = Path(args.out)
     cat, runs = out / "catalog", out / "runs"
@@ -228,12 +228,12 @@ def main() -> None:
         r = judge(str(runs / name), eval_prompts, proxy, gold, args)
         results.append({"stage": name, **r})
         for judge_name, key in (("gold (best of n by proxy)", "gold"), ("proxy", "proxy")):
-            record_eval(cat, {"stage": f"pipeline_{name}", "model_path": str(runs / name),
-                              "reward_model": judge_name, "prompts_table": "hh_prompts",
-                              "n_prompts": len(eval_prompts), "samples_per_prompt": 64,
-                              "best_of_1": r[f"{key}_bo1"], "best_of_16": r[f"{key}_bo16"],
-                              "best_of_64": r[f"{key}_bo64"], "mean_tokens": r["mean_tokens"],
-                              "seconds": time.perf_counter() - start})
+            record_eval(cat, EvalRecord(
+                stage=f"pipeline_{name}", model_path=str(runs / name), reward_model=judge_name,
+                prompts_table="hh_prompts", prompts_fingerprint=table_identity(cat, "hh_prompts")["table_fingerprint"],
+                n_prompts=len(eval_prompts), samples_per_prompt=64,
+                best_of={n: r[f"{key}_bo{n}"] for n in (1, 16, 64)}, mean_tokens=r["mean_tokens"],
+                seconds=time.perf_counter() - start))
         log(f"{name}: gold bo1 {r['gold_bo1']:.4f} bo64 {r['gold_bo64']:.4f}")
 
     print("\nstage   gold bo1   gold bo16  gold bo64 | proxy bo1  proxy bo64 | tokens")

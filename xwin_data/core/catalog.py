@@ -19,6 +19,7 @@ import duckdb
 from filelock import FileLock, Timeout
 
 from xwin_data.core.errors import CatalogBusy
+from xwin_data.core.records import PublishEntry, ValidationRecord
 
 DEFAULT_CATALOG = "xwin-catalog"
 META_FILE = "catalog.duckdb"
@@ -250,49 +251,40 @@ class Catalog:
         path.mkdir(parents=True)
         return path
 
-    def publish(self, entries: list[dict], validations: list[dict]) -> list[TableVersion]:
-        """Move staged folders into place and make them current in one metadata transaction.
-
-        Each entry: name, fingerprint, staged (Path), rows, n_drops, schema_name, columns, build_id, recipe,
-        recipe_path, stage, op, params, inputs, library_versions, stats, seconds.
-        """
+    def publish(self, entries: list[PublishEntry], validations: list[ValidationRecord]) -> list[TableVersion]:
+        """Move staged folders into place and make them current in one metadata transaction."""
         self.tables_dir.mkdir(parents=True, exist_ok=True)
         with self.meta(write=True) as con:
             plan = []
             for e in entries:
                 version = (con.execute("SELECT coalesce(max(version), 0) + 1 FROM table_versions WHERE name = ?",
-                                       [e["name"]]).fetchone()[0])
-                rel = f"tables/{e['name']}/v{version:04d}-{e['fingerprint'][:12]}"
+                                       [e.name]).fetchone()[0])
+                rel = f"tables/{e.name}/v{version:04d}-{e.fingerprint[:12]}"
                 target = self.root / rel
                 if target.exists():  # left by a publish killed before its metadata commit
                     shutil.rmtree(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(e["staged"], target)
+                os.replace(e.staged, target)
                 plan.append((e, version, rel))
             con.execute("BEGIN TRANSACTION")
             try:
                 for e, version, rel in plan:
-                    con.execute("UPDATE table_versions SET is_current = false WHERE name = ?", [e["name"]])
+                    con.execute("UPDATE table_versions SET is_current = false WHERE name = ?", [e.name])
                     con.execute(
                         "INSERT INTO table_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,true)",
-                        [e["name"], version, e["fingerprint"], rel, e["rows"], e["n_drops"], e.get("schema_name"),
-                         json.dumps(e.get("columns")), e["build_id"], e.get("recipe"), e.get("recipe_path"),
-                         e.get("stage"), e.get("op"), json.dumps(e.get("params"), default=str),
-                         json.dumps(e.get("inputs")), json.dumps(e.get("library_versions")),
-                         json.dumps(e.get("stats"), default=str), e.get("seconds"), utcnow()],
+                        [e.name, version, e.fingerprint, rel, e.rows, e.n_drops, e.schema_name,
+                         json.dumps(e.columns), e.build_id, e.recipe, e.recipe_path, e.stage, e.op,
+                         json.dumps(e.params, default=str), json.dumps(e.inputs_json()),
+                         json.dumps(e.library_versions), json.dumps(e.stats, default=str), e.seconds, utcnow()],
                     )
                 for v in validations:
-                    version = next(ver for e, ver, _ in plan if e["name"] == v["table_name"])
-                    con.execute(
-                        "INSERT INTO validations VALUES (?,?,?,?,?,?,?,?)",
-                        [v["build_id"], v["table_name"], version, v["fingerprint"], v.get("schema_name"),
-                         v["success"], json.dumps(v.get("results"), default=str), utcnow()],
-                    )
+                    version = next(ver for e, ver, _ in plan if e.name == v.table_name)
+                    self._insert_validation(con, v, version)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        return [self.current(e["name"]) for e in entries]  # type: ignore[misc]
+        return [self.current(e.name) for e in entries]  # type: ignore[misc]
 
     def restore(self, tv: TableVersion) -> None:
         """Make an older version with the wanted fingerprint current again (no recomputation)."""
@@ -303,13 +295,16 @@ class Catalog:
                         [tv.name, tv.version])
             con.execute("COMMIT")
 
-    def record_validation_failure(self, v: dict) -> None:
+    def record_validation_failure(self, v: ValidationRecord) -> None:
+        """Keep the outcome of a validation that blocked a publish (no table version exists for it)."""
         with self.meta(write=True) as con:
-            con.execute(
-                "INSERT INTO validations VALUES (?,?,NULL,?,?,?,?,?)",
-                [v["build_id"], v["table_name"], v["fingerprint"], v.get("schema_name"), v["success"],
-                 json.dumps(v.get("results"), default=str), utcnow()],
-            )
+            self._insert_validation(con, v, None)
+
+    @staticmethod
+    def _insert_validation(con: duckdb.DuckDBPyConnection, v: ValidationRecord, version: int | None) -> None:
+        con.execute("INSERT INTO validations VALUES (?,?,?,?,?,?,?,?)",
+                    [v.build_id, v.table_name, version, v.fingerprint, v.schema_name, v.success,
+                     json.dumps(v.results, default=str), utcnow()])
 
     def clean_staging(self, build_id: str | None = None) -> None:
         target = self.staging_dir / build_id if build_id else self.staging_dir

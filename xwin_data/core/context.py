@@ -103,6 +103,17 @@ class StageContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def staged_dir(self, table: str | None = None) -> Path:
+        """The folder an output is staged in (its `data/` files, and `drops/` for the main output) until publish."""
+        self._out_dir(table)
+        return self.staging / (table or self.table)
+
+    def drops_glob(self) -> str | None:
+        """The Parquet files of this stage's drops, or None when nothing was dropped."""
+        self._flush_drops()
+        folder = self.staging / self.table / "drops"
+        return str(folder / "*.parquet") if any(folder.glob("*.parquet")) else None
+
     def output_glob(self, table: str | None = None) -> str:
         """The Parquet files written so far to an output (e.g. to read a finished output back in a later query)."""
         return str(self._out_dir(table) / "*.parquet")
@@ -258,7 +269,7 @@ class StageContext:
 class BatchWriter:
     def __init__(self, ctx: StageContext, table: str, schema: pa.Schema):
         self.ctx, self.table, self.schema = ctx, table, schema
-        folder = ctx._out_dir(table)
+        folder = ctx.staged_dir(table) / "data"
         self.path = folder / f"part-{len(list(folder.glob('*.parquet'))):05d}.parquet"
         self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
         self.rows = 0
@@ -275,7 +286,7 @@ class BatchWriter:
 
     def close(self) -> None:
         self._writer.close()
-        self.ctx._rows[self.table] = self.ctx._rows.get(self.table, 0) + self.rows
+        self.ctx.add_rows(self.rows, self.table)
 
     def __enter__(self) -> "BatchWriter":
         return self

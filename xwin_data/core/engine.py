@@ -21,9 +21,10 @@ from xwin_data import __version__
 from xwin_data.core.catalog import Catalog, TableVersion
 from xwin_data.core.errors import BuildError, RecipeError, SchemaError
 from xwin_data.core.context import InputTable, StageContext, sql_str
-from xwin_data.core.fingerprint import library_versions, stable_hash
+from xwin_data.core.fingerprint import stable_hash
 from xwin_data.core.progress import console, make_progress
 from xwin_data.core.recipe import Recipe, validate_params
+from xwin_data.core.records import PublishEntry, StageStats, TableInput, ValidationRecord
 from xwin_data.core.registry import all_ops, get_op
 from xwin_data.core.validate import ValidationResult, load_schema, validate_source
 from xwin_data.core.validate import warm_up as warm_up_validation
@@ -220,10 +221,10 @@ def recipe_sha(recipe: Recipe) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
-def _drops_by_reason(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, int]:
-    if not any(folder.glob("*.parquet")):
+def _drops_by_reason(con: duckdb.DuckDBPyConnection, glob: str | None) -> dict[str, int]:
+    if glob is None:
         return {}
-    rows = con.execute(f"SELECT reason, count(*) FROM read_parquet({sql_str(str(folder / '*.parquet'))}) "
+    rows = con.execute(f"SELECT reason, count(*) FROM read_parquet({sql_str(glob)}) "
                        "GROUP BY 1 ORDER BY 2 DESC").fetchall()
     return {r[0]: int(r[1]) for r in rows}
 
@@ -249,48 +250,46 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     seconds = round(time.monotonic() - start, 3)
 
     con = duckdb.connect(":memory:")
-    entries, validations, results = [], [], []
+    entries: list[PublishEntry] = []
+    validations: list[ValidationRecord] = []
+    results: list[ValidationResult] = []
     try:
-        drops = _drops_by_reason(con, staging / ps.outputs[0] / "drops")
+        drops = _drops_by_reason(con, ctx.drops_glob())
         # A source stage's input is the records it read: what it kept plus what it dropped.
         rows_in = inputs[0].rows if inputs else None
         for table in ps.outputs:
-            glob = str(staging / table / "data" / "*.parquet")
-            source = f"read_parquet({sql_str(glob)})"
-            rows = con.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+            source = f"read_parquet({sql_str(ctx.output_glob(table))})"
+            rows = int(con.execute(f"SELECT count(*) FROM {source}").fetchone()[0])
             columns = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
             schema_name = ps.schemas.get(table)
             if schema_name:
                 res = _validate(con, source, schema_name, table, ctx.passed_through.get(table), validated)
                 validated[ps.table_fingerprints[table]] = res
                 results.append(res)
-                validations.append({"build_id": build_id, "table_name": table, "schema_name": schema_name,
-                                    "fingerprint": ps.table_fingerprints[table], "success": res.success,
-                                    "results": res.checks})
+                validations.append(ValidationRecord(build_id, table, schema_name, ps.table_fingerprints[table],
+                                                    res.success, res.checks))
             is_main = table == ps.outputs[0]
             if rows_in is None and is_main:
-                rows_in = int(rows) + sum(drops.values())
-            entries.append({
-                "name": table, "fingerprint": ps.table_fingerprints[table], "staged": staging / table,
-                "rows": int(rows), "n_drops": ctx.n_drops if is_main else 0, "schema_name": schema_name,
-                "columns": columns, "build_id": build_id, "recipe": recipe.name, "recipe_path": recipe.source,
-                "stage": ps.stage_id, "op": type(ps.op).name, "params": ps.params.model_dump(mode="json"),
-                "inputs": [{"name": r.table, "fingerprint": r.fingerprint} for r in ps.inputs],
-                "library_versions": library_versions(), "seconds": seconds,
-                "stats": {"rows_in": rows_in, "drops_by_reason": drops if is_main else {}, "overrides": overrides,
-                          **(ctx.stats if is_main else {})},
-            })
+                rows_in = rows + sum(drops.values())
+            stats = StageStats(rows_in, drops if is_main else {}, overrides, ctx.stats if is_main else {})
+            entries.append(PublishEntry(
+                name=table, fingerprint=ps.table_fingerprints[table], staged=ctx.staged_dir(table), rows=rows,
+                columns=columns, stage=ps.stage_id, op=type(ps.op).name, n_drops=ctx.n_drops if is_main else 0,
+                schema_name=schema_name, build_id=build_id, recipe=recipe.name, recipe_path=recipe.source,
+                params=ps.params.model_dump(mode="json"),
+                inputs=[TableInput(r.table, r.fingerprint) for r in ps.inputs], seconds=seconds,
+                stats=stats.to_json()))
     finally:
         con.close()
     failed = [r for r in results if not r.success]
     if failed:
         for v in validations:
-            if not v["success"]:
+            if not v.success:
                 catalog.record_validation_failure(v)
         raise BuildError("validation failed, nothing published for stage "
                          f"{ps.stage_id}:\n" + "\n".join(r.report() for r in failed))
     catalog.publish(entries, validations)
-    return StageReport(ps.stage_id, "built", {e["name"]: e["rows"] for e in entries}, rows_in, drops, seconds, ctx.stats)
+    return StageReport(ps.stage_id, "built", {e.name: e.rows for e in entries}, rows_in, drops, seconds, ctx.stats)
 
 
 def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str,

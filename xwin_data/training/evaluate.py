@@ -86,21 +86,19 @@ def evaluate_policy(catalog: str | Path, model_path: str | Path, stage: str, set
                     run_id: str | None = None, record: bool = True, scorer=None) -> dict:
     """Sample, score, compute best-of-n means and (by default) append a row to the catalog's `evals` table."""
     from xwin_data.training.data import prompt_rows, read_rows
-    from xwin_data.training.records import record_eval, table_identity
+    from xwin_data.training.records import EvalRecord, record_eval, table_identity
 
     start = time.perf_counter()
     prompts = prompt_rows(read_rows(catalog, settings.prompts_table), settings.prompts_table, settings.max_prompts)
     scores, mean_tokens = sample_and_score(model_path, prompts, settings, scorer)
     bon = mean_best_of(scores, settings.best_of)
-    row = {
-        "run_id": run_id, "stage": stage, "model_path": str(model_path), "reward_model": settings.reward_model,
-        "prompts_table": settings.prompts_table,
-        "prompts_fingerprint": table_identity(catalog, settings.prompts_table)["table_fingerprint"],
-        "n_prompts": len(prompts), "samples_per_prompt": max(settings.best_of),
-        "best_of_1": bon.get(1), "best_of_16": bon.get(16), "best_of_64": bon.get(64),
-        "best_of": json.dumps({str(k): v for k, v in bon.items()}), "mean_tokens": mean_tokens,
-        "seconds": time.perf_counter() - start,
-    }
+    entry = EvalRecord(
+        run_id=run_id, stage=stage, model_path=str(model_path), reward_model=settings.reward_model,
+        prompts_table=settings.prompts_table,
+        prompts_fingerprint=table_identity(catalog, settings.prompts_table)["table_fingerprint"],
+        n_prompts=len(prompts), samples_per_prompt=max(settings.best_of), best_of=bon, mean_tokens=mean_tokens,
+        seconds=time.perf_counter() - start)
     if record:
-        row = record_eval(Catalog(catalog) if not isinstance(catalog, Catalog) else catalog, row)
+        record_eval(Catalog(catalog) if not isinstance(catalog, Catalog) else catalog, entry)
+    row = entry.row()
     return row

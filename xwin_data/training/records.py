@@ -11,6 +11,8 @@ import json
 import shutil
 import time
 import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 
 from xwin_data.core.catalog import Catalog, utcnow
+from xwin_data.core.records import PublishEntry
 from xwin_data.core.fingerprint import library_versions, stable_hash
 
 RUNS_SCHEMA = pa.schema([
@@ -59,13 +62,10 @@ def append_record(catalog: str | Path | Catalog, name: str, row: dict, schema: p
         try:
             pq.write_table(table, staged / "data" / "part-00000.parquet")
             fingerprint = stable_hash([name, table.num_rows, row.get("run_id") or row.get("eval_id"), time.time()])
-            cat.publish([{
-                "name": name, "fingerprint": fingerprint, "staged": staged, "rows": table.num_rows, "n_drops": 0,
-                "schema_name": None, "columns": {f.name: str(f.type) for f in schema}, "build_id": None,
-                "recipe": None, "recipe_path": None, "stage": name, "op": f"record.{name}", "params": None,
-                "inputs": None, "library_versions": library_versions(), "stats": {"rows": table.num_rows},
-                "seconds": 0.0,
-            }], [])
+            cat.publish([PublishEntry(
+                name=name, fingerprint=fingerprint, staged=staged, rows=table.num_rows,
+                columns={f.name: str(f.type) for f in schema}, stage=name, op=f"record.{name}",
+                stats={"rows": table.num_rows})], [])
         finally:
             if staged.exists():
                 shutil.rmtree(staged, ignore_errors=True)
@@ -85,19 +85,67 @@ def new_run_id(stage: str) -> str:
     return f"{stage}-{utcnow().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+@dataclass
+class RunRecord:
+    """One row of `runs`: what a training run read (table version), started from, wrote and measured."""
+
+    run_id: str
+    stage: str
+    kind: str
+    table_name: str
+    table_version: int
+    table_fingerprint: str
+    rows_used: int
+    model_in: str
+    output_dir: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    seconds: float
+    library_versions: dict[str, str] = field(default_factory=library_versions)
+    created_at: datetime = field(default_factory=utcnow)
+
+    def row(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("config", "metrics", "library_versions"):
+            out[key] = json.dumps(out[key], default=str)
+        return out
+
+
+@dataclass
+class EvalRecord:
+    """One row of `evals`: best-of-n means of a policy's samples on a prompts table, under a reward model."""
+
+    stage: str
+    model_path: str
+    reward_model: str
+    prompts_table: str
+    prompts_fingerprint: str
+    n_prompts: int
+    samples_per_prompt: int
+    best_of: dict[int, float]
+    mean_tokens: float
+    seconds: float
+    run_id: str | None = None
+    eval_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    created_at: datetime = field(default_factory=utcnow)
+
+    def row(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update({f"best_of_{n}": self.best_of.get(n) for n in (1, 16, 64)},
+                   best_of=json.dumps({str(k): v for k, v in self.best_of.items()}))
+        return out
+
+
 def record_run(catalog, *, run_id: str, stage: str, kind: str, table: str, rows_used: int, model_in: str,
                output_dir: str, config: dict, metrics: dict, seconds: float) -> dict:
-    row: dict[str, Any] = {
-        "run_id": run_id, "stage": stage, "kind": kind, **table_identity(catalog, table), "rows_used": rows_used,
-        "model_in": model_in, "output_dir": str(output_dir), "config": json.dumps(config, default=str),
-        "library_versions": json.dumps(library_versions()), "metrics": json.dumps(metrics, default=str),
-        "seconds": seconds, "created_at": utcnow(),
-    }
+    record = RunRecord(run_id=run_id, stage=stage, kind=kind, **table_identity(catalog, table), rows_used=rows_used,
+                       model_in=model_in, output_dir=str(output_dir), config=config, metrics=metrics, seconds=seconds)
+    row = record.row()
     append_record(catalog, "runs", row, RUNS_SCHEMA)
     return row
 
 
-def record_eval(catalog, row: dict) -> dict:
-    row = {"eval_id": uuid.uuid4().hex[:12], "created_at": utcnow(), **row}
+def record_eval(catalog, record: EvalRecord) -> dict:
+    row = record.row()
     append_record(catalog, "evals", row, EVALS_SCHEMA)
     return row

@@ -163,7 +163,7 @@ class BonCurve(SetOp):
         prepare_bon(con, src, params.max_m)
         per_prompt = ctx.outputs[1]
         n = ctx.write_sql(bon_per_prompt_sql(), table=per_prompt)
-        glob = ctx.staging / per_prompt / "data" / "*.parquet"
-        ctx.write_sql(bon_overall_sql(f"read_parquet({sql_str(str(glob))})"), total_rows=params.max_m)
+        per_prompt_rows = f"read_parquet({sql_str(ctx.output_glob(per_prompt))})"
+        ctx.write_sql(bon_overall_sql(per_prompt_rows), total_rows=params.max_m)
         ctx.stats.update({"per_prompt_rows": n, "largest_group": int(largest)})
 
