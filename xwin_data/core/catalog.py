@@ -94,6 +94,7 @@ class TableVersion:
     is_current: bool
     stats: dict | None = None
     inputs: list | None = None
+    columns: dict[str, str] | None = None  # name -> DuckDB type
 
 
 def utcnow() -> datetime:
@@ -184,6 +185,7 @@ class Catalog:
             rows=row["rows"], n_drops=row["n_drops"], schema_name=row["schema_name"], build_id=row["build_id"],
             recipe=row["recipe"], stage=row["stage"], op=row["op"], created_at=row["created_at"],
             is_current=row["is_current"], stats=load(row.get("stats")), inputs=load(row.get("inputs")),
+            columns=load(row.get("columns")),
         )
 
     def current(self, name: str) -> TableVersion | None:

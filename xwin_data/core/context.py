@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -294,6 +293,3 @@ class BatchWriter:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-
-def elapsed(start: float) -> float:
-    return round(time.monotonic() - start, 3)

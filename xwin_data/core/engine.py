@@ -7,7 +7,6 @@ one by one, so a killed build keeps every finished stage and the next build resu
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ class PlannedStage:
     status: str = "run"  # built | restore | run
     reason: str = ""
     estimate: dict | None = None
+    columns: dict[str, set[str] | None] = field(default_factory=dict)  # output table -> its columns, if known
 
 
 @dataclass
@@ -160,6 +160,7 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
     if unknown:
         raise RecipeError(f"--force names unknown stage(s): {', '.join(sorted(unknown))}", file=recipe.source)
     ordered = [planned[s] for s in _toposort(recipe, deps)]
+    _check_columns(recipe, ordered, planned, now)
     for ps in ordered:
         for ref in ps.inputs:
             if ref.producer:
@@ -195,6 +196,35 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
     return ordered
 
 
+def _check_columns(recipe: Recipe, ordered: list[PlannedStage], planned: dict[str, PlannedStage],
+                   now: dict[str, TableVersion]) -> None:
+    """Follow the declared columns through the stages: a stage whose input lacks a column its op needs fails here,
+    naming the recipe line of that input. Inputs whose columns are unknown (after an `sql` stage) are not checked."""
+    for ps in ordered:
+        known: list[set[str] | None] = []
+        for j, ref in enumerate(ps.inputs):
+            if ref.producer:
+                cols = planned[ref.producer].columns.get(ref.table)
+            else:
+                tv = now.get(ref.table)
+                cols = set(tv.columns) if tv is not None and tv.columns else None
+            known.append(cols)
+            missing = [need for need in ps.op.input_columns(ps.params) if cols is not None and not _has(cols, need)]
+            if missing:
+                wanted = ", ".join(sorted(m if isinstance(m, str) else " or ".join(m) for m in missing))
+                raise RecipeError(
+                    f"op {type(ps.op).name} needs column(s) {wanted} in input {ref.name!r}, which has: "
+                    f"{', '.join(sorted(cols)) or 'no columns'}", file=recipe.source,
+                    line=recipe.line_of("stages", ps.index, "inputs", j) or recipe.line_of("stages", ps.index, "op"),
+                    key=f"{ps.stage_id}.inputs")
+        first = known[0] if known else None
+        ps.columns = {t: ps.op.output_columns(t, ps.outputs[0], ps.params, first) for t in ps.outputs}
+
+
+def _has(columns: set[str], need: str | tuple[str, ...]) -> bool:
+    return need in columns if isinstance(need, str) else any(n in columns for n in need)
+
+
 @dataclass
 class _PlanView:
     """What an op's `estimate` may look at: its input tables, where they are already built."""
@@ -208,11 +238,6 @@ class _PlanView:
         ref = self.stage.inputs[index]
         tv = self.current.get(ref.table)
         return tv.rows if tv is not None and tv.fingerprint == ref.fingerprint else None
-
-    def input_glob(self, index: int = 0) -> str | None:
-        ref = self.stage.inputs[index]
-        tv = self.current.get(ref.table)
-        return self.catalog.data_glob(tv) if tv is not None and tv.fingerprint == ref.fingerprint else None
 
 
 # ------------------------------------------------------------------------------------------------------ building
@@ -261,6 +286,11 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
             source = f"read_parquet({sql_str(ctx.output_glob(table))})"
             rows = int(con.execute(f"SELECT count(*) FROM {source}").fetchone()[0])
             columns = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+            declared = ps.columns.get(table)
+            if declared is not None and set(columns) != declared:
+                raise BuildError(f"stage {ps.stage_id}: op {type(ps.op).name} declares the columns "
+                                 f"{sorted(declared)} for {table} but wrote {sorted(columns)}; its `adds` / "
+                                 "`output_columns` is wrong")
             schema_name = ps.schemas.get(table)
             if schema_name:
                 res = _validate(con, source, schema_name, table, ctx.passed_through.get(table), validated)
@@ -374,6 +404,3 @@ def describe_plan(stages: list[PlannedStage]) -> list[dict[str, Any]]:
              "outputs": ps.outputs, "status": ps.status, "reason": ps.reason, "fingerprint": ps.fingerprint[:12],
              "estimate": ps.estimate} for ps in stages]
 
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))

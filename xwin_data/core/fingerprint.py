@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import sys
 from functools import lru_cache
@@ -59,6 +58,3 @@ def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
             continue
     return out
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

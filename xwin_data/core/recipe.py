@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from xwin_data.core.errors import OverrideError
+from xwin_data.core.overrides import parse_override
 from xwin_data.core.yaml_lines import LineMap, RecipeError, load_yaml_with_lines
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -47,12 +48,6 @@ class Recipe(BaseModel):
     source: str | None = Field(default=None, exclude=True)
     lines: Any = Field(default=None, exclude=True)
 
-    def stage(self, stage_id: str) -> StageSpec:
-        for st in self.stages:
-            if st.id == stage_id:
-                return st
-        raise KeyError(stage_id)
-
     def line_of(self, *path: Any) -> int | None:
         return self.lines.line_of(path) if isinstance(self.lines, LineMap) else None
 
@@ -68,18 +63,11 @@ class Recipe(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- overrides
 def parse_set(expr: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (['a','b','c'], value); the value is read as a YAML scalar or list."""
-    if "=" not in expr:
-        raise RecipeError(f"--set expects key=value, got {expr!r}", key=expr)
-    key, raw = expr.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise RecipeError(f"--set has an empty key in {expr!r}")
+    """`a.b.c=value` -> (['a','b','c'], value), by the toolkit's one override reader (core/overrides.py)."""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return parts, value
+        return parse_override(expr)
+    except OverrideError as err:
+        raise RecipeError(str(err), key=expr) from None
 
 
 def _resolve_set_path(data: dict, parts: list[str]) -> list:

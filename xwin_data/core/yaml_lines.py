@@ -7,10 +7,11 @@ from typing import Any
 import yaml
 
 from xwin_data.core.errors import RecipeError
+from xwin_data.core.overrides import YamlLoader
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe loader (no code from YAML) that records the line of each mapping key and sequence item."""
+class _Loader(YamlLoader):
+    """The toolkit's YAML rules (core/overrides.py), recording the line of each mapping key and sequence item."""
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict:

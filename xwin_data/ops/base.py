@@ -1,12 +1,14 @@
 """The op contract: a named, versioned transformation from input tables to one (or a declared family of) table(s).
 
-An op declares a pydantic `Params` model (unknown keys rejected), the schema its main output must satisfy,
-and `run(ctx, params)`, which reads inputs as DuckDB views and writes outputs through the context.
+An op declares a pydantic `Params` model (unknown keys rejected), the schema its main output must satisfy, the
+columns it needs and adds (so `plan` can check a recipe's wiring before any stage runs), and `run(ctx, params)`,
+which reads inputs as DuckDB views and writes outputs through the context.
 """
 from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Set
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -32,6 +34,26 @@ class Op:
     min_inputs: ClassVar[int] = 0
     max_inputs: ClassVar[int | None] = None
     summary: ClassVar[str] = ""
+    # Columns, checked by `plan` before any stage runs and against what the stage wrote after it runs.
+    # needs: columns its input must have; an entry may be a tuple of alternatives, any one of which will do.
+    # adds: the columns of its main output beside those it keeps; None when it does not say (then the output's
+    #   columns are unknown and the stages reading it are not checked: an `sql` stage, for one).
+    # keeps: its main output also carries every input column through (a filter, a cleaner).
+    needs: ClassVar[Set[str | tuple[str, ...]]] = frozenset()
+    adds: ClassVar[Set[str] | None] = None
+    keeps: ClassVar[bool] = False
+
+    def input_columns(self, params: Any) -> set[str | tuple[str, ...]]:
+        """The columns this stage needs in its input (override when params name them)."""
+        return set(self.needs)
+
+    def output_columns(self, table: str, main: str, params: Any, input_columns: set[str] | None) -> set[str] | None:
+        """The exact columns of each output table, or None when unknown (override for extra outputs)."""
+        if table != main or self.adds is None:
+            return None
+        if not self.keeps:
+            return set(self.adds)
+        return None if input_columns is None else set(input_columns) | set(self.adds)
 
     def output_tables(self, table: str, params: Any) -> list[str]:
         """Names of the tables this stage writes; the first is the main one."""

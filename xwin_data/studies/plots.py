@@ -26,10 +26,7 @@ def bar_with_ci(path: Path, labels: Sequence[str], values: Sequence[float], low:
     ax.set_xticks(list(xs), labels, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def lines_with_ci(path: Path, series: dict[str, dict], title: str, xlabel: str, ylabel: str,
@@ -48,10 +45,7 @@ def lines_with_ci(path: Path, series: dict[str, dict], title: str, xlabel: str, 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def confusion(path: Path, matrix: list[list[int]], labels: Sequence[str], title: str, xlabel: str,
@@ -67,6 +61,10 @@ def confusion(path: Path, matrix: list[list[int]], labels: Sequence[str], title:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

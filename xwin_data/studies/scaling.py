@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xwin_data.core.catalog import Catalog
+from xwin_data.core.errors import OverrideError
 from xwin_data.core.fingerprint import stable_hash
+from xwin_data.core.overrides import apply_overrides, load_yaml_file
 from xwin_data.studies.judge import StudyError
 from xwin_data.studies.output import study_dir, write_results
 from xwin_data.studies.scaling_eval import EvaluatorSpec, evaluator_identity, make_evaluator, reference_items
@@ -57,25 +58,18 @@ class ScalingConfig(BaseModel):
 
 def load_scaling_config(path: str | Path, sets: list[str] | None = None) -> ScalingConfig:
     """YAML + `--set a.b=value` overrides; `${recipe_dir}` / `${project_dir}` are replaced in strings."""
-    from xwin_data.core.recipe import RecipeError, interpolate, parse_set
+    from xwin_data.core.recipe import interpolate
 
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"no study config {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise StudyError(f"{path}: a study config is a YAML mapping")
-    for expr in sets or []:
-        try:
-            parts, value = parse_set(expr)
-        except RecipeError as err:
-            raise StudyError(str(err)) from None
-        node = data
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise StudyError(f"--set {expr}: {part!r} is not a mapping")
-        node[parts[-1]] = value
+    try:
+        apply_overrides(data, list(sets or []))
+    except OverrideError as err:
+        raise StudyError(str(err)) from None
     data = interpolate(data, {"recipe_dir": str(path.resolve().parent), "project_dir": str(PROJECT_DIR)}, str(path))
     try:
         return ScalingConfig.model_validate(data)
@@ -130,7 +124,7 @@ def training_settings(cfg: ScalingConfig) -> dict:
     path = Path(cfg.train.config)
     if not path.is_file():
         raise StudyError(f"train.config {path} does not exist")
-    base = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    base = load_yaml_file(path) or {}
     return {**base, **cfg.train.overrides}
 
 

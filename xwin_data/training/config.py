@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-import yaml
-from trl import DPOConfig, RewardConfig, SFTConfig
+from trl import DPOConfig, RewardConfig, SFTConfig, TrlParser
+
+from xwin_data.core.overrides import load_yaml_file, parse_override
 
 T = TypeVar("T")
 _WORDS = {"yes": True, "on": True, "no": False, "off": False}
@@ -102,27 +103,20 @@ def config_class(kind: str) -> type:
 
 
 def parse_overrides(overrides: list[str] | None) -> dict:
-    """`key=value` strings, values read as YAML (`max_steps=5`, `report_to=[]`)."""
+    """`key=value` strings (`max_steps=5`, `report_to=[]`, `--save-strategy=no`) by the toolkit's one override
+    reader; a training config is flat, so `a.b` names the field `a.b` (and fails as unknown)."""
     out = {}
     for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        text = value.strip()
-        # YAML 1.1 reads no/yes/on/off as booleans; keep the word (save_strategy=no), bool fields convert it
-        out[key.strip().lstrip("-").replace("-", "_")] = text if text.lower() in _WORDS else (
-            yaml.safe_load(value) if text else "")
+        parts, value = parse_override(item.lstrip("-"))
+        out[".".join(parts).replace("-", "_")] = value
     return out
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
     """Read a YAML config into `cls`; unknown keys fail with their names and the file."""
-    from transformers import HfArgumentParser
-
     data: dict = {}
     if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
+        data = load_yaml_file(path) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training config is a YAML mapping of field: value")
     data.update(parse_overrides(overrides))
@@ -147,7 +141,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
         raise ValueError(f"{path or 'overrides'}: `table` (the catalog table to train on) is required")
     if not data.get("output_dir"):
         raise ValueError(f"{path or 'overrides'}: `output_dir` (where the trained model is saved) is required")
-    (cfg,) = HfArgumentParser(cls).parse_dict(data)
+    (cfg,) = TrlParser(cls).parse_dict(data)
     return cfg
 
 

@@ -86,6 +86,7 @@ class DedupExact(Op):
     """Drop conversations whose normalised text equals that of one with a smaller id."""
 
     name = "dedup_exact"
+    needs, keeps, adds = {"id", "messages"}, True, set()
     Params = ExactParams
     schema = "conversations"
     min_inputs = max_inputs = 1
@@ -146,6 +147,7 @@ class DedupNear(Op):
     """Drop near-duplicate conversations (MinHash LSH over word shingles), keeping the smallest id of a cluster."""
 
     name = "dedup_near"
+    needs, keeps, adds = {"id", "messages"}, True, set()
     Params = NearParams
     schema = "conversations"
     min_inputs = max_inputs = 1

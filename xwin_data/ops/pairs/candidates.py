@@ -16,6 +16,11 @@ from xwin_data.conversation import MESSAGES_TYPE, ROLES, prompt_turns
 from xwin_data.llm.generation import GeneratorSpec, SamplingConfig
 from xwin_data.ops.base import Op, Params, register
 
+CANDIDATES_SCHEMA = pa.schema([("candidate_id", pa.string()), ("prompt_id", pa.string()), ("policy", pa.string()),
+                               ("sample_index", pa.int32()), ("prompt", MESSAGES_TYPE), ("response", pa.string()),
+                               ("tokens", pa.int32()), ("finish_reason", pa.string())])
+PROMPTS_SCHEMA = pa.schema([("id", pa.string()), ("messages", MESSAGES_TYPE)])
+
 def upstream_estimate(plan_view, index: int = 0) -> dict | None:
     """The estimate of the stage that makes input `index`, when it runs in this build."""
     ref = plan_view.stage.inputs[index]
@@ -53,9 +58,13 @@ class GenerateCandidates(Op):
     """k sampled responses per prompt from each policy (cached per sample)."""
 
     name = "generate_candidates"
+    adds = set(CANDIDATES_SCHEMA.names)
     Params = CandidatesParams
     min_inputs = max_inputs = 1
     version = "1"
+
+    def input_columns(self, params: CandidatesParams) -> set:
+        return {params.id_column, params.messages_column}
 
     def external_fingerprint(self, params: CandidatesParams) -> dict:
         from xwin_data.llm.generation import model_identity
@@ -86,9 +95,7 @@ class GenerateCandidates(Op):
                 ctx.drop(r["id"], "no_user_turn", r["messages"])
             else:
                 prompts.append((r["id"], turns))
-        schema = pa.schema([("candidate_id", pa.string()), ("prompt_id", pa.string()), ("policy", pa.string()),
-                            ("sample_index", pa.int32()), ("prompt", MESSAGES_TYPE), ("response", pa.string()),
-                            ("tokens", pa.int32()), ("finish_reason", pa.string())])
+        schema = CANDIDATES_SCHEMA
         cache = RequestCache(ctx.cache_dir / "generation.sqlite")
         stats: dict = {}
         by_policy = {}
@@ -135,6 +142,9 @@ class MakePairs(Op):
     """Candidate pairs to judge, per prompt; identical responses are dropped with a reason."""
 
     name = "make_pairs"
+    needs = {"prompt_id", "prompt", "candidate_id", "policy", "response"}
+    adds = {"pair_id", "prompt_id", "prompt", "first_id", "first_policy", "first", "second_id", "second_policy",
+            "second"}
     Params = PairsParams
     min_inputs = max_inputs = 1
     version = "1"
@@ -193,6 +203,7 @@ class ReadPrompts(Op):
     """Prompts from a small file: one JSON object per line with an id and a prompt text or messages."""
 
     name = "read_prompts"
+    adds = set(PROMPTS_SCHEMA.names)
     Params = PromptsParams
     min_inputs = max_inputs = 0
     version = "1"
@@ -211,7 +222,7 @@ class ReadPrompts(Op):
     def run(self, ctx, params: PromptsParams) -> None:
         import json
 
-        schema = pa.schema([("id", pa.string()), ("messages", MESSAGES_TYPE)])
+        schema = PROMPTS_SCHEMA
         rows, seen = [], set()
         for line_no, rec in enumerate(_load_prompt_records(params.path), 1):
             if isinstance(rec, str):

@@ -26,6 +26,7 @@ from pydantic import Field
 from xwin_data.ops.base import Op, Params, register
 from xwin_data.conversation import with_response
 from xwin_data.ops.pairs.candidates import upstream_rows
+from xwin_data.ops.pairs.tables import CALLS_SCHEMA, JUDGMENT_SCHEMA, PAIR_SCHEMA
 
 CLIENT_FIELDS = ("model", "base_url", "api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute",
                  "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s", "budget_usd", "prices")
@@ -96,12 +97,19 @@ class JudgePairs(Op):
     schema = "xwin_pair"
     min_inputs = max_inputs = 1
     version = "1"
+    needs = {"pair_id", "prompt_id", "prompt", "first", "second", "first_id", "second_id", "first_policy",
+             "second_policy"}
+    adds = set(PAIR_SCHEMA.names)
 
     def output_tables(self, table: str, params) -> list[str]:
         return [table, f"{table}_judgments", f"{table}_calls"]
 
     def output_schema(self, table: str, main: str, params) -> str | None:
         return self.schema if table == main else None
+
+    def output_columns(self, table: str, main: str, params, input_columns: set | None) -> set | None:
+        schema = {main: PAIR_SCHEMA, f"{main}_judgments": JUDGMENT_SCHEMA, f"{main}_calls": CALLS_SCHEMA}[table]
+        return set(schema.names)
 
     def external_fingerprint(self, params: JudgePairsParams) -> dict:
         from xwin_data.llm.judge import load_template

@@ -38,6 +38,7 @@ class ReadConversations(Op):
     """Read conversations from a file into id, messages, source, model; malformed records go to drops."""
 
     name = "read_conversations"
+    adds = set(RAW_SCHEMA.names)
     Params = ReadParams
     schema = "conversations"
     min_inputs = max_inputs = 0

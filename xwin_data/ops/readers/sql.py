@@ -36,10 +36,14 @@ class FilterOp(Op):
     name = "filter"
     Params = FilterParams
     min_inputs = max_inputs = 1
+    keeps, adds = True, set()
     summary = "SQL predicates, one per drop reason"
 
     def output_schema(self, table, main, params):
         return None
+
+    def input_columns(self, params: FilterParams) -> set:
+        return {params.id_column}
 
     def run(self, ctx, params: FilterParams) -> None:
         checks = [(reason, f"coalesce(({pred}), false)") for reason, pred in params.where.items()]

@@ -60,6 +60,8 @@ class WindGroups(SetOp):
     """WIND data: responses grouped by prompt with their leave-one-out empirical win rates."""
 
     name = "wind_groups"
+    adds = {"id", "prompt_id", "prompt", "completion", "response", "response_id", "sample_index", "score",
+            "group_size", "win_rate"}
     Params = WindParams
     schema = "wind_groups"
     version = "1"
@@ -139,6 +141,7 @@ class BonCurve(SetOp):
     """Exact best-of-n curves from the stored set: per prompt and averaged over prompts."""
 
     name = "bon_curve"
+    adds = {"n", "mean_best_score", "win_rate_vs_best_of_1", "n_prompts", "sd_best_score"}
     Params = BonParams
     schema = "bon_curve"
     version = "1"
@@ -149,6 +152,10 @@ class BonCurve(SetOp):
 
     def output_schema(self, table: str, main: str, params: BonParams) -> str | None:
         return "bon_curve" if table == main else "bon_curve_per_prompt"
+
+    def output_columns(self, table: str, main: str, params: BonParams, input_columns: set | None) -> set:
+        return set(self.adds) if table == main else {"prompt_id", "m", "n", "expected_best_score",
+                                                     "win_rate_vs_best_of_1"}
 
     def run(self, ctx, params: BonParams) -> None:
         src = ctx.input()

@@ -54,6 +54,11 @@ class SetOp(Op):
     """An op over a scored set: its fingerprint also covers this module, whose SQL helpers it uses."""
 
     min_inputs = max_inputs = 1
+    needs = set(SET_COLUMNS)
+
+    def output_columns(self, table: str, main: str, params, input_columns: set | None) -> set | None:
+        """Every output of a set op is a table of the same kind (one per n, one per strategy)."""
+        return None if self.adds is None else set(self.adds)
 
     @classmethod
     def code_version(cls) -> str:
@@ -133,6 +138,7 @@ class RsBestOfN(SetOp):
     """Rejection-sampling SFT data: per prompt, the best of its first n samples, for each n."""
 
     name = "rs_best_of_n"
+    adds = {"id", "messages", "prompt_id", "response_id", "sample_index", "score", "n", "n_available"}
     Params = RsParams
     schema = "rs_best_of"
     version = "1"
@@ -338,6 +344,8 @@ class DpoPairs(SetOp):
     """DPO preference pairs from a scored set, one table per rejected-response strategy."""
 
     name = "dpo_pairs"
+    adds = {"id", "prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "chosen_score",
+            "rejected_score", "chosen_rank", "rejected_rank", "group_size", "strategy"}
     Params = DpoParams
     schema = "dpo_pairs"
     version = "1"

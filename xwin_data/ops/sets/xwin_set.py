@@ -65,6 +65,16 @@ def prompts_sql(source: str, columns: set[str], turns: str, max_prompts: int | N
     return keep, drops
 
 
+def spec_identity(key: str, spec: dict) -> dict:
+    """What a model spec's output depends on: the model (at its revision) and, when it names one, the tokenizer."""
+    from xwin_data.llm.generation import model_identity
+
+    out = {key: model_identity(spec["model"], spec.get("extra", {}).get("revision"))}
+    if spec.get("tokenizer"):
+        out["tokenizer"] = model_identity(spec["tokenizer"])
+    return out
+
+
 class SampleParams(Params):
     policy: dict[str, Any] = Field({}, description="generation backend spec (GeneratorSpec): "
                                    "backend, model, tokenizer, chat_template, base_url, batch_size, ...")
@@ -140,6 +150,8 @@ class SampleUnique(Op):
     """n_unique distinct responses per prompt from a policy, in cached rounds; shortfalls in <table>_shortfall."""
 
     name = "sample_unique"
+    needs = {("id", "prompt_id"), ("prompt", "messages")}
+    adds = set(RESPONSES_SCHEMA.names)
     Params = SampleParams
     schema = None
     min_inputs = max_inputs = 1
@@ -149,14 +161,11 @@ class SampleUnique(Op):
     def output_tables(self, table: str, params: SampleParams) -> list[str]:
         return [table, f"{table}_shortfall"]
 
-    def external_fingerprint(self, params: SampleParams) -> dict:
-        from xwin_data.llm.generation import model_identity
+    def output_columns(self, table: str, main: str, params: SampleParams, input_columns: set | None) -> set:
+        return set((RESPONSES_SCHEMA if table == main else SHORTFALL_SCHEMA).names)
 
-        spec = params.policy
-        out = {"policy": model_identity(spec["model"], spec.get("extra", {}).get("revision"))}
-        if spec.get("tokenizer"):
-            out["tokenizer"] = model_identity(spec["tokenizer"])
-        return out
+    def external_fingerprint(self, params: SampleParams) -> dict:
+        return spec_identity("policy", params.policy)
 
     def estimate(self, view, params: SampleParams) -> dict | None:
         rows = view.input_rows(0)
@@ -285,6 +294,10 @@ class ScoreResponses(Op):
     """Reward-model scores for sampled responses, ranked within each prompt: the xwin_set table."""
 
     name = "score_responses"
+    needs = {"prompt_id", "prompt", "response_id", "sample_index", "attempt", "response", "tokens", "finish_reason",
+             "policy"}
+    adds = {"prompt_id", "prompt", "response_id", "sample_index", "attempt", "response", "tokens", "finish_reason",
+            "score", "rank", "group_size", "policy", "rm"}
     Params = ScoreParams
     schema = "xwin_set"
     min_inputs = max_inputs = 1
@@ -292,13 +305,7 @@ class ScoreResponses(Op):
     summary = "reward-model score per (prompt, response), cached; rank within the prompt (1 = best)"
 
     def external_fingerprint(self, params: ScoreParams) -> dict:
-        from xwin_data.llm.generation import model_identity
-
-        spec = params.rm
-        out = {"rm": model_identity(spec["model"], spec.get("extra", {}).get("revision"))}
-        if spec.get("tokenizer"):
-            out["tokenizer"] = model_identity(spec["tokenizer"])
-        return out
+        return spec_identity("rm", params.rm)
 
     def estimate(self, view, params: ScoreParams) -> dict | None:
         rows = view.input_rows(0)

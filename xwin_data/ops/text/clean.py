@@ -42,6 +42,7 @@ class CleanConversations(Op):
     """Clean every message value; a conversation left with an empty value is dropped (`empty_after_cleaning`)."""
 
     name = "clean_conversations"
+    needs, keeps, adds = {"id", "messages"}, True, set()
     Params = CleanParams
     schema = "conversations"
     min_inputs = max_inputs = 1

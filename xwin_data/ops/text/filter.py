@@ -32,10 +32,15 @@ class ConversationFilter(Op):
     """Keep conversations in the wanted languages, not answered by excluded models, satisfying every predicate."""
 
     name = "filter_conversations"
+    keeps, adds = True, set()
     Params = ConversationFilterParams
     schema = "conversations"
     min_inputs = max_inputs = 1
     summary = "language list, excluded answering models, and SQL predicates (one drop reason each)"
+
+    def input_columns(self, params: ConversationFilterParams) -> set:
+        return {"id", "messages"} | ({"language"} if params.languages else set()) | (
+            {"model"} if params.exclude_models else set())
 
     def run(self, ctx, params: ConversationFilterParams) -> None:
         where: dict[str, str] = {}

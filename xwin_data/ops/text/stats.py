@@ -64,6 +64,7 @@ class ConversationStats(Op):
     """Add n_turns, n_chars, turn_tokens (per message), n_tokens and language to a conversation table."""
 
     name = "conversation_stats"
+    needs, keeps, adds = {"messages"}, True, {n for n, _ in STAT_FIELDS}
     Params = StatsParams
     schema = "conversations"
     min_inputs = max_inputs = 1

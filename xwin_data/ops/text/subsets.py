@@ -7,10 +7,14 @@ larger one. A size larger than the data is not padded: its table holds all the d
 """
 from __future__ import annotations
 
+import pyarrow as pa
 from pydantic import Field, field_validator
 
 from xwin_data.core.context import sql_str
 from xwin_data.ops.base import Op, Params, register
+
+MANIFEST_SCHEMA = pa.schema([("size", pa.int64()), ("table_name", pa.string()), ("conversations", pa.int64()),
+                             ("assistant_turns", pa.int64()), ("complete", pa.bool_())])
 
 
 
@@ -45,6 +49,7 @@ class NestedSubsets(Op):
     """Write one table per size (nested, fixed seed) and a manifest table with rows, turns and completeness."""
 
     name = "nested_subsets"
+    needs = {"id", "messages"}
     Params = SubsetParams
     schema = None
     min_inputs = max_inputs = 1
@@ -55,6 +60,9 @@ class NestedSubsets(Op):
 
     def output_schema(self, table: str, main: str, params: SubsetParams) -> str | None:
         return None if table == main else "conversations"
+
+    def output_columns(self, table: str, main: str, params: SubsetParams, input_columns: set | None) -> set | None:
+        return set(MANIFEST_SCHEMA.names) if table == main else input_columns
 
     def run(self, ctx, params: SubsetParams) -> None:
         con, src = ctx.con, ctx.input()
@@ -86,10 +94,7 @@ class NestedSubsets(Op):
             if not m["complete"]:
                 ctx.log(f"[yellow]size {m['size']:,} is larger than the data ({total[0]:,} assistant turns): "
                         f"{m['table_name']} holds all of it and is marked complete = false[/]")
-        import pyarrow as pa
-
-        with ctx.writer(pa.schema([("size", pa.int64()), ("table_name", pa.string()), ("conversations", pa.int64()),
-                                   ("assistant_turns", pa.int64()), ("complete", pa.bool_())])) as w:
+        with ctx.writer(MANIFEST_SCHEMA) as w:
             w.write(manifest)
         ctx.stats.update({"total_assistant_turns": int(total[0]), "seed": params.seed,
                           "incomplete_sizes": [m["size"] for m in manifest if not m["complete"]], "subsets": manifest})
