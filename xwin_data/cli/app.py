@@ -271,6 +271,18 @@ def _load_exporters() -> None:
             raise
 
 
+def describe_columns(cls) -> str:
+    """What an op reads and writes, as `xwin-data ops` shows it."""
+    needs = ", ".join(sorted(n if isinstance(n, str) else " or ".join(n) for n in cls.needs)) or "any"
+    if cls.adds is None:
+        out = "not declared"
+    else:
+        out = ", ".join(sorted(cls.adds))
+        if cls.keeps:
+            out = "the input's columns" + (f" plus {out}" if out else "")
+    return f"needs {needs}; writes {out}"
+
+
 @app.command()
 def ops() -> None:
     """List the ops recipes can use, with their parameters."""
@@ -278,6 +290,7 @@ def ops() -> None:
 
     for name, cls in all_ops().items():
         console.print(f"[bold]{name}[/] — {cls.summary or (cls.__doc__ or '').strip().splitlines()[0]}")
+        console.print(f"    [dim]columns: {describe_columns(cls)}[/]")
         for field_name, f in cls.Params.model_fields.items():
             default = "required" if f.is_required() else f"default {f.default!r}"
             console.print(f"    {field_name}: {f.description or ''} ({default})")

@@ -211,9 +211,8 @@ def _check_columns(recipe: Recipe, ordered: list[PlannedStage], planned: dict[st
             known.append(cols)
             missing = [need for need in ps.op.input_columns(ps.params) if cols is not None and not _has(cols, need)]
             if missing:
-                wanted = ", ".join(sorted(m if isinstance(m, str) else " or ".join(m) for m in missing))
                 raise RecipeError(
-                    f"op {type(ps.op).name} needs column(s) {wanted} in input {ref.name!r}, which has: "
+                    f"op {type(ps.op).name} needs column(s) {_names(missing)} in input {ref.name!r}, which has: "
                     f"{', '.join(sorted(cols)) or 'no columns'}", file=recipe.source,
                     line=recipe.line_of("stages", ps.index, "inputs", j) or recipe.line_of("stages", ps.index, "op"),
                     key=f"{ps.stage_id}.inputs")
@@ -223,6 +222,19 @@ def _check_columns(recipe: Recipe, ordered: list[PlannedStage], planned: dict[st
 
 def _has(columns: set[str], need: str | tuple[str, ...]) -> bool:
     return need in columns if isinstance(need, str) else any(n in columns for n in need)
+
+
+def _names(needs: list[str | tuple[str, ...]]) -> str:
+    return ", ".join(sorted(n if isinstance(n, str) else " or ".join(n) for n in needs))
+
+
+def _columns_of(glob: str) -> set[str] | None:
+    """The columns of a table's Parquet files; None when there are none to read."""
+    with duckdb.connect(":memory:") as con:
+        try:
+            return {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_str(glob)})").fetchall()}
+        except duckdb.IOException:
+            return None
 
 
 @dataclass
@@ -262,6 +274,12 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
         tv = catalog.current(ref.table)
         assert tv is not None and tv.fingerprint == ref.fingerprint, f"input {ref.table} is not at its planned version"
         inputs.append(InputTable(ref.name, catalog.data_glob(tv), tv.fingerprint, tv.version, tv.rows))
+    input_columns = _columns_of(inputs[0].glob) if inputs else None
+    if input_columns is not None:  # what plan could not see (an input made by SQL) is checked before the op runs
+        missing = [n for n in ps.op.input_columns(ps.params) if not _has(input_columns, n)]
+        if missing:
+            raise BuildError(f"stage {ps.stage_id}: op {type(ps.op).name} needs column(s) {_names(missing)} in "
+                             f"input {ps.inputs[0].name!r}, which has: {', '.join(sorted(input_columns))}")
     staging = catalog.staging_for(build_id, ps.stage_id)
     work_dir = catalog.work_dir / f"{ps.stage_id}-{ps.fingerprint[:16]}"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +304,7 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
             source = f"read_parquet({sql_str(ctx.output_glob(table))})"
             rows = int(con.execute(f"SELECT count(*) FROM {source}").fetchone()[0])
             columns = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-            declared = ps.columns.get(table)
+            declared = ps.op.output_columns(table, ps.outputs[0], ps.params, input_columns)
             if declared is not None and set(columns) != declared:
                 raise BuildError(f"stage {ps.stage_id}: op {type(ps.op).name} declares the columns "
                                  f"{sorted(declared)} for {table} but wrote {sorted(columns)}; its `adds` / "

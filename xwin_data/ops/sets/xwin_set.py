@@ -54,7 +54,7 @@ def prompts_sql(source: str, columns: set[str], turns: str, max_prompts: int | N
             f"FROM (SELECT *, CAST({msgs} AS {MESSAGES_SQL_TYPE}) AS m FROM {source})")
     bad = ("CASE WHEN prompt_id IS NULL THEN 'missing_id' WHEN copies > 1 THEN 'duplicate_prompt_id' "
            "WHEN prompt IS NULL OR len(prompt) = 0 OR prompt[-1].role <> 'user' THEN 'no_user_turn' "
-           f"WHEN NOT list_bool_and(list_transform(prompt, lambda x: x.role IN {ROLES_SQL}))) "
+           f"WHEN NOT list_bool_and(list_transform(prompt, lambda x: x.role IN {ROLES_SQL})) "
            "THEN 'unknown_role' "
            "WHEN length(trim(coalesce(prompt[-1].content, ''))) = 0 THEN 'empty_prompt' END")
     order = "md5(prompt_id)" if max_prompts else "prompt_id"

@@ -49,7 +49,7 @@ class NestedSubsets(Op):
     """Write one table per size (nested, fixed seed) and a manifest table with rows, turns and completeness."""
 
     name = "nested_subsets"
-    needs = {"id", "messages"}
+    needs, adds = {"id", "messages"}, set(MANIFEST_SCHEMA.names)  # the main table is the manifest
     Params = SubsetParams
     schema = None
     min_inputs = max_inputs = 1
