@@ -19,6 +19,15 @@ _BYTE_P = np.uint64(0x100000001B3)  # FNV prime: the byte polynomial of a word
 _NON_WORD = r"[^\p{L}\p{N}_]+"
 
 
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """`np.unique` of an integer array by a radix sort: numpy 2's hash-based `np.unique` is ~30x slower on
+    millions of 64-bit keys."""
+    s = np.sort(x, kind="stable")
+    if len(s) < 2:
+        return s
+    return s[np.concatenate([[True], s[1:] != s[:-1]])]
+
+
 def _inverse_mod_2_64(x: int) -> int:
     return pow(x, -1, 1 << 64)
 
@@ -156,13 +165,20 @@ def band_keys(sig: np.ndarray, bands: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def shingle_sets(hashes: np.ndarray, sh_offsets: np.ndarray) -> list[np.ndarray]:
-    """Each document's distinct shingle hashes, sorted (for exact Jaccard)."""
-    return [np.unique(hashes[sh_offsets[i]:sh_offsets[i + 1]]) for i in range(len(sh_offsets) - 1)]
+def shingle_sets(hashes: np.ndarray, sh_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's distinct shingles as sorted 32-bit hashes, all in one flat array with per-document offsets
+    (for exact Jaccard; 4 bytes a shingle, one sort for the whole batch)."""
+    n_docs = len(sh_offsets) - 1
+    doc = np.repeat(np.arange(n_docs, dtype=np.uint64), np.diff(sh_offsets))
+    keys = sorted_unique((doc << np.uint64(32)) | (hashes >> np.uint64(32)))
+    flat = (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    offsets = np.searchsorted(keys >> np.uint64(32), np.arange(n_docs + 1, dtype=np.uint64))
+    return flat, offsets
 
 
 def jaccard(x: np.ndarray, y: np.ndarray) -> float:
-    """Exact Jaccard similarity of two sorted sets of distinct hashes."""
+    """Jaccard similarity of two sorted sets of distinct shingle hashes (exact up to 32-bit hash collisions,
+    about one in 4 million pairs of shingles)."""
     inter = len(np.intersect1d(x, y, assume_unique=True))
     union = len(x) + len(y) - inter
     return inter / union if union else 1.0

@@ -12,6 +12,8 @@ from itertools import combinations
 
 import numpy as np
 
+from xwin_data.text.minhash import sorted_unique
+
 ALL_PAIRS_UP_TO = 16
 
 
@@ -39,7 +41,7 @@ def bucket_pairs(keys: np.ndarray) -> np.ndarray:
             rest = members[1:]
             codes.append((members[0] << 32) | rest)
             codes.append((members[1:-1] << 32) | members[2:])
-    return np.unique(np.concatenate(codes))
+    return sorted_unique(np.concatenate(codes))
 
 
 def decode(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

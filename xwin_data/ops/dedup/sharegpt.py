@@ -15,6 +15,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from xwin_data.ops.base import Op, Params, register
+from xwin_data.text.minhash import sorted_unique
 
 _ASCII_WS = re.compile(r"[ \t\n\v\f\r]+")
 TEXT_SQL = {
@@ -204,7 +205,7 @@ class DedupNear(Op):
 
         from xwin_data.ops.dedup.lsh import bucket_pairs, clusters, decode
         from xwin_data.text.batches import map_input_parallel
-        from xwin_data.text.minhash import conversation_text, jaccard, permutations, shingle_sets, shingles, word_hashes
+        from xwin_data.text.minhash import permutations
 
         if not params.enabled:
             ctx.pass_through()
@@ -237,7 +238,7 @@ class DedupNear(Op):
         found = np.zeros(0, np.int64)
         if band_path in writers:
             bands = pq.ParquetFile(band_path)
-            found = np.unique(np.concatenate([bucket_pairs(bands.read(columns=[f"b{j}"]).column(0).to_numpy())
+            found = sorted_unique(np.concatenate([bucket_pairs(bands.read(columns=[f"b{j}"]).column(0).to_numpy())
                                               for j in range(params.bands)]))
         first, second = decode(found)
         estimated = _estimates(sig_path, first, second) if len(found) else np.zeros(0)
@@ -246,12 +247,7 @@ class DedupNear(Op):
         first, second, estimated = first[sel], second[sel], estimated[sel]
         exact = np.full(len(first), np.nan)
         if params.verify and len(first):
-            need = np.unique(np.concatenate([first, second]))
-            words, offsets = word_hashes(conversation_text(read_rows(ctx.inputs[0].glob, need), params.on),
-                                         params.max_words)
-            sets = shingle_sets(*shingles(words, offsets, params.shingle_words))
-            at = {o: i for i, o in enumerate(need.tolist())}
-            exact = np.array([jaccard(sets[at[x]], sets[at[y]]) for x, y in zip(first.tolist(), second.tolist())])
+            exact = _verify(ctx.inputs[0].glob, params, first, second, estimated)
         decided = exact if params.verify else estimated
         ok = decided >= params.threshold
         dropped = _dropped_rows(first[ok], second[ok], estimated[ok], exact[ok],
@@ -263,11 +259,52 @@ class DedupNear(Op):
                           "near_duplicates": dropped.num_rows})
 
 
+def _verify(globbed: str, params: NearParams, first: np.ndarray, second: np.ndarray,
+            estimated: np.ndarray) -> np.ndarray:
+    """Exact shingle Jaccard of the candidate pairs that decide the clusters (NaN for the others).
+
+    Pairs are taken by estimate, highest first; a pair whose two members are already joined by verified pairs
+    is not checked (it cannot change a cluster), so a dump full of copies costs about one check per copy. The
+    shingle sets of the documents involved are computed in chunks of `batch_size` and held at 4 bytes a shingle:
+    that, the signatures of candidates and the candidate list are what this step holds beyond one batch."""
+    from xwin_data.text.minhash import conversation_text, jaccard, shingle_sets, shingles, word_hashes
+
+    need = sorted_unique(np.concatenate([first, second]))
+    flats, offs, base = [], [np.zeros(1, np.int64)], 0
+    for c in range(0, len(need), params.batch_size):
+        chunk = need[c:c + params.batch_size]
+        words, offsets = word_hashes(conversation_text(read_rows(globbed, chunk), params.on), params.max_words)
+        flat, sh_off = shingle_sets(*shingles(words, offsets, params.shingle_words))
+        flats.append(flat)
+        offs.append(sh_off[1:].astype(np.int64) + base)
+        base += len(flat)
+    flat, off = np.concatenate(flats), np.concatenate(offs)
+    ia, ib = np.searchsorted(need, first), np.searchsorted(need, second)
+    parent = np.arange(len(need))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    exact = np.full(len(first), np.nan)
+    for p in np.lexsort((second, first, -estimated)).tolist():
+        x, y = find(int(ia[p])), find(int(ib[p]))
+        if x == y:
+            continue
+        a, b = int(ia[p]), int(ib[p])
+        exact[p] = jaccard(flat[off[a]:off[a + 1]], flat[off[b]:off[b + 1]])
+        if exact[p] >= params.threshold:
+            parent[max(x, y)] = min(x, y)
+    return exact
+
+
 def _estimates(sig_path, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """MinHash estimate (share of equal signature entries) of each pair, reading only the signatures it needs."""
     import pyarrow.parquet as pq
 
-    need = np.unique(np.concatenate([first, second]))
+    need = sorted_unique(np.concatenate([first, second]))
     pf = pq.ParquetFile(sig_path)
     rows, start = [], 0
     for g in range(pf.metadata.num_row_groups):
