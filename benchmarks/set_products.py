@@ -1,4 +1,4 @@
-"""Derived tables of a scored set at scale: DuckDB (the SQL the ops run) next to a pandas implementation, same run.
+"""Derived tables of a scored set at scale: DuckDB (the SQL the ops run) next to pandas and polars, same run.
 
     python benchmarks/set_products.py                      # 100K prompts x 64 responses, 2 threads
     python benchmarks/set_products.py --prompts 20000 --threads 2 --json out.json
@@ -8,15 +8,19 @@ side then reads that file and writes every derived table to Parquet (zstd): rs_b
 random_lower, rank_k, mean_minus_2sd, margin (capped at 8 per prompt)}, wind_groups, bon_curve(+_per_prompt).
 The DuckDB side runs the ops' own SQL (xwin_data.ops.sets.products / set_curves) the way `ctx.write_sql` does
 (COPY ... TO parquet, with the same options); the pandas side is what a careful pandas user would write
-(vectorised groupby / sort / merge, numpy for the order-statistic dot products, `df.to_parquet`). Both sides write
-the same columns (checked), and the outputs are compared before the timings are printed.
-Target: DuckDB >= 10x pandas and < 60 s in all on 2 cores.
+(vectorised groupby / sort / merge, numpy for the order-statistic dot products, `df.to_parquet`); the polars side
+uses the lazy API (scan_parquet, window expressions over prompt_id, joins, sink_parquet) with POLARS_MAX_THREADS
+equal to DuckDB's threads. Each side runs in a process of its own (peak RSS from wait4). All sides write the same
+columns (checked), and the outputs are compared with DuckDB's before the timings are printed.
+Targets: DuckDB >= 10x pandas, every table family at least as fast as polars, < 60 s in all on 2 cores.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from math import comb
@@ -236,6 +240,122 @@ def run_pandas(src_path: Path, out: Path) -> dict[str, float]:
     return times
 
 
+# ------------------------------------------------------------------------------------------------ polars
+def run_polars(src_path: Path, out: Path) -> dict[str, float]:
+    """The same tables with polars' lazy API (scan_parquet, window expressions, joins, sink_parquet), the way a
+    careful polars user writes them; the best-of-n order-statistic weights go through numpy as on the pandas side.
+    Threads: POLARS_MAX_THREADS, set by main before polars is imported."""
+    import polars as pl
+
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    lf = pl.scan_parquet(src_path)
+    narrow = lf.select("prompt_id", "response_id", "sample_index", "score")
+    texts = lf.select("response_id", "prompt", "response")
+
+    def assistant(col: str) -> pl.Expr:
+        return pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col(col)))
+
+    def sink(frame: pl.LazyFrame, name: str) -> None:
+        frame.sink_parquet(out / f"{name}.parquet", compression="zstd")
+
+    t = time.perf_counter()
+    for n in NS:
+        best = (narrow.filter(pl.col("sample_index") < n).group_by("prompt_id")
+                .agg(pl.col("response_id", "sample_index", "score").sort_by(["score", "sample_index"],
+                                                                           descending=[True, False]).first(),
+                     pl.len().alias("n_available")))
+        rs = (best.join(texts, on="response_id")
+              .with_columns(id=pl.col("prompt_id"), n=pl.lit(n),
+                            messages=pl.concat_list(pl.col("prompt"), assistant("response")))
+              .sort("prompt_id").select(RS_COLUMNS))
+        sink(rs, f"rs_best_of_{n}")
+    times["rs_best_of_n"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ranked = (narrow.sort(["prompt_id", "score", "sample_index"], descending=[False, True, False])
+              .with_columns(rnk=pl.int_range(1, pl.len() + 1).over("prompt_id"), m=pl.len().over("prompt_id"),
+                            mu=pl.col("score").mean().over("prompt_id"),
+                            sd=pl.col("score").std(ddof=0).over("prompt_id"),
+                            best=pl.col("score").max().over("prompt_id"))
+              .with_columns(n_best=(pl.col("score") == pl.col("best")).sum().over("prompt_id"))).collect()
+    chosen = ranked.filter(pl.col("rnk") == 1)
+    lower = ranked.filter(pl.col("score") < pl.col("best"))
+    u = pl.col("prompt_id").hash(0).cast(pl.Float64) / 2.0**64
+    rand_rank = (pl.col("n_best") + 1 + pl.min_horizontal((u * (pl.col("m") - pl.col("n_best"))).floor().cast(pl.Int64),
+                                                          pl.col("m") - pl.col("n_best") - 1))
+    picks = {
+        "worst": lower.filter(pl.col("rnk") == pl.col("m")),
+        "random_lower": lower.filter(pl.col("rnk") == rand_rank),
+        "rank_k": lower.filter(pl.col("rnk") == K),
+        "mean_minus_2sd": (lower.with_columns(d=(pl.col("score") - (pl.col("mu") - SD_MULT * pl.col("sd"))).abs())
+                           .sort(["prompt_id", "d", "score", "rnk"]).unique("prompt_id", keep="first",
+                                                                              maintain_order=True)),
+    }
+    top = ranked.filter(pl.col("rnk") <= CAP).select("prompt_id", "response_id", "score", "rnk", "m")
+    bottom = ranked.filter(pl.col("rnk") > pl.col("m") - CAP).select("prompt_id", "response_id", "score", "rnk")
+    margin = (top.join(bottom, on="prompt_id", suffix="_r")
+              .filter(pl.col("score") - pl.col("score_r") >= MARGIN)
+              .with_columns(diff=pl.col("score") - pl.col("score_r"))
+              .sort(["prompt_id", "diff", "rnk", "rnk_r"], descending=[False, True, False, True])
+              .filter(pl.int_range(pl.len()).over("prompt_id") < CAP))
+    c = chosen.select("prompt_id", chosen_id="response_id", chosen_score="score", chosen_rank="rnk")
+    pairs_of = {s: p.join(c, on="prompt_id").select("prompt_id", "chosen_id", "chosen_score", "chosen_rank",
+                                                     rejected_id="response_id", rejected_score="score",
+                                                     rejected_rank="rnk", group_size="m")
+                for s, p in picks.items()}
+    pairs_of["margin"] = margin.select("prompt_id", chosen_id="response_id", chosen_score="score", chosen_rank="rnk",
+                                       rejected_id="response_id_r", rejected_score="score_r", rejected_rank="rnk_r",
+                                       group_size="m")
+    tx = texts.select("response_id", "prompt", "response")
+    for s in STRATEGIES:
+        pairs = (pairs_of[s].lazy()
+                 .join(tx, left_on="chosen_id", right_on="response_id")
+                 .join(tx.select("response_id", rejected_text="response"), left_on="rejected_id",
+                       right_on="response_id")
+                 .with_columns(chosen=assistant("response"), rejected=assistant("rejected_text"),
+                               strategy=pl.lit(s),
+                               id=pl.concat_str("prompt_id", "chosen_id", "rejected_id", separator=":"))
+                 .sort(["prompt_id", "chosen_rank", "rejected_rank"]).select(DPO_COLUMNS))
+        sink(pairs, f"dpo_pairs_{s}")
+    times["dpo_pairs"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    wind = (lf.with_columns(group_size=pl.len().over("prompt_id"))
+            .filter(pl.col("group_size") >= 2)
+            .with_columns(win_rate=(pl.col("score").rank("average").over("prompt_id") - 1) / (pl.col("group_size") - 1),
+                          completion=assistant("response"), id=pl.col("response_id"))
+            .select(WIND_COLUMNS))
+    sink(wind, "wind_groups")
+    times["wind_groups"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    s = (narrow.sort(["prompt_id", "score"])
+         .with_columns(m=pl.len().over("prompt_id"),
+                       twice_mid=2 * pl.col("score").rank("average").over("prompt_id") - 1)
+         .select("prompt_id", "score", "m", "twice_mid").collect())
+    frames = []
+    for (m,), part in s.group_by("m", maintain_order=True):
+        m = int(m)
+        scores = part["score"].to_numpy().reshape(-1, m)
+        mids = part["twice_mid"].to_numpy().reshape(-1, m)
+        weights = np.array([[comb(k - 1, n - 1) / comb(m, n) for k in range(1, m + 1)] for n in range(1, m + 1)])
+        ids = part["prompt_id"].to_numpy()[::m]
+        frames.append(pl.DataFrame({"prompt_id": np.repeat(ids, m), "m": np.full(len(ids) * m, m),
+                                    "n": np.tile(np.arange(1, m + 1), len(ids)),
+                                    "expected_best_score": (scores @ weights.T).ravel(),
+                                    "win_rate_vs_best_of_1": (mids @ weights.T).ravel() * 0.5 / m}))
+    per_prompt = pl.concat(frames)
+    per_prompt.write_parquet(out / "bon_curve_per_prompt.parquet", compression="zstd")
+    overall = (per_prompt.group_by("n").agg(mean_best_score=pl.col("expected_best_score").mean(),
+                                            win_rate_vs_best_of_1=pl.col("win_rate_vs_best_of_1").mean(),
+                                            n_prompts=pl.len(), sd_best_score=pl.col("expected_best_score").std())
+               .sort("n"))
+    overall.write_parquet(out / "bon_curve.parquet", compression="zstd")
+    times["bon_curve"] = time.perf_counter() - t
+    return times
+
+
 # ------------------------------------------------------------------------------------------------ checks
 def compare(a: Path, b: Path) -> dict[str, str]:
     """Both sides made the same tables (random_lower: same validity, different random streams)."""
@@ -277,15 +397,38 @@ def compare(a: Path, b: Path) -> dict[str, str]:
     return checks
 
 
+def run_side(side: str, src: Path, out: Path, threads: int) -> tuple[dict[str, float], float]:
+    """One side in a fresh process (its own thread settings, its own peak RSS from wait4)."""
+    times_path = out.with_suffix(".json")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "POLARS_MAX_THREADS": str(threads)}
+    proc = subprocess.Popen([sys.executable, __file__, "--side", side, str(src), str(out), str(threads),
+                             str(times_path)], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise SystemExit(f"{side} side failed ({status})")
+    return json.loads(times_path.read_text()), usage.ru_maxrss / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=100_000)
     ap.add_argument("--m", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-pandas", action="store_true")
+    ap.add_argument("--skip-polars", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--side", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.side:
+        side, src, out, threads = args.side[0], Path(args.side[1]), Path(args.side[2]), int(args.side[3])
+        fn = {"duckdb": lambda: run_duckdb(src, out, threads), "pandas": lambda: run_pandas(src, out),
+              "polars": lambda: run_polars(src, out)}[side]
+        Path(args.side[4]).write_text(json.dumps(fn()))
+        return
+    sides = ["duckdb"] + ([] if args.skip_pandas else ["pandas"]) + ([] if args.skip_polars else ["polars"])
+    times: dict[str, dict[str, float]] = {}
+    peaks: dict[str, float] = {}
+    checks: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="xwin-bench-") as tmp:
         root = Path(tmp)
         src = root / "xwin_set.parquet"
@@ -293,29 +436,37 @@ def main() -> None:
         rows = synthetic_set(src, args.prompts, args.m)
         print(f"synthetic set: {args.prompts:,} prompts x {args.m} = {rows:,} rows "
               f"({src.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s")
-        duck = run_duckdb(src, root / "duckdb", args.threads)
-        pand = {} if args.skip_pandas else run_pandas(src, root / "pandas")
-        checks = {} if args.skip_pandas else compare(root / "duckdb", root / "pandas")
-    total_duck = sum(duck.values())
-    total_pandas = sum(pand.values())
-    print(f"\n{'table family':<16}{'duckdb s':>10}{'pandas s':>10}{'ratio':>8}")
+        for side in sides:
+            times[side], peaks[side] = run_side(side, src, root / side, args.threads)
+        for side in sides[1:]:
+            checks[side] = compare(root / "duckdb", root / side)
+    duck = times["duckdb"]
+    total = {side: sum(v for k, v in times[side].items() if k != "read") for side in sides}
+    header = "".join(f"{side + ' s':>10}" for side in sides) + "".join(f"{side + '/duck':>13}" for side in sides[1:])
+    print(f"\n{'table family':<16}{header}")
     for name in duck:
-        p = pand.get(name)
-        print(f"{name:<16}{duck[name]:>10.2f}{(p or float('nan')):>10.2f}{(p / duck[name] if p else float('nan')):>8.1f}")
-    if pand:
-        print(f"{'pandas read':<16}{'':>10}{pand['read']:>10.2f}")
-        print(f"{'total':<16}{total_duck:>10.2f}{total_pandas:>10.2f}{total_pandas / total_duck:>8.1f}")
-        print("\noutputs compared:")
-        for k, v in checks.items():
+        line = "".join(f"{times[side].get(name, float('nan')):>10.2f}" for side in sides)
+        line += "".join(f"{times[side][name] / duck[name]:>13.2f}" for side in sides[1:])
+        print(f"{name:<16}{line}")
+    if "pandas" in times:
+        print(f"{'pandas read':<16}{'':>10}{times['pandas']['read']:>10.2f}")
+    line = "".join(f"{total[side]:>10.2f}" for side in sides) + "".join(f"{total[side] / total['duckdb']:>13.2f}"
+                                                                          for side in sides[1:])
+    print(f"{'total':<16}{line}")
+    print(f"{'peak RSS GB':<16}" + "".join(f"{peaks[side]:>10.2f}" for side in sides))
+    for side, found in checks.items():
+        print(f"\noutputs compared, duckdb vs {side}:")
+        for k, v in found.items():
             print(f"  {k:<24} {v}")
-    else:
-        print(f"{'total':<16}{total_duck:>10.2f}")
-    print(f"\ntargets: duckdb total < 60 s: {'met' if total_duck < 60 else 'MISSED'} ({total_duck:.1f}s on "
-          f"{args.threads} threads)" + (f"; >= 10x pandas: {'met' if total_pandas >= 10 * total_duck else 'MISSED'} "
-                                        f"({total_pandas / total_duck:.1f}x)" if pand else ""))
+    print(f"\ntargets: duckdb total < 60 s: {'met' if total['duckdb'] < 60 else 'MISSED'} ({total['duckdb']:.1f}s on "
+          f"{args.threads} threads)"
+          + (f"; >= 10x pandas: {'met' if total['pandas'] >= 10 * total['duckdb'] else 'MISSED'} "
+             f"({total['pandas'] / total['duckdb']:.1f}x)" if "pandas" in total else "")
+          + (f"; every family at least as fast as polars: "
+             f"{'met' if all(times['polars'][k] >= duck[k] for k in duck) else 'MISSED'}" if "polars" in total else ""))
     if args.json:
         args.json.write_text(json.dumps({"prompts": args.prompts, "m": args.m, "threads": args.threads,
-                                         "duckdb": duck, "pandas": pand, "checks": checks}, indent=2))
+                                         "times": times, "peak_rss_gb": peaks, "checks": checks}, indent=2))
 
 
 if __name__ == "__main__":

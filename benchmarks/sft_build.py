@@ -9,7 +9,8 @@ perturbations up to --n: every copy gets a changed first question, some gain HTM
 exact copies. Both pipelines then do the same work: normalise roles, clean (same `clean_value` semantics: HTML to
 markdown, ftfy repair, whitespace), count turns, characters and approximate tokens, identify the language, filter
 (English, ≥1 turn, no message over 8192 tokens, no "As an AI language model" answers), exact dedup on normalised
-text, split over 2048 tokens. Near-duplicate removal is off for parity (the baseline has none).
+text, split over 2048 tokens. Near-duplicate removal is off for parity (the baseline has none); `--only ours-near`
+runs the recipe with it on.
 
 The baseline is written the way such scripts usually are: `load_dataset("json")`, then per-example `map`/`filter`
 calls and a Python set for dedup, then `save_to_disk`. It runs in two variants: `baseline-same` cleans each value
@@ -104,10 +105,10 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.md5("\n".join(sorted(ids)).encode()).hexdigest()[:12]
 
 
-def run_ours(input_path: str, out_dir: str) -> tuple[int, str]:
+def run_ours(input_path: str, out_dir: str, near: bool = False) -> tuple[int, str]:
     import xwin_data
 
-    sets = [f"input={input_path}", "near_dedup=false", "file_type=jsonl"]
+    sets = [f"input={input_path}", f"near_dedup={str(near).lower()}", "file_type=jsonl"]
     xwin_data.build(RECIPE, Path(out_dir) / "catalog", sets, show_progress=False, memory_limit=MEMORY_LIMIT)
     con = xwin_data.connect(Path(out_dir) / "catalog")
     ids = [r[0] for r in con.execute("SELECT id FROM sft_sharegpt").fetchall()]
@@ -226,12 +227,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200_000, help="conversations in the generated input")
     ap.add_argument("--input", help="use this ShareGPT JSONL instead of generating one")
-    ap.add_argument("--only", choices=["ours", "baseline-same", "baseline-common"], help="run one pipeline only")
+    ap.add_argument("--only", choices=["ours", "ours-near", "baseline-same", "baseline-common"],
+                    help="run one pipeline only (ours-near: the recipe with near-dedup on, for its memory and time)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         which, input_path, out_dir, result = args.child
-        rows, digest = run_ours(input_path, out_dir) if which == "ours" else \
+        rows, digest = run_ours(input_path, out_dir, which == "ours-near") if which.startswith("ours") else \
             run_baseline(input_path, out_dir, which.split("-", 1)[1])
         Path(result).write_text(f"{rows} {digest}")
         return

@@ -1,7 +1,9 @@
-"""Deduplication of conversations: exact (normalised text keys, grouped in SQL) and near-duplicate (MinHash LSH).
+"""Deduplication of conversations: exact (normalised text keys, grouped in SQL) and near-duplicate (MinHash LSH,
+verified by exact shingle Jaccard).
 
-Both keep, in every group of duplicates, the record with the smallest id, so the result does not depend on input
-order; each removed record is a drops row whose detail names the kept id.
+Both keep, in every group of duplicates, the first occurrence in input order (source file, then line: the row's
+position in the input table), whatever the ids and however many workers ran; each removed record is a drops row
+whose detail names the kept id.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from xwin_data.ops.base import Op, Params, register
+from xwin_data.text.minhash import sorted_unique
 
 _ASCII_WS = re.compile(r"[ \t\n\v\f\r]+")
 TEXT_SQL = {
@@ -83,28 +86,32 @@ class ExactParams(Params):
 
 @register
 class DedupExact(Op):
-    """Drop conversations whose normalised text equals that of one with a smaller id."""
+    """Drop conversations whose normalised text equals that of one earlier in the input."""
 
     name = "dedup_exact"
     needs, keeps, adds = {"id", "messages"}, True, set()
     Params = ExactParams
     schema = "conversations"
     min_inputs = max_inputs = 1
-    summary = "exact duplicates on normalised text; keeps the smallest id"
+    summary = "exact duplicates on normalised text; keeps the first occurrence"
 
     def run(self, ctx, params: ExactParams) -> None:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         con = ctx.con
-        con.execute("CREATE TEMP TABLE __keys (id VARCHAR, k UHUGEINT)")
+        con.execute("CREATE TEMP TABLE __keys (id VARCHAR, k UHUGEINT, ord BIGINT)")
         reader = con.cursor().sql(f"SELECT id, {TEXT_SQL[params.on]} AS txt FROM {ctx.input()}").to_arrow_reader(20_000)
         pending: deque = deque()
+        seen = 0
 
         def insert_one() -> None:  # in input order, on this thread (the connection's)
+            nonlocal seen
             norm = pending.popleft().result()
+            norm = norm.append_column("ord", pa.array(np.arange(seen, seen + norm.num_rows, dtype=np.int64)))
+            seen += norm.num_rows
             con.register("__batch", norm)
-            con.execute("INSERT INTO __keys SELECT id, md5_number(coalesce(norm, '')) FROM __batch")
+            con.execute("INSERT INTO __keys SELECT id, md5_number(coalesce(norm, '')), ord FROM __batch")
             con.unregister("__batch")
             bar.advance(norm.num_rows)
 
@@ -118,19 +125,26 @@ class DedupExact(Op):
             while pending:
                 insert_one()
         con.execute("CREATE TEMP TABLE __dups AS SELECT id, kept FROM "
-                    "(SELECT id, min(id) OVER (PARTITION BY k) AS kept FROM __keys) WHERE id <> kept")
+                    "(SELECT id, ord, arg_min(id, ord) OVER (PARTITION BY k) AS kept, min(ord) OVER (PARTITION BY k) AS first "
+                    "FROM __keys) WHERE ord <> first")
         _write_except(ctx, "__dups")
         ctx.drop_sql("SELECT id AS source_id, 'exact_duplicate' AS reason, 'duplicate of ' || kept AS detail FROM __dups")
         ctx.stats["duplicates"] = con.execute("SELECT count(*) FROM __dups").fetchone()[0]
 
 
 class NearParams(Params):
-    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity of word shingles to drop at")
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity of word shingles to drop at (exact, "
+                                                          "unless verify is false)")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
-    bands: int = Field(16, ge=1, description="LSH bands (num_perm / bands rows each)")
+    bands: int = Field(32, ge=1, description="LSH bands (num_perm / bands rows each); 32 x 4 makes pairs from "
+                                             "Jaccard ~0.45 up candidates, so pairs at the threshold are not missed")
     shingle_words: int = Field(5, ge=1, description="words per shingle")
     max_words: int = Field(4000, ge=10, description="signatures cover the first this many words of a conversation")
     on: Literal["conversation", "first_user"] = "conversation"
+    verify: bool = Field(True, description="check each candidate pair's exact shingle Jaccard before dropping "
+                                           "(false: decide on the MinHash estimate)")
+    estimate_margin: float = Field(0.2, ge=0, le=1, description="candidates whose MinHash estimate is below "
+                                                                "threshold - margin are not verified")
     seed: int = 1
     batch_size: int = Field(5_000, ge=1)
     enabled: bool = Field(True, description="false passes the table through (e.g. for speed comparisons)")
@@ -142,102 +156,200 @@ class NearParams(Params):
         return self
 
 
+def minhash_batch(batch: pa.RecordBatch, params: NearParams, a: np.ndarray, b: np.ndarray) -> tuple[None, tuple]:
+    """One batch's (ids, signatures, band keys); runs in the stage's worker processes."""
+    from xwin_data.text.minhash import band_keys, conversation_text, shingles, signatures, word_hashes
+
+    words, offsets = word_hashes(conversation_text(batch.column("messages"), params.on), params.max_words)
+    hashes, sh_off = shingles(words, offsets, params.shingle_words)
+    sig = signatures(hashes, sh_off, a, b)
+    return None, (batch.column("id"), sig, band_keys(sig, params.bands, params.seed))
+
+
+def read_rows(globbed: str, ords: np.ndarray, column: str = "messages") -> pa.Array:
+    """One column of the input rows at the given (sorted) ordinals, reading only the row groups that hold them."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    parts, start = [], 0
+    for source in sorted(glob.glob(globbed)):
+        pf = pq.ParquetFile(source)
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            lo, hi = np.searchsorted(ords, [start, start + n])
+            if hi > lo:
+                col = pf.read_row_group(g, columns=[column], use_threads=False).column(0).combine_chunks()
+                parts.append(col.take(pa.array(ords[lo:hi] - start)))
+            start += n
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.list_(pa.struct([("role", pa.string()),
+                                                                                    ("content", pa.string())])))
+
+
 @register
 class DedupNear(Op):
-    """Drop near-duplicate conversations (MinHash LSH over word shingles), keeping the smallest id of a cluster."""
+    """Drop near-duplicate conversations (MinHash LSH candidates, verified by exact shingle Jaccard), keeping the
+    first occurrence of a cluster in input order."""
 
     name = "dedup_near"
     needs, keeps, adds = {"id", "messages"}, True, set()
     Params = NearParams
     schema = "conversations"
     min_inputs = max_inputs = 1
-    summary = "near-duplicates by MinHash LSH (numpy signatures, SQL band joins); keeps the smallest id"
+    summary = "near-duplicates: MinHash LSH in the workers, exact Jaccard check; keeps the first occurrence"
 
     def run(self, ctx, params: NearParams) -> None:
+        import glob
+        import os
+        from functools import partial
+
         import pyarrow.parquet as pq
 
-        from xwin_data.text.minhash import band_keys, permutations, shingles, signatures
+        from xwin_data.ops.dedup.lsh import bucket_pairs, clusters, decode
+        from xwin_data.text.batches import map_input_parallel
+        from xwin_data.text.minhash import permutations
 
-        con = ctx.con
         if not params.enabled:
             ctx.pass_through()
             ctx.stats["near_duplicates"] = "disabled"
             return
         scratch = ctx.tmp_dir / f"{ctx.stage_id}-minhash"
         scratch.mkdir(parents=True, exist_ok=True)
-        a, b = permutations(params.num_perm, params.seed)
-        words_sql = (f"list_transform(string_split_regex(trim(regexp_replace(lower({TEXT_SQL[params.on]}), "
-                     f"'[^\\p{{L}}\\p{{N}}_]+', ' ', 'g')), ' ')[1:{params.max_words}], lambda w: hash(w))")
-        reader = con.cursor().sql(f"SELECT id, {words_sql} AS words FROM {ctx.input()}").to_arrow_reader(params.batch_size)
         sig_path, band_path = scratch / "sigs.parquet", scratch / "bands.parquet"
-        sig_writer = band_writer = None
-        with ctx.track("minhash signatures", ctx.input_rows(), "rows") as bar:
-            for batch in reader:
-                words_col = batch.column(1)
-                offsets = np.asarray(words_col.offsets.to_numpy(), dtype=np.int64)
-                offsets = offsets - offsets[0]
-                flat = words_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
-                hashes, sh_off = shingles(flat, offsets, params.shingle_words)
-                sig = signatures(hashes, sh_off, a, b)
-                keys = band_keys(sig, params.bands, params.seed)
-                ids = batch.column(0)
-                sig_table = pa.table({"id": ids, "sig": pa.FixedSizeListArray.from_arrays(sig.ravel(), params.num_perm)})
-                n = len(ids)
-                band_table = pa.table({"id": pa.array(np.repeat(ids.to_numpy(zero_copy_only=False), params.bands)),
-                                       "band": pa.array(np.tile(np.arange(params.bands, dtype=np.int16), n)),
-                                       "bucket": pa.array(keys.ravel())})
-                sig_writer = sig_writer or pq.ParquetWriter(sig_path, sig_table.schema)
-                band_writer = band_writer or pq.ParquetWriter(band_path, band_table.schema)
-                sig_writer.write_table(sig_table)
-                band_writer.write_table(band_table)
-                bar.advance(n)
-        for w in (sig_writer, band_writer):
-            if w is not None:
-                w.close()
-        dropped = []
-        if band_writer is not None:
-            # Star edges from each bucket's smallest id keep the candidate list linear in the table size.
-            edges = con.execute(f"""
-                WITH b AS (SELECT id, band, bucket, min(id) OVER (PARTITION BY band, bucket) AS head
-                           FROM read_parquet('{band_path}')),
-                     pairs AS (SELECT DISTINCT head, id FROM b WHERE id <> head),
-                     s AS (SELECT id, sig::UINTEGER[] AS sig FROM read_parquet('{sig_path}'))
-                SELECT pairs.head, pairs.id,
-                       len(list_filter(range(1, {params.num_perm} + 1), lambda i: s1.sig[i] = s2.sig[i])) / {params.num_perm} AS j
-                FROM pairs JOIN s s1 ON s1.id = pairs.head JOIN s s2 ON s2.id = pairs.id
-            """).fetchall()
-            dropped = _clusters([(h, i, j) for h, i, j in edges if j >= params.threshold])
-        table = pa.table({"id": [d[0] for d in dropped], "kept": [d[1] for d in dropped],
-                          "jaccard": [d[2] for d in dropped]},
-                         schema=pa.schema([("id", pa.string()), ("kept", pa.string()), ("jaccard", pa.float64())]))
-        con.register("__near", table)
+        writers: dict[str, pq.ParquetWriter] = {}
+
+        def keep(extra: tuple) -> None:  # in the calling process, in input order: row i of the files is ordinal i
+            ids, sig, keys = extra
+            tables = {sig_path: pa.table({"id": ids, "sig": pa.FixedSizeListArray.from_arrays(sig.ravel(),
+                                                                                               params.num_perm)}),
+                      band_path: pa.table({f"b{j}": keys[:, j] for j in range(params.bands)})}
+            for path, table in tables.items():
+                if path not in writers:
+                    writers[path] = pq.ParquetWriter(path, table.schema)
+                writers[path].write_table(table)
+
+        a, b = permutations(params.num_perm, params.seed)
+        schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
+        map_input_parallel(ctx, partial(minhash_batch, params=params, a=a, b=b), schema, keep,
+                           batch_size=params.batch_size, processes=True, description="minhash signatures")
+        for w in writers.values():
+            w.close()
+        for leftover in glob.glob(ctx.output_glob()):  # the signing pass writes no rows, only an empty part
+            os.remove(leftover)
+
+        found = np.zeros(0, np.int64)
+        if band_path in writers:
+            bands = pq.ParquetFile(band_path)
+            found = sorted_unique(np.concatenate([bucket_pairs(bands.read(columns=[f"b{j}"]).column(0).to_numpy())
+                                              for j in range(params.bands)]))
+        first, second = decode(found)
+        estimated = _estimates(sig_path, first, second) if len(found) else np.zeros(0)
+        floor = params.threshold - params.estimate_margin if params.verify else params.threshold
+        sel = estimated >= floor
+        first, second, estimated = first[sel], second[sel], estimated[sel]
+        exact = np.full(len(first), np.nan)
+        if params.verify and len(first):
+            exact = _verify(ctx.inputs[0].glob, params, first, second, estimated)
+        decided = exact if params.verify else estimated
+        ok = decided >= params.threshold
+        dropped = _dropped_rows(first[ok], second[ok], estimated[ok], exact[ok],
+                                pq.read_table(sig_path, columns=["id"]).column(0) if band_path in writers else None)
+        ctx.con.register("__near", dropped)
         _write_except(ctx, "__near")
-        ctx.drop_sql("SELECT id AS source_id, 'near_duplicate' AS reason, "
-                     "'near duplicate of ' || kept || ' (estimated jaccard ' || round(jaccard, 3) || ')' AS detail FROM __near")
-        ctx.stats["near_duplicates"] = len(dropped)
+        ctx.drop_sql("SELECT id AS source_id, 'near_duplicate' AS reason, detail FROM __near")
+        ctx.stats.update({"candidate_pairs": int(len(found)), "verified_pairs": int(np.sum(~np.isnan(exact))),
+                          "near_duplicates": dropped.num_rows})
 
 
-def _clusters(edges: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
-    """Union-find over verified edges: every member but the smallest id of a cluster is dropped."""
-    parent: dict[str, str] = {}
+def _verify(globbed: str, params: NearParams, first: np.ndarray, second: np.ndarray,
+            estimated: np.ndarray) -> np.ndarray:
+    """Exact shingle Jaccard of the candidate pairs that decide the clusters (NaN for the others).
 
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
+    Pairs are taken by estimate, highest first; a pair whose two members are already joined by verified pairs
+    is not checked (it cannot change a cluster), so a dump full of copies costs about one check per copy. The
+    shingle sets of the documents involved are computed in chunks of `batch_size` and held at 4 bytes a shingle:
+    that, the signatures of candidates and the candidate list are what this step holds beyond one batch."""
+    from xwin_data.text.minhash import conversation_text, jaccard, shingle_sets, shingles, word_hashes
+
+    need = sorted_unique(np.concatenate([first, second]))
+    flats, offs, base = [], [np.zeros(1, np.int64)], 0
+    for c in range(0, len(need), params.batch_size):
+        chunk = need[c:c + params.batch_size]
+        words, offsets = word_hashes(conversation_text(read_rows(globbed, chunk), params.on), params.max_words)
+        flat, sh_off = shingle_sets(*shingles(words, offsets, params.shingle_words))
+        flats.append(flat)
+        offs.append(sh_off[1:].astype(np.int64) + base)
+        base += len(flat)
+    flat, off = np.concatenate(flats), np.concatenate(offs)
+    ia, ib = np.searchsorted(need, first), np.searchsorted(need, second)
+    parent = np.arange(len(need))
+
+    def find(x: int) -> int:
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    best: dict[str, float] = {}
-    for h, i, j in edges:
-        ra, rb = find(h), find(i)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-        best[i] = max(best.get(i, 0.0), j)
-        best[h] = max(best.get(h, 0.0), j)
-    out = []
-    for x in parent:
-        root = find(x)
-        if x != root:
-            out.append((x, root, best.get(x, 0.0)))
-    return sorted(out)
+    exact = np.full(len(first), np.nan)
+    for p in np.lexsort((second, first, -estimated)).tolist():
+        x, y = find(int(ia[p])), find(int(ib[p]))
+        if x == y:
+            continue
+        a, b = int(ia[p]), int(ib[p])
+        exact[p] = jaccard(flat[off[a]:off[a + 1]], flat[off[b]:off[b + 1]])
+        if exact[p] >= params.threshold:
+            parent[max(x, y)] = min(x, y)
+    return exact
+
+
+def _estimates(sig_path, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """MinHash estimate (share of equal signature entries) of each pair, reading only the signatures it needs."""
+    import pyarrow.parquet as pq
+
+    need = sorted_unique(np.concatenate([first, second]))
+    pf = pq.ParquetFile(sig_path)
+    rows, start = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        lo, hi = np.searchsorted(need, [start, start + n])
+        if hi > lo:
+            col = pf.read_row_group(g, columns=["sig"]).column(0).combine_chunks()
+            width = col.type.list_size
+            flat = col.values.to_numpy().reshape(-1, width)
+            rows.append(flat[need[lo:hi] - start])
+        start += n
+    sigs = np.concatenate(rows)
+    ia, ib = np.searchsorted(need, first), np.searchsorted(need, second)
+    out = np.empty(len(first))
+    for c in range(0, len(first), 65_536):
+        out[c:c + 65_536] = (sigs[ia[c:c + 65_536]] == sigs[ib[c:c + 65_536]]).mean(axis=1)
+    return out
+
+
+def _dropped_rows(first, second, estimated, exact, ids) -> pa.Table:
+    """id, kept id and detail of every dropped member of a cluster: its pair with the kept one when that pair was
+    found, else its closest found pair (named with 'via')."""
+    from xwin_data.ops.dedup.lsh import clusters
+
+    kept_of = clusters(first, second)
+    best: dict[int, tuple[float, int, float, float]] = {}
+    for x, y, est, ex in zip(first.tolist(), second.tolist(), estimated.tolist(), exact.tolist()):
+        score = est if np.isnan(ex) else ex
+        for me, other in ((x, y), (y, x)):
+            if me in kept_of and (other == kept_of[me] or me not in best or
+                                  (best[me][1] != kept_of[me] and score > best[me][0])):
+                best[me] = (score, other, est, ex)
+    dropped = sorted(kept_of)
+    named = set(dropped) | set(kept_of.values()) | {best[x][1] for x in dropped}
+    order = sorted(named)
+    name = dict(zip(order, ids.take(pa.array(order, pa.int64())).to_pylist())) if order else {}
+    rows = {"id": [], "kept": [], "detail": []}
+    for x in dropped:
+        _, other, est, ex = best[x]
+        kept = kept_of[x]
+        via = "" if other == kept else f", via {name[other]}"
+        verified = "" if np.isnan(ex) else f", verified jaccard {ex:.3f}"
+        rows["id"].append(name[x])
+        rows["kept"].append(name[kept])
+        rows["detail"].append(f"near duplicate of {name[kept]} (estimated jaccard {est:.3f}{verified}{via})")
+    return pa.table(rows, schema=pa.schema([("id", pa.string()), ("kept", pa.string()), ("detail", pa.string())]))

@@ -8,21 +8,22 @@ prompt's equally scored responses apart.
 - `rs_best_of_n` writes one table per n: the best of the first n samples of each prompt, as SFT `messages`.
 - `dpo_pairs` writes one table per strategy: chosen = the best response, rejected picked by the strategy
   (`margin` instead keeps every pair whose scores differ by at least the margin), in TRL's conversational
-  preference format (`prompt`, `chosen`, `rejected` as message lists).
+  preference format (`prompt`, `chosen`, `rejected` as message lists). Strategies are registered classes
+  (`xwin_data.ops.sets.pair_strategies`).
 """
 from __future__ import annotations
 
-from typing import Literal
 
 from pydantic import Field, field_validator
 
 from xwin_data.core.context import sql_str
 from xwin_data.core.fingerprint import stable_hash
 from xwin_data.ops.base import Op, Params, register
+from xwin_data.ops.sets.pair_strategies import PAIR_STRATEGIES, get_strategy
 
 SET_COLUMNS = ("prompt_id", "prompt", "response_id", "sample_index", "response", "score")
 DEFAULT_NS = [1, 2, 4, 8, 16, 32, 64]
-STRATEGIES = ("worst", "random_lower", "rank_k", "mean_minus_2sd", "margin")
+STRATEGIES = tuple(PAIR_STRATEGIES)  # the built-in ones, all on by default
 
 
 def require_columns(con, source: str, needed: tuple[str, ...] = SET_COLUMNS) -> None:
@@ -62,8 +63,12 @@ class SetOp(Op):
 
     @classmethod
     def code_version(cls) -> str:
+        import inspect
+
+        from xwin_data.ops.sets import pair_strategies
+
         shared = Op.code_version.__func__(RsBestOfN)  # this module's source
-        return stable_hash([super().code_version(), shared], length=16)
+        return stable_hash([super().code_version(), shared, inspect.getsource(pair_strategies)], length=16)
 
 
 # ------------------------------------------------------------------------------------------------ rs_best_of_n
@@ -162,14 +167,10 @@ class RsBestOfN(SetOp):
 
 # ------------------------------------------------------------------------------------------------ dpo_pairs
 class DpoParams(Params):
-    strategies: list[Literal["worst", "random_lower", "rank_k", "mean_minus_2sd", "margin"]] = Field(
+    strategies: list[str] = Field(
         list(STRATEGIES),
-        description="how the rejected response is picked; one table <table>_<strategy> each. chosen is the best "
-                    "response (rank 1), rejected: worst = lowest score; random_lower = a seeded uniform pick "
-                    "among the responses scored below the best; rank_k = the response at rank k; "
-                    "mean_minus_2sd = the response scored below the best nearest mean - sd_multiplier * sd "
-                    "(population sd of the prompt's scores); margin = every pair (higher, lower) whose scores "
-                    "differ by at least `margin`")
+        description="how the rejected response is picked (chosen is the best response, rank 1); one table "
+                    "<table>_<strategy> each: " + "; ".join(f"{n} = {st.summary}" for n, st in PAIR_STRATEGIES.items()))
     k: int = Field(2, ge=2, description="rank of the rejected response for rank_k (1 = best, 2 = runner-up)")
     seed: int = Field(0, description="seed of random_lower")
     sd_multiplier: float = Field(2.0, gt=0, description="mean_minus_2sd target: mean - sd_multiplier * sd")
@@ -183,6 +184,8 @@ class DpoParams(Params):
     def _unique(cls, v: list[str]) -> list[str]:
         if not v or len(set(v)) != len(v):
             raise ValueError("strategies must be a non-empty list without repeats")
+        for name in v:
+            get_strategy(name)
         return v
 
 
@@ -192,20 +195,20 @@ def prepare_dpo(con, source: str, params: DpoParams) -> None:
 
     Ranks come from one GROUP BY, not a window over every row: each prompt's (-score, sample_index) keys sorted
     (`ranked_groups_sql`), so rank r is `ranked[r]`, and each strategy's pick is list arithmetic on one row per
-    prompt. A picked response is named by (prompt_id, sample_index, score) until `fetch_picked_rows` fetches its
-    texts."""
+    prompt (`xwin_data.ops.sets.pair_strategies`). A picked response is named by (prompt_id, sample_index, score)
+    until `fetch_picked_rows` fetches its texts."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW __scored AS {scored_rows_sql(source)}")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE __groups AS
         SELECT prompt_id, count(*) AS m, max(score) AS best_score, min(score) AS worst_score
         FROM __scored GROUP BY prompt_id""")
-    picks = []
-    margin, capped = "margin" in params.strategies, bool(params.max_pairs_per_prompt)
-    if [s for s in params.strategies if s != "margin"] or (margin and capped):
-        picks.append(ranked_picks_sql(params))
-    if margin and not capped:
+    strategies = [get_strategy(n) for n in params.strategies]
+    enumerated = [sql for st in strategies if (sql := st.pair_rows(params)) is not None]
+    by_row = [st for st in strategies if st.pair_rows(params) is None]
+    picks = [ranked_picks_sql(by_row, params)] if by_row else []
+    if enumerated:
         con.execute(f"CREATE OR REPLACE TEMP TABLE __ranked AS {ranked_rows_sql()}")
-        picks.append(all_margin_pairs_sql(params))
+        picks += enumerated
     con.execute("CREATE OR REPLACE TEMP TABLE __pairs AS " + " UNION ALL ".join(picks))
     fetch_picked_rows(con, "__pair_texts", "SELECT prompt_id, chosen_index AS sample_index, chosen_score AS score "
                       "FROM __pairs UNION ALL SELECT prompt_id, rejected_index, rejected_score FROM __pairs",
@@ -231,60 +234,19 @@ def pair_rows_sql(picks: str) -> str:
             f"FROM ({picks})")
 
 
-def rejected_rank_sql(strategy: str, params: DpoParams) -> str:
-    """The rank of the rejected response (NULL: the prompt has none), from a prompt's m, n_best (responses tied
-    with the best; they hold ranks 1 .. n_best, the lower ones n_best + 1 .. m), mu, sd and `ranked`."""
-    if strategy == "worst":  # the last rank: lowest score, the latest sample among ties
-        return "CASE WHEN m > n_best THEN m END"
-    if strategy == "rank_k":
-        k = int(params.k)
-        return f"CASE WHEN m >= {k} AND n_best < {k} THEN {k} END"
-    if strategy == "random_lower":  # uniform over ranks n_best+1 .. m, from a per-prompt seeded hash
-        u = f"(md5_number({sql_str(str(params.seed))} || ':' || prompt_id)::DOUBLE / pow(2::DOUBLE, 128))"
-        return f"CASE WHEN m > n_best THEN n_best + 1 + least(floor({u} * (m - n_best))::BIGINT, m - n_best - 1) END"
-    if strategy == "mean_minus_2sd":  # nearest the target among the lower ones; ties: lower score, then rank
-        target = f"(mu - {float(params.sd_multiplier)!r} * sd)"
-        nearest = (f"list_min(list_transform(ranked[n_best + 1:], "
-                   f"lambda e, i: {{'d': abs(-e.neg_score - {target}), 's': -e.neg_score, 'i': i}})).i")
-        return f"CASE WHEN m > n_best THEN n_best + {nearest} END"
-    raise ValueError(f"unknown strategy {strategy!r}")
-
-
-def capped_margin_picks_sql(params: DpoParams) -> str:
-    """A list of {strategy, c, r}: the (at most K) widest pairs at least `margin` apart, ties to the better chosen,
-    then the worse rejected. The pair of the a-th best and the j-th worst is beaten or tied (and ordered first) by
-    the a*j - 1 other pairs of a better-or-equal chosen and a worse-or-equal rejected, so only the pairs with
-    a*j <= K (`cand`, about K ln K of them) can make it; they are sorted within each prompt's row."""
-    k, margin = int(params.max_pairs_per_prompt), float(params.margin)
-    cand = "list_filter(cand.pairs, lambda x: x.a < m - x.j + 1)"  # chosen rank a above rejected rank m - j + 1
-    keyed = (f"list_transform({cand}, lambda x: {{'neg_diff': ranked[x.a].neg_score - ranked[m - x.j + 1].neg_score, "
-             f"'c': x.a, 'neg_r': x.j - m - 1}})")
-    widest = f"list_slice(list_sort(list_filter({keyed}, lambda x: x.neg_diff <= -{margin!r})), 1, {k})"
-    return f"list_transform({widest}, lambda x: {{'strategy': 'margin', 'c': x.c, 'r': -x.neg_r}})"
-
-
-def ranked_picks_sql(params: DpoParams) -> str:
-    """Every strategy's pairs except uncapped margin, from one row per prompt: the (strategy, chosen rank,
-    rejected rank) picks of all strategies as one list, unnested."""
-    by_rank = [s for s in params.strategies if s != "margin"]
-    lists = []
-    if by_rank:
-        items = ", ".join(f"{{'strategy': {sql_str(s)}, 'c': 1::BIGINT, 'r': ({rejected_rank_sql(s, params)})::BIGINT}}"
-                          for s in by_rank)
-        lists.append(f"list_filter([{items}], lambda x: x.r IS NOT NULL)")
-    cte = f"WITH g AS ({ranked_groups_sql()})"
-    source = "g"
-    if by_rank:
-        cte += ", h AS (SELECT *, len(list_filter(ranked, lambda e: -e.neg_score = best_score)) AS n_best FROM g)"
-        source = "h"
-    if "margin" in params.strategies and params.max_pairs_per_prompt:
-        k = int(params.max_pairs_per_prompt)
-        cte += (f", cand AS (SELECT list({{'a': a, 'j': j}}) AS pairs FROM "
-                f"(SELECT a, unnest(range(1, {k} // a + 1)) AS j FROM range(1, {k} + 1) t(a)))")
-        source += ", cand"
-        lists.append(capped_margin_picks_sql(params))
+def ranked_picks_sql(strategies: list, params: DpoParams) -> str:
+    """The pairs of strategies that pick from a prompt's row: every strategy's (strategy, chosen rank, rejected
+    rank) picks of one row per prompt as one list, unnested."""
+    ctes = {"g": ranked_groups_sql(),
+            "h": "SELECT *, len(list_filter(ranked, lambda e: -e.neg_score = best_score)) AS n_best FROM g"}
+    for st in strategies:
+        ctes.update(st.ctes(params))
+    extra = [name for name in ctes if name not in ("g", "h")]
+    lists = [st.picks(params) for st in strategies]
     picks = lists[0] if len(lists) == 1 else f"list_concat({', '.join(lists)})"
-    return pair_rows_sql(f"{cte} SELECT prompt_id, m, ranked, unnest({picks}, recursive := true) FROM {source}")
+    with_ = "WITH " + ", ".join(f"{name} AS ({sql})" for name, sql in ctes.items())
+    source = ", ".join(["h", *extra])
+    return pair_rows_sql(f"{with_} SELECT prompt_id, m, ranked, unnest({picks}, recursive := true) FROM {source}")
 
 
 def ranked_rows_sql() -> str:
@@ -292,20 +254,6 @@ def ranked_rows_sql() -> str:
     return (f"SELECT prompt_id, m, rnk, -e.neg_score AS score, e.sample_index FROM "
             f"(SELECT prompt_id, m, generate_subscripts(ranked, 1) AS rnk, unnest(ranked) AS e "
             f"FROM ({ranked_groups_sql()}))")
-
-
-def all_margin_pairs_sql(params: DpoParams) -> str:
-    """Every (higher, lower) pair at least `margin` apart, enumerated without an all-pairs join: the rows scored
-    <= s - margin are the lowest `below` of the prompt, i.e. ranks m - below + 1 .. m."""
-    margin = float(params.margin)
-    below = (f"count(*) OVER (PARTITION BY prompt_id ORDER BY score "
-             f"RANGE BETWEEN UNBOUNDED PRECEDING AND {margin!r} PRECEDING)")
-    return (f"SELECT 'margin' AS strategy, c.prompt_id, c.sample_index AS chosen_index, "
-            f"r.sample_index AS rejected_index, c.rnk AS chosen_rank, r.rnk AS rejected_rank, "
-            f"c.score AS chosen_score, r.score AS rejected_score, c.m AS group_size "
-            f"FROM (SELECT *, unnest(range(m - below + 1, m + 1)) AS rejected_rnk FROM "
-            f"(SELECT *, {below} AS below FROM __ranked) WHERE below > 0) c "
-            f"JOIN __ranked r ON r.prompt_id = c.prompt_id AND r.rnk = c.rejected_rnk")
 
 
 def dpo_table_sql(strategy: str) -> str:
@@ -329,12 +277,7 @@ def dpo_table_sql(strategy: str) -> str:
 
 def unpaired_sql(strategy: str, params: DpoParams) -> str:
     """Prompts for which a strategy finds no pair, with why (for the drops table)."""
-    if strategy == "margin":
-        why = f"'score range ' || round(g.best_score - g.worst_score, 6) || ' < margin {params.margin}'"
-    elif strategy == "rank_k":
-        why = f"'group of ' || g.m || ': fewer than {params.k} responses, or rank {params.k} ties the best score'"
-    else:
-        why = "'all ' || g.m || ' responses tie the best score'"
+    why = get_strategy(strategy).no_pair_reason(params)
     return (f"SELECT g.prompt_id AS source_id, 'no_pair_{strategy}' AS reason, {why} AS detail FROM __groups g "
             f"WHERE g.prompt_id NOT IN (SELECT prompt_id FROM __pairs WHERE strategy = {sql_str(strategy)})")
 
@@ -349,7 +292,7 @@ class DpoPairs(SetOp):
     Params = DpoParams
     schema = "dpo_pairs"
     version = "1"
-    summary = "chosen = best; rejected by strategy (worst, random_lower, rank_k, mean_minus_2sd, margin)"
+    summary = "chosen = best; rejected by a registered strategy (worst, random_lower, rank_k, mean_minus_2sd, margin, ...)"
 
     def output_tables(self, table: str, params: DpoParams) -> list[str]:
         return [f"{table}_{s}" for s in params.strategies]

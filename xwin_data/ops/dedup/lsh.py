@@ -1,0 +1,66 @@
+"""Candidate pairs from LSH band keys, and clusters of verified pairs, over row ordinals (input order).
+
+Documents are numbered by their position in the input (source file, then line), so "the first occurrence" is the
+smallest ordinal. Each band's keys are sorted once; documents sharing a key form a bucket. A bucket of up to
+`ALL_PAIRS_UP_TO` documents yields all its pairs (a chance member cannot hide a true pair behind it); a larger
+one (many copies of one text) yields each member paired with the bucket's first and with its predecessor, which
+keeps the candidate count linear.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+from xwin_data.text.minhash import sorted_unique
+
+ALL_PAIRS_UP_TO = 16
+
+
+def bucket_pairs(keys: np.ndarray) -> np.ndarray:
+    """Candidate pairs of one band as int64 codes a << 32 | b with ordinals a < b."""
+    order = np.argsort(keys, kind="stable")  # members of a bucket stay in ordinal order
+    k = keys[order]
+    if len(k) < 2:
+        return np.zeros(0, np.int64)
+    same = k[1:] == k[:-1]
+    if not same.any():
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    sizes = np.diff(np.concatenate([starts, [len(k)]]))
+    codes = []
+    pairs2 = starts[sizes == 2]  # the common case, vectorised
+    a, b = order[pairs2].astype(np.int64), order[pairs2 + 1].astype(np.int64)
+    codes.append((a << 32) | b)
+    for s, n in zip(starts[sizes > 2], sizes[sizes > 2]):
+        members = order[s:s + n].astype(np.int64)
+        if n <= ALL_PAIRS_UP_TO:
+            pa_, pb_ = zip(*combinations(members.tolist(), 2))
+            codes.append((np.array(pa_, np.int64) << 32) | np.array(pb_, np.int64))
+        else:
+            rest = members[1:]
+            codes.append((members[0] << 32) | rest)
+            codes.append((members[1:-1] << 32) | members[2:])
+    return sorted_unique(np.concatenate(codes))
+
+
+def decode(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return codes >> 32, codes & 0xFFFFFFFF
+
+
+def clusters(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
+    """Union-find over verified pairs: {member: the cluster's smallest ordinal} for every member but that one."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for x, y in zip(a.tolist(), b.tolist()):
+        rx, ry = find(x), find(y)
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)
+    return {x: r for x in list(parent) if (r := find(x)) != x}
