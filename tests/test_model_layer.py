@@ -162,8 +162,8 @@ stages:
     params:
       query: >-
         SELECT prompt_id, prompt::STRUCT(role VARCHAR, content VARCHAR)[] AS prompt, response_id,
-               sample_index::INTEGER AS sample_index, sample_index::INTEGER AS attempt, response, length(response)::INTEGER AS tokens,
-               'stop' AS finish_reason, 'given' AS policy
+               sample_index::INTEGER AS sample_index, sample_index::INTEGER AS attempt, response,
+               length(response)::INTEGER AS tokens, 'stop' AS finish_reason, 'given' AS policy
         FROM read_json('${recipe_dir}/responses.jsonl')
   - id: scored
     op: score_responses

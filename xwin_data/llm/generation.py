@@ -77,7 +77,6 @@ class Generator:
 
     spec: GeneratorSpec
     model_id: str
-    backend_name: ClassVar[str] = ""
 
     @classmethod
     def identity(cls, spec: GeneratorSpec) -> str:

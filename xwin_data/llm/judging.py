@@ -70,7 +70,6 @@ class Judge:
     settings, changes its verdicts."""
 
     spec: JudgeSpec
-    backend_name: ClassVar[str] = ""
 
     def __init__(self, spec: JudgeSpec):
         self.spec = spec

@@ -35,7 +35,6 @@ def register_backend(name: str, kind: str, aliases: tuple[str, ...] = ()) -> Cal
         _BACKENDS[kind][name] = cls
         for alias in aliases:
             _ALIASES[kind][alias] = name
-        cls.backend_name = name
         return cls
 
     return add

@@ -75,7 +75,6 @@ class Scorer:
     model_id: str
     tokenizer: Any
     max_length: int
-    backend_name: ClassVar[str] = ""
 
     @classmethod
     def identity(cls, spec: ScorerSpec) -> str:
