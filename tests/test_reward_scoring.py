@@ -42,7 +42,7 @@ def alone(model, tokenizer, prompt, response) -> float:
 
 
 def test_stored_scores_equal_training_evaluation_and_unbatched_forward(stored: list[dict]) -> None:
-    from xwin_data.llm.reward import TransformersRewardScorer
+    from xwin_data.llm.backends.transformers_backend import TransformersScorer
     from xwin_data.training.evaluate import BonEvalSettings, reward_scorer, score_samples
     from xwin_data.training.models import load_reward, load_tokenizer
 
@@ -61,7 +61,7 @@ def test_stored_scores_equal_training_evaluation_and_unbatched_forward(stored: l
         evaluated = score_samples(scorer, groups, [g["texts"] for g in groups])
     # WIND's: the training loaders, the model already in memory, a different batch size.
     model, tok = load_reward("tiny-reward"), load_tokenizer("tiny-reward")
-    wind = TransformersRewardScorer.from_model(model, tok, batch_size=5)
+    wind = TransformersScorer.from_model(model, tok, batch_size=5)
     in_memory = wind.score_responses([g["prompt"] for g in groups for _ in g["texts"]],
                                      [t for g in groups for t in g["texts"]])
 
@@ -79,7 +79,7 @@ def test_batches_pad_with_the_id_the_classifier_pools_by() -> None:
     """A tokenizer whose pad token differs from the model's pad_token_id (here: none, so eos stands in, as TRL
     and the training loaders do): padding with the tokenizer's id would make the classifier read a pad position
     for every row shorter than the longest."""
-    from xwin_data.llm.reward import TransformersRewardScorer
+    from xwin_data.llm.backends.transformers_backend import TransformersScorer
     from xwin_data.training.models import load_reward, load_tokenizer
 
     model, tok = load_reward("tiny-reward"), load_tokenizer("tiny-reward")
@@ -87,7 +87,7 @@ def test_batches_pad_with_the_id_the_classifier_pools_by() -> None:
     assert tok.pad_token_id != model.config.pad_token_id
     prompt = [{"role": "user", "content": "Say something about apples."}]
     responses = ["Apples.", "Apples are red and sweet fruit.", "No", "I like them in pie with cinnamon on top.", "ok"]
-    scores = TransformersRewardScorer.from_model(model, tok, batch_size=8).score_responses([prompt] * 5, responses)
+    scores = TransformersScorer.from_model(model, tok, batch_size=8).score_responses([prompt] * 5, responses)
     assert scores == pytest.approx([alone(model, tok, prompt, r) for r in responses], abs=1e-5)
 
 

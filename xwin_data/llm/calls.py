@@ -58,6 +58,7 @@ class ChatResult:
     cached: bool = False
     attempts: int = 0
     error: LLMError | BudgetExceeded | None = None
+    choice_tokens: list[int] | None = None  # per-choice completion tokens, where the server returns token ids
 
     @property
     def text(self) -> str:

@@ -28,6 +28,7 @@ from xwin_data.llm.calls import ChatCall, ChatResult, ClientSettings
 from xwin_data.llm.costs import BudgetExceeded, CostLedger, PriceTable
 from xwin_data.llm.errors import (AuthError, BadResponse, ConnectionFailed, LLMError, MissingKey, RateLimited, RequestRejected,
                      ServerError, Timeout)
+from xwin_data.llm.spec import endpoint
 from xwin_data.llm.transport import ClientPool, aiohttp_available, dropped_connection, retry_after_seconds
 
 __all__ = ["ClientSettings", "ChatCall", "ChatResult", "ChatClient", "LLMError", "RateLimited", "ServerError",
@@ -87,8 +88,10 @@ class ChatClient:
 
     # ------------------------------------------------------------------------------------------ keys
     def key(self, call: ChatCall) -> str:
-        return request_key(kind="chat", model=self.settings.model, messages=call.messages,
-                           params=dict(sorted(call.params.items())), **call.key_parts)
+        """Endpoint and served model name (two servers serving one name are two models), messages, parameters
+        and the caller's parts."""
+        return request_key(kind="chat", endpoint=endpoint(self.settings.base_url), model=self.settings.model,
+                           messages=call.messages, params=dict(sorted(call.params.items())), **call.key_parts)
 
     def _api_key(self) -> str:
         key = os.environ.get(self.settings.api_key_env)
@@ -132,7 +135,8 @@ class ChatClient:
         self.ledger.record_cached(float(value.get("cost_usd", 0.0)))
         return ChatResult(call, key, list(value["texts"]), list(value.get("finish_reasons", [])),
                           int(value.get("prompt_tokens", 0)), int(value.get("completion_tokens", 0)),
-                          float(value.get("cost_usd", 0.0)), cached=True, attempts=0)
+                          float(value.get("cost_usd", 0.0)), cached=True, attempts=0,
+                          choice_tokens=value.get("choice_tokens"))
 
     async def _call_all(self, calls, todo, results, on_done) -> None:
         from aiolimiter import AsyncLimiter
@@ -153,7 +157,7 @@ class ChatClient:
             for j, i in enumerate(idxs):
                 results[i] = res if j == 0 else ChatResult(calls[i], key, res.texts, res.finish_reasons,
                                                            res.prompt_tokens, res.completion_tokens, 0.0,
-                                                           True, 0, res.error)
+                                                           True, 0, res.error, res.choice_tokens)
                 if on_done:
                     on_done(results[i])
 
@@ -240,6 +244,8 @@ class ChatClient:
             texts = [c["message"]["content"] or "" for c in choices]
             finish = [c.get("finish_reason") or "" for c in choices]
             usage = data.get("usage") or {}
+            ids = [c.get("token_ids") for c in choices]  # vLLM servers, when asked with return_token_ids
+            choice_tokens = [len(x) for x in ids] if all(isinstance(x, list) for x in ids) else None
             p_tok, c_tok = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         except (ValueError, KeyError, TypeError, IndexError) as err:
             self.ledger.release(reserved)
@@ -252,5 +258,5 @@ class ChatClient:
         if self.cache is not None:  # durable before the result is used
             self.cache.put(key, {"texts": texts, "finish_reasons": finish, "prompt_tokens": p_tok,
                                  "completion_tokens": c_tok, "cost_usd": cost, "model": s.model,
-                                 "created": time.time()}, namespace="chat")
-        return ChatResult(call, key, texts, finish, p_tok, c_tok, cost, cached=False)
+                                 "choice_tokens": choice_tokens, "created": time.time()}, namespace="chat")
+        return ChatResult(call, key, texts, finish, p_tok, c_tok, cost, cached=False, choice_tokens=choice_tokens)

@@ -56,9 +56,6 @@ class PriceTable:
         p, c = self.price(model)
         return (prompt_tokens * p + completion_tokens * c) / 1_000_000
 
-    def is_priced(self, model: str) -> bool:
-        return self.price(model) != (0.0, 0.0)
-
 
 class CostLedger:
     """Tokens and dollars of one build's new calls, with an optional budget on new spend.

@@ -1,5 +1,6 @@
-"""One interface for every way of sampling responses from a policy: `transformers` (the default, CPU-capable),
-`vllm` (the in-process engine) and `openai` (any OpenAI-compatible server: vLLM's, SGLang's, OpenAI's).
+"""One interface for every way of sampling responses from a policy. The backends are registered in
+`xwin_data.llm.registry` (one file each under `llm/backends/`): `transformers` (the default, CPU-capable), `vllm`
+(the in-process engine) and `openai` (any OpenAI-compatible server: vLLM's, SGLang's, OpenAI's).
 
     gen = make_generator(GeneratorSpec(model="tiny-policy"))
     out = gen.generate([[{"role": "user", "content": "Hi"}]], n=4, sampling=SamplingConfig(seed=1))
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xwin_data.core.fingerprint import path_fingerprint, stable_hash
+from xwin_data.core.fingerprint import stable_hash
+from xwin_data.llm.spec import ModelSpec, local_identity, model_identity  # noqa: F401  (model_identity: re-export)
 
 Messages = list[dict]
 MAX_SEED = 2**31 - 1
@@ -41,22 +42,19 @@ class SamplingConfig(BaseModel):
         return self.model_dump(exclude={"seed"})
 
 
-class GeneratorSpec(BaseModel):
+class GeneratorSpec(ModelSpec):
     """Which model answers and how: the `policy:` block of a recipe."""
 
-    model_config = ConfigDict(extra="forbid")
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    KIND: ClassVar[str] = "generator"
+    backend: str = Field("transformers", description="transformers (default), vllm, openai, or any registered "
+                                                     "generator backend")
     model: str = Field("tiny-policy", description="local path, hub id, tiny-policy/small-policy, or served name")
     tokenizer: str | None = Field(None, description="tokenizer path/id when it differs from the model")
     chat_template: str | None = Field(None, description="Jinja chat template (text or a file path) overriding "
                                                          "the tokenizer's own")
-    base_url: str | None = Field(None, description="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str = Field("OPENAI_API_KEY", description="openai backend: NAME of the env var holding the key")
     batch_size: int = Field(16, ge=1, description="sequences per forward batch (transformers), prompts per "
                                                   "request wave (vllm, openai)")
     max_model_len: int | None = Field(None, ge=8, description="prompt + response tokens at most")
-    extra: dict[str, Any] = Field(default_factory=dict, description="backend options: revision, dtype, device, "
-                                                                    "concurrency, timeout, model_id, vllm kwargs")
 
 
 @dataclass
@@ -74,10 +72,16 @@ class PromptTooLongError(ValueError):
 
 
 class Generator:
-    """Base class of the backends. Subclasses set `model_id` and implement `_generate`."""
+    """Base class of the generator backends: a backend sets `spec` and `model_id` (its `identity(spec)`) and
+    implements `_generate`; `generate` checks the inputs and derives the per-sample seeds for every backend."""
 
     spec: GeneratorSpec
     model_id: str
+
+    @classmethod
+    def identity(cls, spec: GeneratorSpec) -> str:
+        """What names this generator's model in cache keys and fingerprints: a local model by its weights."""
+        return local_identity(spec)
 
     def generate(self, prompts: Sequence[Messages], n: int, sampling: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[list[Completion]]:
@@ -103,8 +107,7 @@ class Generator:
 
     def prompts_per_call(self, n: int) -> int:
         """How many prompts one `generate` call should carry so that results are cached at a useful grain."""
-        return max(1, self.spec.batch_size // max(1, n)) if self.spec.backend == "transformers" else \
-            max(1, self.spec.batch_size)
+        return max(1, self.spec.batch_size)
 
     def close(self) -> None:
         pass
@@ -120,11 +123,6 @@ class LocalGenerator(Generator):
     """A backend that holds the model's tokenizer: the prompt is its chat template, tokenised as the model sees it."""
 
     tokenizer: Any
-
-    def _set_identity(self, spec: GeneratorSpec, revision: str | None) -> None:
-        self.model_id = model_identity(spec.model, revision)
-        if spec.tokenizer:
-            self.model_id += f"+tok={model_identity(spec.tokenizer)}"
 
     def render(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -154,40 +152,9 @@ def derive_seed(base_seed: int, rendered_prompt: str) -> int:
     return int(stable_hash([int(base_seed), rendered_prompt], length=15), 16) % (MAX_SEED - 1_000_000)
 
 
-def model_identity(model: str, revision: str | None = None) -> str:
-    """Identifier for fingerprints and cache keys: a local folder by name and content hash, a hub id by id@revision."""
-    from xwin_data.llm.tiny import resolve_model
-
-    resolved = resolve_model(model)
-    path = Path(resolved)
-    if path.exists():
-        return f"{path.name}@{path_fingerprint(path)[:16]}"
-    return f"{model}@{revision}" if revision else model
-
-
-def load_chat_template(value: str | None) -> str | None:
-    """A chat template given inline or as a path to a .jinja file."""
-    if value is None:
-        return None
-    if "{" not in value and Path(value).is_file():
-        return Path(value).read_text(encoding="utf-8")
-    return value
-
-
 def make_generator(spec: GeneratorSpec | dict) -> Generator:
-    """Build the backend a spec names; heavy libraries are imported here, not at module import."""
-    if isinstance(spec, dict):
-        spec = GeneratorSpec.model_validate(spec)
-    if spec.backend == "transformers":
-        from xwin_data.llm.backends.transformers_backend import TransformersGenerator
-        return TransformersGenerator(spec)
-    if spec.backend == "vllm":
-        from xwin_data.llm.backends.vllm_backend import VLLMGenerator
-        return VLLMGenerator(spec)
-    if spec.backend == "openai":
-        from xwin_data.llm.backends.openai_backend import OpenAIGenerator
-        return OpenAIGenerator(spec)
-    raise ValueError(f"unknown generation backend {spec.backend!r}")
+    """The generator backend a spec names, from the backend registry."""
+    return (spec if isinstance(spec, GeneratorSpec) else GeneratorSpec.model_validate(spec)).build()
 
 
 def sample_key(backend: str, model_id: str, rendered_prompt: str, sampling: SamplingConfig, seed: int) -> str:

@@ -51,10 +51,10 @@ class RewardModelEvaluator:
     """Keeps the reward model loaded across sizes; scores are cached (the references are scored once)."""
 
     def __init__(self, spec: EvaluatorSpec, cache) -> None:
-        from xwin_data.llm.reward import RewardSpec, make_scorer
+        from xwin_data.llm.reward import ScorerSpec, make_scorer
 
         self.spec, self.cache = spec, cache
-        self.scorer = make_scorer(RewardSpec(model=spec.reward_model))
+        self.scorer = make_scorer(ScorerSpec(model=spec.reward_model))
 
     def _scores(self, items: list[dict], responses: list[str]) -> list[float]:
         from xwin_data.llm.reward import score_cached, with_response
@@ -106,11 +106,11 @@ def make_evaluator(spec: EvaluatorSpec, cache):
 
 def evaluator_identity(spec: EvaluatorSpec) -> dict:
     """What changes an evaluation's result (the judge key's variable name and budget do not)."""
-    from xwin_data.llm.generation import model_identity
+    from xwin_data.llm.reward import ScorerSpec
 
     data = spec.model_dump(exclude={"judge"} if spec.kind == "reward_model" else {"reward_model", "tie_margin"})
     if spec.kind == "reward_model":
-        data["reward_model_id"] = model_identity(spec.reward_model)
+        data["reward_model_id"] = ScorerSpec(model=spec.reward_model).identity()
     else:
         from xwin_data.llm.judge import load_template
 

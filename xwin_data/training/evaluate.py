@@ -40,9 +40,9 @@ class BonEvalSettings:
 
 def reward_scorer(settings: BonEvalSettings):
     """The evaluation's reward scorer (close it when done)."""
-    from xwin_data.llm.reward import RewardSpec, make_scorer
+    from xwin_data.llm.reward import ScorerSpec, make_scorer
 
-    return make_scorer(RewardSpec(model=settings.reward_model, batch_size=settings.batch_size))
+    return make_scorer(ScorerSpec(model=settings.reward_model, batch_size=settings.batch_size))
 
 
 def score_samples(scorer, prompts: list[dict], texts: list[list[str]]) -> dict[str, list[float]]:

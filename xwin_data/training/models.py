@@ -1,6 +1,6 @@
 """Loading models for training by name (tiny-policy / tiny-reward / path / hub id).
 
-Reward scoring lives in one place, `xwin_data.llm.reward` (`make_scorer`, or `TransformersRewardScorer.from_model`
+Reward scoring lives in one place, `xwin_data.llm.reward` (`make_scorer`, or `TransformersScorer.from_model`
 for a model already loaded), shared with the Xwin-Set `score_responses` op.
 """
 from __future__ import annotations

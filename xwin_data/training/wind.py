@@ -93,10 +93,10 @@ class WindTrainer(Trainer):
         self.loss_is_scaled_for_ga = False  # compute_loss returns a mean; Trainer divides by the GA steps
         device = self.args.device
         self.ref_model = ref_model.to(device).eval().requires_grad_(False)
-        from xwin_data.llm.reward import TransformersRewardScorer
+        from xwin_data.llm.backends.transformers_backend import TransformersScorer
 
         # The Xwin-Set op's scorer over the loaded model: fresh samples score as the stored groups were scored.
-        self.reward_scorer = TransformersRewardScorer.from_model(
+        self.reward_scorer = TransformersScorer.from_model(
             reward_model.to(device).requires_grad_(False), reward_tokenizer, batch_size=args.reward_batch_size)
         self.prev_model = None
         self.iteration = -1

@@ -1,17 +1,21 @@
-"""The default backend: `transformers` `generate` on CPU or GPU, batched.
+"""The default backends: `transformers` generation and reward scoring on CPU or GPU, batched.
 
-Prompts are rendered with the chat template, sorted by length and packed into left-padded batches of
+Generation: prompts are rendered with the chat template, sorted by length and packed into left-padded batches of
 `spec.batch_size` sequences (a prompt's n samples are rows of their own, so n may exceed the batch). Sampling is
 done by a logits processor that draws row r's token from row r's own random stream (seeded with the sample's
 seed), so a sample does not depend on which other prompts shared its batch; `generate` itself runs greedy over
 the processor's one-hot choice.
+
+Scoring: AutoModelForSequenceClassification with one label; `TransformersScorer.from_model` wraps a reward model
+already in memory (WIND keeps it on the trainer's device) and scores exactly as one loaded from a spec.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from xwin_data.llm.generation import Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError, SamplingConfig, \
-    load_chat_template
+from xwin_data.llm.generation import (Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError,
+                                      SamplingConfig)
+from xwin_data.llm.registry import register_backend
+from xwin_data.llm.reward import Scorer, ScorerSpec, require_template, truncation_length
+from xwin_data.llm.spec import load_chat_template, local_identity
 
 
 class _SeededSampler:
@@ -44,16 +48,24 @@ class _SeededSampler:
         return out.scatter_(1, choice, 0.0)
 
 
+def _device_and_dtype(opts: dict):
+    import torch
+
+    device = opts.pop("device", "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = opts.pop("dtype", "float32" if device == "cpu" else "auto")
+    return device, dtype if dtype == "auto" else getattr(torch, dtype)
+
+
+@register_backend("transformers", kind="generator")
 class TransformersGenerator(LocalGenerator):
     def __init__(self, spec: GeneratorSpec):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from xwin_data.llm.tiny import resolve_model
 
         self.spec = spec
-        opts = dict(spec.extra)
-        revision = opts.pop("revision", None)
+        opts = dict(spec.options)
+        revision = spec.revision
         model_path = resolve_model(spec.model)
         tok_path = resolve_model(spec.tokenizer) if spec.tokenizer else model_path
         self.tokenizer = AutoTokenizer.from_pretrained(tok_path, revision=None if spec.tokenizer else revision)
@@ -63,10 +75,8 @@ class TransformersGenerator(LocalGenerator):
             self.tokenizer.chat_template = template
         if self.tokenizer.chat_template is None:
             raise ValueError(f"tokenizer of {spec.model!r} has no chat template; set chat_template in the spec")
-        device = opts.pop("device", "cuda" if torch.cuda.is_available() else "cpu")
-        dtype = opts.pop("dtype", "float32" if device == "cpu" else "auto")
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, revision=revision, dtype=dtype if dtype == "auto" else getattr(torch, dtype)).to(device)
+        device, dtype = _device_and_dtype(opts)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype).to(device)
         self.model.eval()
         self.device = device
         eos = self.model.generation_config.eos_token_id
@@ -79,7 +89,10 @@ class TransformersGenerator(LocalGenerator):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
         limit = getattr(self.model.config, "max_position_embeddings", None)
         self.max_model_len = spec.max_model_len or limit or 1 << 30
-        self._set_identity(spec, revision)
+        self.model_id = self.identity(spec)
+
+    def prompts_per_call(self, n: int) -> int:
+        return max(1, self.spec.batch_size // max(1, n))
 
     def _generate(self, prompts: list[Messages], n: int, sampling: SamplingConfig,
                   seeds: list[int]) -> list[list[Completion]]:
@@ -132,5 +145,55 @@ class TransformersGenerator(LocalGenerator):
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
 
-    def describe(self) -> dict[str, Any]:
-        return {"backend": "transformers", "model_id": self.model_id, "device": self.device}
+
+@register_backend("transformers", kind="scorer")
+class TransformersScorer(Scorer):
+    def __init__(self, spec: ScorerSpec):
+        from transformers import AutoModelForSequenceClassification
+
+        path, opts = self._prepare(spec)
+        device, dtype = _device_and_dtype(opts)
+        model = AutoModelForSequenceClassification.from_pretrained(path, revision=spec.revision, dtype=dtype)
+        self._attach(model.to(device).eval())
+
+    @classmethod
+    def from_model(cls, model, tokenizer, batch_size: int = 32, max_length: int | None = None,
+                   model_id: str | None = None) -> "TransformersScorer":
+        """A scorer over a reward model already in memory (and on its device), scoring exactly as one loaded from
+        a spec does. `model_id` (for cache keys) defaults to the identity of the folder it was loaded from."""
+        self = cls.__new__(cls)
+        name = str(getattr(model, "name_or_path", "") or "in-memory-reward-model")
+        self.spec = ScorerSpec(model=name, batch_size=batch_size, max_length=max_length)
+        require_template(tokenizer, name)
+        self.tokenizer = tokenizer
+        self.model_id = model_id or local_identity(self.spec)
+        self._attach(model.eval())
+        return self
+
+    def _attach(self, model) -> None:
+        if model.config.num_labels != 1:
+            raise ValueError(f"reward model {self.spec.model!r} has {model.config.num_labels} labels; expected one "
+                             "scalar output (num_labels=1)")
+        if model.config.pad_token_id is None:
+            pad = self.tokenizer.pad_token_id
+            model.config.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        # Pad with the id the classifier pools by (not the tokenizer's, which may differ): the score is read at
+        # the last token that is not config.pad_token_id.
+        self.pad_id = model.config.pad_token_id
+        self.max_length = truncation_length(self.spec.max_length, model.config, self.tokenizer)
+        self.model = model
+        self.device = next(model.parameters()).device
+
+    def _score(self, batch: list[list[int]]) -> list[float]:
+        import torch
+
+        width = max(len(x) for x in batch)
+        # Right padding: the classifier reads the last non-pad token of each row.
+        input_ids = torch.tensor([x + [self.pad_id] * (width - len(x)) for x in batch], device=self.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch], device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+        return logits[:, 0].float().tolist()
+
+    def close(self) -> None:
+        self.model = None

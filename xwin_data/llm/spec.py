@@ -1,0 +1,110 @@
+"""What every model-calling setting has in common: which backend, which model (and revision), where it is served,
+and backend options, named the same way for generators, reward scorers and judges.
+
+A model's identity (`ModelSpec.identity()`) is what cache keys and stage fingerprints carry. It always says
+where the model runs: a local model by its folder's content hash (or hub id @ revision), a served model by its
+endpoint and name, so two servers that serve the same model name never share a cached answer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from xwin_data.core.fingerprint import path_fingerprint
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+class ModelSpec(BaseModel):
+    """Base of GeneratorSpec, ScorerSpec and JudgeSpec; `KIND` names the registry family its backend comes from."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+    KIND: ClassVar[str] = ""
+
+    backend: str = Field(..., description="a registered backend name (see `xwin_data.llm.registry`)")
+    model: str = Field(..., description="local path, hub id, tiny-* name, or the name a server serves")
+    revision: str | None = Field(None, description="hub revision (commit, tag or branch) of the model")
+    base_url: str | None = Field(None, description="served backends: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="served backends: NAME of the env var holding the key")
+    options: dict[str, Any] = Field(default_factory=dict, validation_alias=AliasChoices("options", "extra"),
+                                    description="backend options (dtype, device, concurrency, engine kwargs, ...); "
+                                                "`extra` is accepted as the same thing")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from xwin_data.llm.registry import canonical_name
+
+        return canonical_name(cls.KIND, value) if cls.KIND else value
+
+    @model_validator(mode="after")
+    def _revision_from_options(self) -> "ModelSpec":
+        """`options.revision` (the older spelling) and `revision` are one setting."""
+        if "revision" in self.options:
+            rev = self.options.pop("revision")
+            if self.revision is not None and rev is not None and str(rev) != self.revision:
+                raise ValueError(f"revision given twice: {self.revision!r} and options.revision {rev!r}")
+            self.revision = self.revision or (None if rev is None else str(rev))
+        return self
+
+    def backend_class(self) -> type:
+        from xwin_data.llm.registry import backend_class
+
+        return backend_class(self.KIND, self.backend)
+
+    def identity(self) -> str:
+        """What names this model in cache keys and fingerprints (the backend decides; see `local_identity` and
+        `served_identity`)."""
+        return self.backend_class().identity(self)
+
+    def build(self) -> Any:
+        """An instance of the backend this spec names (heavy libraries are imported here)."""
+        return self.backend_class()(self)
+
+
+def model_identity(model: str, revision: str | None = None) -> str:
+    """A local folder by name and content hash, a hub id by id@revision."""
+    from xwin_data.llm.tiny import resolve_model
+
+    path = Path(resolve_model(model))
+    if path.exists():
+        return f"{path.name}@{path_fingerprint(path)[:16]}"
+    return f"{model}@{revision}" if revision else model
+
+
+def endpoint(base_url: str | None) -> str:
+    """An endpoint written one way: no trailing slash, the OpenAI API when none is given."""
+    return (base_url or OPENAI_URL).rstrip("/")
+
+
+def local_identity(spec: ModelSpec) -> str:
+    """A model loaded in this process: its weights (and a separate tokenizer's) name it."""
+    ident = model_identity(spec.model, spec.revision)
+    tokenizer = getattr(spec, "tokenizer", None)
+    if tokenizer:
+        ident += f"+tok={model_identity(tokenizer)}"
+    return ident
+
+
+def served_identity(spec: ModelSpec) -> str:
+    """A model behind an endpoint: the endpoint and the served name (and revision when given). An explicit
+    `options.model_id` replaces it, for endpoints known to serve the same weights."""
+    given = spec.options.get("model_id")
+    ident = str(given) if given else f"openai:{endpoint(spec.base_url)}|{spec.model}"
+    if spec.revision and not given:
+        ident += f"@{spec.revision}"
+    tokenizer = getattr(spec, "tokenizer", None)
+    if tokenizer:
+        ident += f"+tok={model_identity(tokenizer)}"
+    return ident
+
+
+def load_chat_template(value: str | None) -> str | None:
+    """A chat template given inline or as a path to a .jinja file."""
+    if value is None:
+        return None
+    if "{" not in value and Path(value).is_file():
+        return Path(value).read_text(encoding="utf-8")
+    return value
