@@ -171,7 +171,7 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
             raise RecipeError(str(err).split(": ", 1)[-1] if err.key else str(err), file=recipe.source,
                               line=recipe.line_of("stages", ps.index, "params"), key=f"{ps.stage_id}.params") from None
         ps.fingerprint = stable_hash({
-            "op": type(ps.op).name, "op_code": type(ps.op).code_version(), "xwin_data": __version__,
+            "op": type(ps.op).name, "op_code": type(ps.op).code_version(),
             "params": ps.params.model_dump(mode="json"), "external": external,
             "inputs": [(r.name, r.fingerprint) for r in ps.inputs], "outputs": ps.outputs, "schemas": ps.schemas,
         })

@@ -5,8 +5,6 @@ and `run(ctx, params)`, which reads inputs as DuckDB views and writes outputs th
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -51,13 +49,11 @@ class Op:
 
     @classmethod
     def code_version(cls) -> str:
-        """Hash of the op's version tag and its module source: editing an op rebuilds what it made."""
-        module = inspect.getmodule(cls)
-        try:
-            src = inspect.getsource(module) if module else ""
-        except (OSError, TypeError):
-            src = ""
-        return hashlib.sha256(f"{cls.version}\n{src}".encode()).hexdigest()[:16]
+        """Hash of the op's version tag and of the code it runs: its module and every in-package module that
+        imports, transitively, without docstrings or comments (see `core.fingerprint.module_closure`)."""
+        from xwin_data.core.fingerprint import code_fingerprint, stable_hash
+
+        return stable_hash([cls.version, code_fingerprint(cls.__module__)], length=16)
 
 
 _REGISTRY: dict[str, type[Op]] = {}

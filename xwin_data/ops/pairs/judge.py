@@ -16,7 +16,6 @@ includes the judge and parser code, so a parser fix rebuilds it from the request
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from typing import Literal
 
@@ -79,13 +78,6 @@ def _answer_tokens(plan_view, default: int = 256) -> int:
     return default
 
 
-def _judge_code() -> str:
-    from xwin_data.llm import client, judge, judge_rm
-
-    src = "".join(inspect.getsource(m) for m in (client, judge, judge_rm))
-    return hashlib.sha256(src.encode()).hexdigest()[:16]
-
-
 @register
 class JudgePairs(Op):
     """Judge candidate pairs (both orders) with an LLM or a reward model -> chosen / rejected / strength."""
@@ -106,7 +98,7 @@ class JudgePairs(Op):
         from xwin_data.llm.judge import load_template
 
         j = params.judge
-        out = {"judge_code": _judge_code()}
+        out = {}
         if j.kind == "openai":
             out["template"] = load_template(j.template).version_id
         else:

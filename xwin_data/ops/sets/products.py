@@ -17,7 +17,6 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from xwin_data.core.context import sql_str
-from xwin_data.core.fingerprint import stable_hash
 from xwin_data.ops.base import Op, Params, register
 
 SET_COLUMNS = ("prompt_id", "prompt", "response_id", "sample_index", "response", "score")
@@ -51,14 +50,9 @@ def assistant(expr: str) -> str:
 
 
 class SetOp(Op):
-    """An op over a scored set: its fingerprint also covers this module, whose SQL helpers it uses."""
+    """An op over a scored set."""
 
     min_inputs = max_inputs = 1
-
-    @classmethod
-    def code_version(cls) -> str:
-        shared = Op.code_version.__func__(RsBestOfN)  # this module's source
-        return stable_hash([super().code_version(), shared], length=16)
 
 
 # ------------------------------------------------------------------------------------------------ rs_best_of_n
