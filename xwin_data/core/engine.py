@@ -222,12 +222,36 @@ def recipe_sha(recipe: Recipe) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
-def _drops_by_reason(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, int]:
+def _drops_by(con: duckdb.DuckDBPyConnection, folder: Path, column: str) -> dict[str, int]:
+    """Drops filed under one output table, counted by `column` (reason or unit)."""
     if not any(folder.glob("*.parquet")):
         return {}
-    rows = con.execute(f"SELECT reason, count(*) FROM read_parquet({sql_str(str(folder / '*.parquet'))}) "
-                       "GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    rows = con.execute(f"SELECT {column}, count(*) FROM read_parquet({sql_str(str(folder / '*.parquet'))}, "
+                       "union_by_name = true) GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
     return {r[0]: int(r[1]) for r in rows}
+
+
+UNIT_BY_SCHEMA = {"conversations": "conversations", "xwin_pair": "pairs", "dpo_pairs": "pairs",
+                  "rs_best_of": "prompts", "xwin_set": "responses", "bon_curve": "points",
+                  "bon_curve_per_prompt": "points", "wind_groups": "prompts"}
+
+
+def _input_unit(catalog: Catalog, ps: PlannedStage) -> str | None:
+    first = catalog.current(ps.inputs[0].table) if ps.inputs else None
+    return (first.stats or {}).get("unit") if first else None
+
+
+def _output_units(ps: PlannedStage, catalog: Catalog) -> dict[str, str]:
+    """What one row of each output is: as the op declares, else as its schema says (a conversation table keeps its
+    input's unit: conversations, or pieces once split), else as its first input's rows, else `rows`."""
+    inherited = _input_unit(catalog, ps)
+    out = {}
+    for table in ps.outputs:
+        schema = ps.schemas.get(table) or ""
+        declared = ps.op.output_unit(table, ps.outputs[0], ps.params)
+        by_schema = UNIT_BY_SCHEMA.get(schema) if schema != "conversations" else None
+        out[table] = declared or by_schema or inherited or UNIT_BY_SCHEMA.get(schema, "rows")
+    return out
 
 
 def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str, progress: Any,
@@ -243,7 +267,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     work_dir.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(stage_id=ps.stage_id, table=ps.outputs[0], outputs=ps.outputs, inputs=inputs, staging=staging,
                        work_dir=work_dir, cache_dir=catalog.cache_dir, tmp_dir=catalog.tmp_dir / build_id,
-                       build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit)
+                       build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit,
+                       units=_output_units(ps, catalog))
     try:
         ps.op.run(ctx, ps.params)
     finally:
@@ -253,9 +278,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     con = duckdb.connect(":memory:")
     entries, validations, results = [], [], []
     try:
-        drops = _drops_by_reason(con, staging / ps.outputs[0] / "drops")
-        # A source stage's input is the records it read: what it kept plus what it dropped.
-        rows_in = inputs[0].rows if inputs else None
+        main_drops: dict[str, int] = {}
+        main_rows_in = None
         for table in ps.outputs:
             glob = str(staging / table / "data" / "*.parquet")
             source = f"read_parquet({sql_str(glob)})"
@@ -270,17 +294,28 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
                                     "fingerprint": ps.table_fingerprints[table], "success": res.success,
                                     "results": res.checks})
             is_main = table == ps.outputs[0]
-            if rows_in is None and is_main:
-                rows_in = int(rows) + sum(drops.values())
+            unit = ctx.unit_of(table)
+            drops = _drops_by(con, staging / table / "drops", "reason")
+            by_unit = _drops_by(con, staging / table / "drops", "coalesce(unit, 'rows')")
+            dropped = by_unit.pop(unit, 0)
+            # Records in, counted in this table's unit: as the op says; for a source stage, what it kept plus what
+            # it dropped; else the first input's rows where they are the same unit; otherwise unknown.
+            rows_in = ctx.rows_in.get(table)
+            if rows_in is None and not inputs:
+                rows_in = int(rows) + dropped
+            elif rows_in is None and ctx.units.get(table) == _input_unit(catalog, ps):
+                rows_in = inputs[0].rows
+            if is_main:
+                main_drops, main_rows_in = drops, rows_in
             entries.append({
                 "name": table, "fingerprint": ps.table_fingerprints[table], "staged": staging / table,
-                "rows": int(rows), "n_drops": ctx.n_drops if is_main else 0, "schema_name": schema_name,
+                "rows": int(rows), "n_drops": ctx.drops_of(table), "schema_name": schema_name,
                 "columns": columns, "build_id": build_id, "recipe": recipe.name, "recipe_path": recipe.source,
                 "stage": ps.stage_id, "op": type(ps.op).name, "params": ps.params.model_dump(mode="json"),
                 "inputs": [{"name": r.table, "fingerprint": r.fingerprint} for r in ps.inputs],
                 "library_versions": library_versions(), "seconds": seconds,
-                "stats": {"rows_in": rows_in, "drops_by_reason": drops if is_main else {}, "overrides": overrides,
-                          **(ctx.stats if is_main else {})},
+                "stats": {"unit": unit, "rows_in": rows_in, "dropped": dropped, "dropped_other_units": by_unit,
+                          "drops_by_reason": drops, "overrides": overrides, **(ctx.stats if is_main else {})},
             })
     finally:
         con.close()
@@ -292,7 +327,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
         raise BuildError("validation failed, nothing published for stage "
                          f"{ps.stage_id}:\n" + "\n".join(r.report() for r in failed))
     catalog.publish(entries, validations)
-    return StageReport(ps.stage_id, "built", {e["name"]: e["rows"] for e in entries}, rows_in, drops, seconds, ctx.stats)
+    return StageReport(ps.stage_id, "built", {e["name"]: e["rows"] for e in entries}, main_rows_in, main_drops, seconds,
+                       ctx.stats)
 
 
 def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str,

@@ -36,6 +36,11 @@ class Op:
         """Schema for each output table (extra outputs default to the main schema)."""
         return self.schema
 
+    def output_unit(self, table: str, main: str, params: Any) -> str | None:
+        """What one row of an output is (conversations, pieces, pairs, prompts…), where the op changes it; None
+        keeps the first input's unit (or the schema's). The funnel counts rows in, out and dropped in it."""
+        return None
+
     def external_fingerprint(self, params: Any) -> dict[str, Any]:
         """What outside the catalog the output depends on (input files, model revisions)."""
         return {}

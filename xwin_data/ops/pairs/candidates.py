@@ -66,6 +66,9 @@ class GenerateCandidates(Op):
     min_inputs = max_inputs = 1
     version = "1"
 
+    def output_unit(self, table: str, main: str, params) -> str:
+        return "responses"
+
     def external_fingerprint(self, params: CandidatesParams) -> dict:
         from xwin_data.llm.generation import model_identity
 
@@ -92,7 +95,7 @@ class GenerateCandidates(Op):
         for r in rows:
             turns = prompt_turns(r["messages"])
             if turns is None:
-                ctx.drop(r["id"], "no_user_turn", r["messages"])
+                ctx.drop(r["id"], "no_user_turn", r["messages"], unit="prompts")
             else:
                 prompts.append((r["id"], turns))
         schema = pa.schema([("candidate_id", pa.string()), ("prompt_id", pa.string()), ("policy", pa.string()),
@@ -147,6 +150,9 @@ class MakePairs(Op):
     Params = PairsParams
     min_inputs = max_inputs = 1
     version = "1"
+
+    def output_unit(self, table: str, main: str, params) -> str:
+        return "pairs"
 
     def estimate(self, plan_view, params: PairsParams) -> dict | None:
         up = upstream_estimate(plan_view)
@@ -205,6 +211,9 @@ class ReadPrompts(Op):
     Params = PromptsParams
     min_inputs = max_inputs = 0
     version = "1"
+
+    def output_unit(self, table: str, main: str, params) -> str:
+        return "prompts"
 
     def external_fingerprint(self, params: PromptsParams) -> dict:
         from xwin_data.core.fingerprint import path_fingerprint

@@ -91,6 +91,9 @@ class JudgePairs(Op):
     def output_tables(self, table: str, params) -> list[str]:
         return [table, f"{table}_judgments", f"{table}_calls"]
 
+    def output_unit(self, table: str, main: str, params) -> str:
+        return {main: "pairs", f"{main}_judgments": "judgments"}.get(table, "calls")
+
     def output_schema(self, table: str, main: str, params) -> str | None:
         return self.schema if table == main else None
 

@@ -151,6 +151,9 @@ class SampleUnique(Op):
     def output_tables(self, table: str, params: SampleParams) -> list[str]:
         return [table, f"{table}_shortfall"]
 
+    def output_unit(self, table: str, main: str, params: SampleParams) -> str:
+        return "responses" if table == main else "prompts"
+
     def external_fingerprint(self, params: SampleParams) -> dict:
         from xwin_data.llm.generation import model_identity
 
