@@ -105,8 +105,11 @@ def test_rs_best_of_n_is_the_best_of_the_first_n(built) -> None:
             assert row["messages"] == best["prompt"] + [{"role": "assistant", "content": best["response"]}]
     # p_ties: samples 1 and 2 tie at 3.0 -> the earlier one wins.
     assert query(catalog, "SELECT response_id FROM rs_best_of_8 WHERE prompt_id = 'p_ties'")[0]["response_id"] == "p_ties-1"
-    drops = query(catalog, "SELECT stage, source_id, reason FROM drops WHERE stage = 'rs_best_of'")
-    assert drops == [{"stage": "rs_best_of", "source_id": "p_missing-1", "reason": "missing_score"}]
+    # The unscored response is lost by every output table: filed under each, counted in responses.
+    drops = query(catalog, "SELECT table_name, source_id, reason, unit FROM drops WHERE stage = 'rs_best_of' "
+                           "ORDER BY table_name")
+    assert drops == [{"table_name": f"rs_best_of_{n}", "source_id": "p_missing-1", "reason": "missing_score",
+                      "unit": "responses"} for n in (1, 2, 4, 8)]
 
 
 # ------------------------------------------------------------------------------------------------ DPO

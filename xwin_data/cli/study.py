@@ -40,9 +40,13 @@ def judge(
     catalog: Path = CatalogOpt,
     out: Optional[Path] = OutOpt,
     n_boot: int = typer.Option(2000, help="Bootstrap resamples for the confidence intervals."),
+    invalid_as_wrong: bool = typer.Option(False, "--invalid-as-wrong",
+                                          help="Count unparseable verdicts as wrong in the label accuracies "
+                                               "(default: leave them out)."),
 ) -> None:
-    """Position-flip, tie, invalid and length-bias rates of a judge; accuracy and kappa against labels and
-    agreement with a reward model where the table has them."""
+    """Position-flip, tie, invalid and length-bias rates of a judge; accuracy (per order, averaged over the two
+    orders, strict both-orders) and kappa against labels and agreement with a reward model where the table has
+    them."""
     import pyarrow.parquet as pq
 
     from xwin_data.core.catalog import Catalog
@@ -50,7 +54,7 @@ def judge(
     from xwin_data.studies.judge import StudyError, run_judge_study
 
     try:
-        summary = run_judge_study(Catalog(catalog), table, out, n_boot=n_boot)
+        summary = run_judge_study(Catalog(catalog), table, out, n_boot=n_boot, invalid_as_wrong=invalid_as_wrong)
     except StudyError as err:
         _fail(str(err))
     rows = pq.read_table(Path(summary["folder"]) / "results.parquet").to_pylist()

@@ -74,7 +74,8 @@ CREATE TABLE IF NOT EXISTS validations (
 );
 """
 
-DROPS_COLUMNS = "stage VARCHAR, table_name VARCHAR, source_id VARCHAR, reason VARCHAR, detail VARCHAR, build_id VARCHAR"
+DROPS_COLUMNS = (
+    "stage VARCHAR, table_name VARCHAR, source_id VARCHAR, reason VARCHAR, detail VARCHAR, build_id VARCHAR, unit VARCHAR")
 
 
 @dataclass

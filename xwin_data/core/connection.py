@@ -35,7 +35,8 @@ def attach_tables(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]
             drops_parts.append(f"SELECT * FROM read_parquet({_sql_str(catalog.drops_glob(tv))})")
     empty = "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in
                                   (col.split(" ") for col in DROPS_COLUMNS.split(", "))) + " WHERE false"
-    con.execute("CREATE OR REPLACE VIEW drops AS " + " UNION ALL BY NAME ".join(drops_parts or [empty]))
+    # The empty part first fixes every column (drops written before a column existed read as NULL there).
+    con.execute("CREATE OR REPLACE VIEW drops AS " + " UNION ALL BY NAME ".join([empty] + drops_parts))
     return names
 
 

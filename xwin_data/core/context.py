@@ -16,7 +16,7 @@ from xwin_data.core.progress import ProgressHandle, console, track
 
 DROPS_SCHEMA = pa.schema([
     ("stage", pa.string()), ("table_name", pa.string()), ("source_id", pa.string()), ("reason", pa.string()),
-    ("detail", pa.string()), ("build_id", pa.string()),
+    ("detail", pa.string()), ("build_id", pa.string()), ("unit", pa.string()),
 ])
 DETAIL_MAX = 2000
 # How a stage's query is written to Parquet. Row groups of at most ~16 MB: wide rows (conversations) then make
@@ -64,9 +64,11 @@ class StageContext:
     _con: duckdb.DuckDBPyConnection | None = None
     passed_through: dict[str, InputTable] = field(default_factory=dict)  # output -> the input published as it is
     _rows: dict[str, int] = field(default_factory=dict)
-    _drop_buffer: list[dict] = field(default_factory=list)
-    _drop_parts: int = 0
-    _n_drops: int = 0
+    units: dict[str, str] = field(default_factory=dict)  # output -> what one of its rows is (conversations, pairs…)
+    rows_in: dict[str, int] = field(default_factory=dict)  # output -> records that went in, counted in its unit
+    _drop_buffer: dict[str, list[dict]] = field(default_factory=dict)
+    _drop_parts: dict[str, int] = field(default_factory=dict)
+    _n_drops: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------------ inputs
     @property
@@ -106,12 +108,6 @@ class StageContext:
         """The folder an output is staged in (its `data/` files, and `drops/` for the main output) until publish."""
         self._out_dir(table)
         return self.staging / (table or self.table)
-
-    def drops_glob(self) -> str | None:
-        """The Parquet files of this stage's drops, or None when nothing was dropped."""
-        self._flush_drops()
-        folder = self.staging / self.table / "drops"
-        return str(folder / "*.parquet") if any(folder.glob("*.parquet")) else None
 
     def output_glob(self, table: str | None = None) -> str:
         """The Parquet files written so far to an output (e.g. to read a finished output back in a later query)."""
@@ -207,46 +203,76 @@ class StageContext:
         return self.rows_written(table)
 
     # ------------------------------------------------------------------------------------------------ drops
-    def drop(self, source_id: Any, reason: str, detail: Any = None) -> None:
-        """Record one dropped record with its reason and the offending value."""
+    # Drops are filed under the output table that lost the record (a stage with several outputs files each drop
+    # under its own table), and say what was dropped (`unit`): by default a row of that table, but e.g. a turn cut
+    # from a conversation that is kept, or a scored response a pair table could not use.
+
+    def unit_of(self, table: str | None = None) -> str:
+        return self.units.get(table or self.table, "rows")
+
+    def _drop_target(self, table: str | None) -> str:
+        table = table or self.table
+        if table not in self.outputs:
+            raise ValueError(f"stage {self.stage_id} has no output {table!r} to file a drop under "
+                             f"(outputs: {', '.join(self.outputs)})")
+        return table
+
+    def drop(self, source_id: Any, reason: str, detail: Any = None, *, table: str | None = None,
+             unit: str | None = None) -> None:
+        """Record one dropped record with its reason and the offending value, under `table` (default: the main
+        output), counted in `unit` (default: that table's unit)."""
+        table = self._drop_target(table)
         text = None if detail is None else str(detail)
         if text is not None and len(text) > DETAIL_MAX:
             text = text[:DETAIL_MAX] + "…"
-        self._drop_buffer.append({"stage": self.stage_id, "table_name": self.table,
-                                  "source_id": None if source_id is None else str(source_id),
-                                  "reason": reason, "detail": text, "build_id": self.build_id})
-        if len(self._drop_buffer) >= 50_000:
-            self._flush_drops()
+        buffer = self._drop_buffer.setdefault(table, [])
+        buffer.append({"stage": self.stage_id, "table_name": table,
+                       "source_id": None if source_id is None else str(source_id),
+                       "reason": reason, "detail": text, "build_id": self.build_id,
+                       "unit": unit or self.unit_of(table)})
+        if len(buffer) >= 50_000:
+            self._flush_drops(table)
 
-    def drop_sql(self, sql: str) -> int:
-        """Record drops from a query with columns source_id, reason, detail."""
-        self._flush_drops()
-        folder = self.staging / self.table / "drops"
+    def _next_drop_part(self, table: str) -> Path:
+        folder = self.staging / table / "drops"
         folder.mkdir(parents=True, exist_ok=True)
-        out = folder / f"part-{self._drop_parts:05d}.parquet"
-        self._drop_parts += 1
-        full = (f"SELECT {sql_str(self.stage_id)} AS stage, {sql_str(self.table)} AS table_name, "
+        part = self._drop_parts.get(table, 0)
+        self._drop_parts[table] = part + 1
+        return folder / f"part-{part:05d}.parquet"
+
+    def drop_sql(self, sql: str, *, table: str | None = None, unit: str | None = None) -> int:
+        """Record drops from a query with columns source_id, reason, detail (and optionally unit), under `table`."""
+        table = self._drop_target(table)
+        self._flush_drops(table)
+        out = self._next_drop_part(table)
+        have = {r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM ({sql})").fetchall()}
+        default_unit = sql_str(unit or self.unit_of(table))
+        unit_expr = f"coalesce(CAST(unit AS VARCHAR), {default_unit})" if "unit" in have else default_unit
+        full = (f"SELECT {sql_str(self.stage_id)} AS stage, {sql_str(table)} AS table_name, "
                 f"CAST(source_id AS VARCHAR) AS source_id, CAST(reason AS VARCHAR) AS reason, "
-                f"left(CAST(detail AS VARCHAR), {DETAIL_MAX}) AS detail, {sql_str(self.build_id)} AS build_id "
-                f"FROM ({sql})")
-        n = self.con.execute(f"COPY ({full}) TO {sql_str(str(out))} (FORMAT parquet)").fetchone()[0]
-        self._n_drops += int(n)
-        return int(n)
+                f"left(CAST(detail AS VARCHAR), {DETAIL_MAX}) AS detail, {sql_str(self.build_id)} AS build_id, "
+                f"{unit_expr} AS unit FROM ({sql})")
+        n = int(self.con.execute(f"COPY ({full}) TO {sql_str(str(out))} (FORMAT parquet)").fetchone()[0])
+        self._n_drops[table] = self._n_drops.get(table, 0) + n
+        return n
 
-    def _flush_drops(self) -> None:
-        if not self._drop_buffer:
-            return
-        folder = self.staging / self.table / "drops"
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(self._drop_buffer, schema=DROPS_SCHEMA),
-                       folder / f"part-{self._drop_parts:05d}.parquet")
-        self._drop_parts += 1
-        self._n_drops += len(self._drop_buffer)
-        self._drop_buffer.clear()
+    def _flush_drops(self, table: str | None = None) -> None:
+        for name in [table] if table else list(self._drop_buffer):
+            buffer = self._drop_buffer.get(name)
+            if not buffer:
+                continue
+            pq.write_table(pa.Table.from_pylist(buffer, schema=DROPS_SCHEMA), self._next_drop_part(name))
+            self._n_drops[name] = self._n_drops.get(name, 0) + len(buffer)
+            buffer.clear()
+
+    def drops_of(self, table: str | None = None) -> int:
+        """How many drops are filed under `table` (default: the main output)."""
+        table = table or self.table
+        return self._n_drops.get(table, 0) + len(self._drop_buffer.get(table, []))
 
     @property
     def n_drops(self) -> int:
-        return self._n_drops + len(self._drop_buffer)
+        return sum(self.drops_of(t) for t in self.outputs)
 
     # ------------------------------------------------------------------------------------------------ misc
     def track(self, description: str, total: float | None, unit: str = "rows"):

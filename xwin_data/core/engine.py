@@ -171,7 +171,7 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
             raise RecipeError(str(err).split(": ", 1)[-1] if err.key else str(err), file=recipe.source,
                               line=recipe.line_of("stages", ps.index, "params"), key=f"{ps.stage_id}.params") from None
         ps.fingerprint = stable_hash({
-            "op": type(ps.op).name, "op_code": type(ps.op).code_version(), "xwin_data": __version__,
+            "op": type(ps.op).name, "op_code": type(ps.op).code_version(),
             "params": ps.params.model_dump(mode="json"), "external": external,
             "inputs": [(r.name, r.fingerprint) for r in ps.inputs], "outputs": ps.outputs, "schemas": ps.schemas,
         })
@@ -258,12 +258,36 @@ def recipe_sha(recipe: Recipe) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
-def _drops_by_reason(con: duckdb.DuckDBPyConnection, glob: str | None) -> dict[str, int]:
-    if glob is None:
+def _drops_by(con: duckdb.DuckDBPyConnection, folder: Path, column: str) -> dict[str, int]:
+    """Drops filed under one output table, counted by `column` (reason or unit)."""
+    if not any(folder.glob("*.parquet")):
         return {}
-    rows = con.execute(f"SELECT reason, count(*) FROM read_parquet({sql_str(glob)}) "
-                       "GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    rows = con.execute(f"SELECT {column}, count(*) FROM read_parquet({sql_str(str(folder / '*.parquet'))}, "
+                       "union_by_name = true) GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
     return {r[0]: int(r[1]) for r in rows}
+
+
+UNIT_BY_SCHEMA = {"conversations": "conversations", "xwin_pair": "pairs", "dpo_pairs": "pairs",
+                  "rs_best_of": "prompts", "xwin_set": "responses", "bon_curve": "points",
+                  "bon_curve_per_prompt": "points", "wind_groups": "prompts"}
+
+
+def _input_unit(catalog: Catalog, ps: PlannedStage) -> str | None:
+    first = catalog.current(ps.inputs[0].table) if ps.inputs else None
+    return (first.stats or {}).get("unit") if first else None
+
+
+def _output_units(ps: PlannedStage, catalog: Catalog) -> dict[str, str]:
+    """What one row of each output is: as the op declares, else as its schema says (a conversation table keeps its
+    input's unit: conversations, or pieces once split), else as its first input's rows, else `rows`."""
+    inherited = _input_unit(catalog, ps)
+    out = {}
+    for table in ps.outputs:
+        schema = ps.schemas.get(table) or ""
+        declared = ps.op.output_unit(table, ps.outputs[0], ps.params)
+        by_schema = UNIT_BY_SCHEMA.get(schema) if schema != "conversations" else None
+        out[table] = declared or by_schema or inherited or UNIT_BY_SCHEMA.get(schema, "rows")
+    return out
 
 
 def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str, progress: Any,
@@ -285,7 +309,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     work_dir.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(stage_id=ps.stage_id, table=ps.outputs[0], outputs=ps.outputs, inputs=inputs, staging=staging,
                        work_dir=work_dir, cache_dir=catalog.cache_dir, tmp_dir=catalog.tmp_dir / build_id,
-                       build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit)
+                       build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit,
+                       units=_output_units(ps, catalog))
     try:
         ps.op.run(ctx, ps.params)
     finally:
@@ -297,9 +322,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     validations: list[ValidationRecord] = []
     results: list[ValidationResult] = []
     try:
-        drops = _drops_by_reason(con, ctx.drops_glob())
-        # A source stage's input is the records it read: what it kept plus what it dropped.
-        rows_in = inputs[0].rows if inputs else None
+        main_drops: dict[str, int] = {}
+        main_rows_in = None
         for table in ps.outputs:
             source = f"read_parquet({sql_str(ctx.output_glob(table))})"
             rows = int(con.execute(f"SELECT count(*) FROM {source}").fetchone()[0])
@@ -317,12 +341,24 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
                 validations.append(ValidationRecord(build_id, table, schema_name, ps.table_fingerprints[table],
                                                     res.success, res.checks))
             is_main = table == ps.outputs[0]
-            if rows_in is None and is_main:
-                rows_in = rows + sum(drops.values())
-            stats = StageStats(rows_in, drops if is_main else {}, overrides, ctx.stats if is_main else {})
+            unit = ctx.unit_of(table)
+            drops = _drops_by(con, staging / table / "drops", "reason")
+            by_unit = _drops_by(con, staging / table / "drops", "coalesce(unit, 'rows')")
+            dropped = by_unit.pop(unit, 0)
+            # Records in, counted in this table's unit: as the op says; for a source stage, what it kept plus what
+            # it dropped; else the first input's rows where they are the same unit; otherwise unknown.
+            rows_in = ctx.rows_in.get(table)
+            if rows_in is None and not inputs:
+                rows_in = rows + dropped
+            elif rows_in is None and ctx.units.get(table) == _input_unit(catalog, ps):
+                rows_in = inputs[0].rows
+            if is_main:
+                main_drops, main_rows_in = drops, rows_in
+            stats = StageStats(rows_in, drops, overrides, ctx.stats if is_main else {}, unit=unit, dropped=dropped,
+                               dropped_other_units=by_unit)
             entries.append(PublishEntry(
                 name=table, fingerprint=ps.table_fingerprints[table], staged=ctx.staged_dir(table), rows=rows,
-                columns=columns, stage=ps.stage_id, op=type(ps.op).name, n_drops=ctx.n_drops if is_main else 0,
+                columns=columns, stage=ps.stage_id, op=type(ps.op).name, n_drops=ctx.drops_of(table),
                 schema_name=schema_name, build_id=build_id, recipe=recipe.name, recipe_path=recipe.source,
                 params=ps.params.model_dump(mode="json"),
                 inputs=[TableInput(r.table, r.fingerprint) for r in ps.inputs], seconds=seconds,
@@ -337,7 +373,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
         raise BuildError("validation failed, nothing published for stage "
                          f"{ps.stage_id}:\n" + "\n".join(r.report() for r in failed))
     catalog.publish(entries, validations)
-    return StageReport(ps.stage_id, "built", {e.name: e.rows for e in entries}, rows_in, drops, seconds, ctx.stats)
+    return StageReport(ps.stage_id, "built", {e.name: e.rows for e in entries}, main_rows_in, main_drops, seconds,
+                       ctx.stats)
 
 
 def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str,

@@ -29,10 +29,14 @@ class StageStats:
     drops_by_reason: dict[str, int] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     op_stats: dict[str, Any] = field(default_factory=dict)
+    unit: str = "rows"
+    dropped: int = 0
+    dropped_other_units: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"rows_in": self.rows_in, "drops_by_reason": self.drops_by_reason, "overrides": self.overrides,
-                **self.op_stats}
+        return {"unit": self.unit, "rows_in": self.rows_in, "dropped": self.dropped,
+                "dropped_other_units": self.dropped_other_units, "drops_by_reason": self.drops_by_reason,
+                "overrides": self.overrides, **self.op_stats}
 
 
 @dataclass

@@ -59,6 +59,13 @@ class ModelSpec(BaseModel):
         `served_identity`)."""
         return self.backend_class().identity(self)
 
+    def code_fingerprint(self) -> str:
+        """Hash of the code the backend runs (its module and the in-package modules it imports): backends are
+        found through the registry, not by a static import from the op, so ops add this to their fingerprint."""
+        from xwin_data.core.fingerprint import code_fingerprint
+
+        return code_fingerprint(self.backend_class().__module__)
+
     def build(self) -> Any:
         """An instance of the backend this spec names (heavy libraries are imported here)."""
         return self.backend_class()(self)

@@ -6,8 +6,6 @@ which reads inputs as DuckDB views and writes outputs through the context.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 from collections.abc import Set
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -63,6 +61,11 @@ class Op:
         """Schema for each output table (extra outputs default to the main schema)."""
         return self.schema
 
+    def output_unit(self, table: str, main: str, params: Any) -> str | None:
+        """What one row of an output is (conversations, pieces, pairs, prompts…), where the op changes it; None
+        keeps the first input's unit (or the schema's). The funnel counts rows in, out and dropped in it."""
+        return None
+
     def external_fingerprint(self, params: Any) -> dict[str, Any]:
         """What outside the catalog the output depends on (input files, model revisions)."""
         return {}
@@ -76,10 +79,9 @@ class Op:
 
     @classmethod
     def code_version(cls) -> str:
-        """Hash of the op's version tag and its module source: editing an op rebuilds what it made."""
-        module = inspect.getmodule(cls)
-        try:
-            src = inspect.getsource(module) if module else ""
-        except (OSError, TypeError):
-            src = ""
-        return hashlib.sha256(f"{cls.version}\n{src}".encode()).hexdigest()[:16]
+        """Hash of the op's version tag and of the code it runs: its module and every in-package module that
+        imports, transitively, without docstrings or comments (see `core.fingerprint.module_closure`)."""
+        from xwin_data.core.fingerprint import code_fingerprint, stable_hash
+
+        return stable_hash([cls.version, code_fingerprint(cls.__module__)], length=16)
+

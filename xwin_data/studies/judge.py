@@ -16,6 +16,14 @@ Measures: invalid rate (calls whose verdict could not be parsed), tie rate (vali
 both orders whose winner changed with the order), inconsistency rate (any disagreement between orders), length
 bias (decisive calls won by the longer response; 0.5 = none), and where present accuracy and Cohen's kappa against
 labels and agreement and kappa between the reward model and the judge. Rates carry bootstrap 95% CIs.
+
+Accuracy against labels comes in the forms papers report: `label_accuracy` (the pair's aggregated verdict),
+`label_accuracy_ab` / `_ba` (each presentation order alone), `label_accuracy_order_avg` (their mean, LLMBar's
+headline) and `label_accuracy_both_orders` (strict: right in both orders). Invalid verdicts are left out of these
+by default; `invalid_as_wrong` counts them as wrong, as a paper that scores every prompt does.
+
+Columns are read typed: a JSON column's values are unquoted first, and a response stored as a JSON number or
+boolean is measured as its text, never as a length.
 """
 from __future__ import annotations
 
@@ -65,14 +73,26 @@ def _norm_verdict(value, raw: bool) -> str | None:
     return VERDICT_ALIASES.get(v.lower(), "invalid")
 
 
-def _length(value) -> int | None:
+def _length(value, is_length: bool = False) -> int | None:
+    """Characters of a response (text, or messages' contents); `is_length` when the column already is one."""
     if value is None:
         return None
-    if isinstance(value, (int, float)):
+    if is_length:
         return int(value)
     if isinstance(value, list):
         return sum(len(str(m.get("content") or "")) for m in value if isinstance(m, dict))
     return len(str(value))
+
+
+def _typed(column: str, duckdb_type: str) -> str:
+    """SQL reading a column as the study needs it: JSON values unquoted (a JSON string's text, a JSON number or
+    boolean as its text), scalars as text, lists (messages) as they are."""
+    quoted = f'"{column}"'
+    if duckdb_type == "JSON":
+        return f"json_extract_string({quoted}, '$')"
+    if duckdb_type.endswith("[]") or duckdb_type.startswith(("STRUCT", "MAP")):
+        return quoted
+    return f"CAST({quoted} AS VARCHAR)"
 
 
 def load_pairs(catalog: Catalog, table: str) -> list[dict]:
@@ -80,9 +100,10 @@ def load_pairs(catalog: Catalog, table: str) -> list[dict]:
     con = connect(catalog, canned_views=False)
     try:
         try:
-            cols = {r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()}
+            types = {r[0]: r[1] for r in con.execute(f'DESCRIBE "{table}"').fetchall()}
         except Exception as err:  # noqa: BLE001 - duckdb raises CatalogException
             raise StudyError(f"no table {table!r} in catalog {catalog.root}") from err
+        cols = set(types)
         ab_raw = _first(cols, "judgment_ab", "judgment")
         ab = _first(cols, "verdict_ab", "verdict")
         ba_raw, ba = _first(cols, "judgment_ba"), _first(cols, "verdict_ba")
@@ -97,7 +118,11 @@ def load_pairs(catalog: Catalog, table: str) -> list[dict]:
             "label": _first(cols, "label", "human_label", "reference_label"),
             "reward_a": _first(cols, "reward_a", "rm_score_a"), "reward_b": _first(cols, "reward_b", "rm_score_b"),
         }
-        select = ", ".join(f'"{c}" AS "{k}"' if c else f'NULL AS "{k}"' for k, c in pick.items())
+        numeric = {"reward_a", "reward_b"} | ({"a", "b"} if pick["a"] == "len_a" else set())
+        select = ", ".join(
+            (f'"{c}" AS "{k}"' if k in numeric and types[c] != "JSON" else
+             f'CAST(json_extract_string("{c}", \'$\') AS DOUBLE) AS "{k}"' if k in numeric else
+             f'{_typed(c, types[c])} AS "{k}"') if c else f'NULL AS "{k}"' for k, c in pick.items())
         cur = con.execute(f'SELECT {select} FROM "{table}"')
         names = [d[0] for d in cur.description]
         rows = [dict(zip(names, r)) for r in cur.fetchall()]
@@ -112,7 +137,7 @@ def load_pairs(catalog: Catalog, table: str) -> list[dict]:
             "id": r["id"],
             "v_ab": {"A": "a", "B": "b"}.get(v_ab, v_ab),   # order ab: A is response a
             "v_ba": {"A": "b", "B": "a"}.get(v_ba, v_ba),   # order ba: A is response b
-            "len_a": _length(r["a"]), "len_b": _length(r["b"]),
+            "len_a": _length(r["a"], pick["a"] == "len_a"), "len_b": _length(r["b"], pick["b"] == "len_b"),
             "label": {"A": "a", "B": "b"}.get(label, label) if label != "invalid" else None,
             "reward_a": r["reward_a"], "reward_b": r["reward_b"],
         })
@@ -133,7 +158,27 @@ def _rate(flags: list[float], name: str, n_boot: int, seed: int) -> dict:
     return {"metric": name, "value": value, "ci_low": lo, "ci_high": hi, "n": len(flags)}
 
 
-def judge_metrics(pairs: list[dict], n_boot: int = 2000, seed: int = 0) -> tuple[list[dict], dict]:
+def order_accuracies(labelled: list[dict], invalid_as_wrong: bool) -> tuple[list[float], list[float], list[float]]:
+    """Per-call correctness in the AB order and the BA order, and per-pair correctness in both orders at once, on
+    pairs with a label. An invalid verdict counts as wrong when `invalid_as_wrong`, else its call (and, for the
+    both-orders measure, its pair) is left out; an order never asked is always left out."""
+    per_order: dict[str, list[float]] = {"ab": [], "ba": []}
+    both: list[float] = []
+    for p in labelled:
+        right = {}
+        for order in ("ab", "ba"):
+            v = p[f"v_{order}"]
+            if v is None or (v == "invalid" and not invalid_as_wrong):
+                continue
+            right[order] = float(v == p["label"])
+            per_order[order].append(right[order])
+        if len(right) == 2:
+            both.append(float(right["ab"] and right["ba"]))
+    return per_order["ab"], per_order["ba"], both
+
+
+def judge_metrics(pairs: list[dict], n_boot: int = 2000, seed: int = 0, invalid_as_wrong: bool = False
+                  ) -> tuple[list[dict], dict]:
     calls = [(p, order, p[f"v_{order}"]) for p in pairs for order in ("ab", "ba") if p[f"v_{order}"] is not None]
     valid = [(p, o, v) for p, o, v in calls if v != "invalid"]
     decisive = [(p, o, v) for p, o, v in valid if v in ("a", "b")]
@@ -153,6 +198,18 @@ def judge_metrics(pairs: list[dict], n_boot: int = 2000, seed: int = 0) -> tuple
     labelled = [(j, lab) for j, lab in labelled if j is not None]
     if labelled:
         rows.append(_rate([j == lab for j, lab in labelled], "label_accuracy", n_boot, seed))
+        ab, ba, both_right = order_accuracies([p for p in pairs if p["label"] in ("a", "b", "tie")],
+                                              invalid_as_wrong)
+        for flags, name in ((ab, "label_accuracy_ab"), (ba, "label_accuracy_ba")):
+            if flags:
+                rows.append(_rate(flags, name, n_boot, seed))
+        if ab and ba:  # LLMBar's headline: the mean of the two orders' accuracies (CI from the pooled calls)
+            avg = _rate(ab + ba, "label_accuracy_order_avg", n_boot, seed)
+            avg["value"] = (sum(ab) / len(ab) + sum(ba) / len(ba)) / 2
+            rows.append(avg)
+        if both_right:
+            rows.append(_rate(both_right, "label_accuracy_both_orders", n_boot, seed))
+        summary["invalid_as_wrong"] = invalid_as_wrong
         summary["label_kappa"] = cohen_kappa([j for j, _ in labelled], [lab for _, lab in labelled])
         labels = ["a", "b", "tie"]
         summary["label_confusion"] = [[sum(1 for j, lab in labelled if lab == r and j == c) for c in labels]
@@ -188,12 +245,13 @@ def judged_table(catalog: Catalog, table: str) -> tuple[str, str | None]:
     return table, None
 
 
-def run_judge_study(catalog: Catalog, table: str, out: Path | None = None, n_boot: int = 2000) -> dict:
+def run_judge_study(catalog: Catalog, table: str, out: Path | None = None, n_boot: int = 2000,
+                    invalid_as_wrong: bool = False) -> dict:
     source, note = judged_table(catalog, table)
     pairs = load_pairs(catalog, source)
     if not pairs:
         raise StudyError(f"table {table!r} is empty")
-    rows, summary = judge_metrics(pairs, n_boot=n_boot)
+    rows, summary = judge_metrics(pairs, n_boot=n_boot, invalid_as_wrong=invalid_as_wrong)
     folder = study_dir(catalog, f"judge_{table}", out)
     summary["table"] = table
     summary["source_table"] = source

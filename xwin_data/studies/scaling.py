@@ -29,7 +29,8 @@ from xwin_data.core.fingerprint import stable_hash
 from xwin_data.core.overrides import apply_overrides, load_yaml_file
 from xwin_data.studies.judge import StudyError
 from xwin_data.studies.output import study_dir, write_results
-from xwin_data.studies.scaling_eval import EvaluatorSpec, evaluator_identity, make_evaluator, reference_items
+from xwin_data.studies.scaling_eval import (EvaluatorSpec, conversation_key, evaluator_identity, make_evaluator,
+                                           reference_items)
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 # Fields of the training config that say where things go, not what is trained.
@@ -92,8 +93,8 @@ def subset_plan(catalog: Catalog, cfg: ScalingConfig) -> list[dict]:
                 if catalog.current(t) is None:
                     raise StudyError(f"subset table {t!r} is not in catalog {catalog.root}")
                 turns, convs = con.execute(
-                    f"SELECT count_if(m.role = 'assistant'), count(DISTINCT id) FROM "
-                    f"(SELECT id, unnest(messages) AS m FROM \"{t}\")").fetchone()
+                    f"SELECT count_if(m.role = 'assistant'), count(DISTINCT k) FROM "
+                    f"(SELECT {conversation_key(con, t)} AS k, unnest(messages) AS m FROM \"{t}\")").fetchone()
                 rows.append({"size": int(turns), "table": t, "conversations": int(convs)})
         else:
             if catalog.current(cfg.subsets) is None:

@@ -119,18 +119,28 @@ def evaluator_identity(spec: EvaluatorSpec) -> dict:
     return data
 
 
+def conversation_key(con, table: str) -> str:
+    """SQL for the conversation a row belongs to: pieces of a split conversation share its `conversation_id`."""
+    cols = {r[0] for r in con.execute(f'DESCRIBE SELECT * FROM "{table}"').fetchall()}
+    return "coalesce(conversation_id, id)" if "conversation_id" in cols else "id"
+
+
 def holdout_items(catalog, source_table: str, exclude_tables: list[str], limit: int) -> list[dict]:
-    """Conversations of `source_table` in none of `exclude_tables`, in a fixed pseudo-random order: the first
-    user turn (with any system turn before it) is the prompt, the first assistant reply the reference."""
+    """Conversations of `source_table` with no piece in any of `exclude_tables`, in a fixed pseudo-random order, one
+    item per conversation (its first piece): the first user turn (with any system turn before it) is the prompt,
+    the first assistant reply the reference."""
     from xwin_data.core.connection import connect
 
     con = connect(catalog, canned_views=False)
     try:
-        excl = " UNION ALL ".join(f'SELECT id FROM "{t}"' for t in exclude_tables) or "SELECT NULL::VARCHAR AS id"
+        excl = " UNION ALL ".join(f'SELECT {conversation_key(con, t)} AS k FROM "{t}"' for t in exclude_tables) \
+            or "SELECT NULL::VARCHAR AS k"
+        key = conversation_key(con, source_table)
         rows = con.sql(f"""
-            SELECT id, messages FROM "{source_table}"
-            WHERE id NOT IN (SELECT id FROM ({excl}) WHERE id IS NOT NULL)
-            ORDER BY md5(id), id""").to_arrow_table().to_pylist()
+            SELECT id, messages FROM (SELECT *, {key} AS __k FROM "{source_table}")
+            WHERE __k NOT IN (SELECT k FROM ({excl}) WHERE k IS NOT NULL)
+            QUALIFY row_number() OVER (PARTITION BY __k ORDER BY id) = 1
+            ORDER BY md5(__k), id""").to_arrow_table().to_pylist()
     finally:
         con.close()
     items = []

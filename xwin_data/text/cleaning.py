@@ -6,7 +6,8 @@ Python (`clean_column`), while `clean_value` does the same to one string (for ro
 Both give identical results.
 
 - HTML: only assistant values (ShareGPT scrapes of the ChatGPT page) with a block-level tag and no markdown code
-  fence are converted with markdownify; the page's "Copy code" buttons and icons are removed first.
+  fence are converted with markdownify; the page's "Copy code" buttons and icons are removed first, and a code
+  block's header (the language name beside that button) becomes the fence's info string.
 - Unicode: `fast` runs ftfy on values with mojibake signatures (a Latin-1 lead character followed by a
   continuation-like one, as UTF-8 read as Latin-1/Windows-1252 gives), HTML entities or control characters;
   `full` runs ftfy on every non-ASCII value (about 100× slower on non-English text); `off` skips it.
@@ -46,11 +47,42 @@ def _py(pattern: str, flags: int = 0) -> re.Pattern:
     return re.compile(pattern, flags)
 
 
-def _html_to_markdown(text: str) -> str:
-    from markdownify import markdownify
+_LANG = re.compile(r"[A-Za-z0-9_+#.-]{1,32}")
+_NO_LANG = {"", "undefined", "null", "none", "plaintext", "text"}
 
-    text = re.sub(r"<button\b.*?</button>|<svg\b.*?</svg>", "", text, flags=re.S | re.I)
-    return markdownify(text, heading_style="ATX", bullets="-")
+
+def _code_language(pre) -> str:
+    """The language of a ChatGPT-page code block: the `language-x` class of its code element, else the text of its
+    header (the bar with the language name and the "Copy code" button); "" when neither names one."""
+    names = []
+    code = pre.find("code")
+    if code is not None:
+        names += [c[len("language-"):] for c in code.get("class", []) if c.startswith("language-")]
+    names.append(pre.get("data-code-header", ""))
+    for name in names:
+        name = name.strip()
+        if name.lower() not in _NO_LANG and _LANG.fullmatch(name):
+            return name.lower()
+    return ""
+
+
+def _html_to_markdown(text: str) -> str:
+    """HTML to markdown; a code block's header becomes the fence's info string (```python), never code."""
+    from bs4 import BeautifulSoup
+    from markdownify import MarkdownConverter
+
+    soup = BeautifulSoup(text, "html.parser")
+    for button in soup.find_all("button"):
+        header = button.parent
+        pre = button.find_parent("pre")
+        if pre is not None and header is not None and header is not pre and header.find("code") is None:
+            pre["data-code-header"] = header.get_text(" ", strip=True).replace("Copy code", "").strip()
+            header.decompose()
+        else:
+            button.decompose()
+    for svg in soup.find_all("svg"):
+        svg.decompose()
+    return MarkdownConverter(heading_style="ATX", bullets="-", code_language_callback=_code_language).convert_soup(soup)
 
 
 def needs_html(text: str, role: str) -> bool:

@@ -21,6 +21,7 @@ class RowOptions:
     model_field: str | None
     id_fields: tuple[str, ...]
     stem: str  # fallback ids are `stem:position`
+    on_bad_turn: str = "truncate"  # an empty turn: keep the turns before it, or drop the conversation
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Rows:
 
     table: pa.Table
     positions: list[int]
-    drops: list[tuple[str, str, Any]] = field(default_factory=list)
+    drops: list[tuple] = field(default_factory=list)  # (id, reason, detail[, unit])
     records: int = 0  # items read, the bad ones included
 
 
@@ -68,10 +69,13 @@ class RowBuilder:
                     rid = str(record[f])
                     break
         try:
-            turns, model = normalise_turns(record, self.options.fmt, self.options.model_field)
+            turns, model, cut = normalise_turns(record, self.options.fmt, self.options.model_field,
+                                                self.options.on_bad_turn)
         except BadRecord as bad:
             self.drops.append((rid or fallback, bad.reason, bad.detail))
             return False
+        if cut is not None:  # the conversation is kept; the turns cut from it are the drop
+            self.drops.append((rid or fallback, cut.reason, cut.detail, "cuts"))
         self.ids.append(rid or fallback)
         self.positions.append(position)
         self.models.append(model)

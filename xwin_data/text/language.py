@@ -7,6 +7,10 @@ scores are one sparse-dense product. The result is py3langid's label (up to floa
 
 A conversation's language is that of a sample of its text: the first few non-system messages, cut to a number of
 characters (a few hundred characters decide the language well).
+
+Users mean languages as macrolanguages: `zh` is Chinese whether a detector says `cmn`, `wuu` or `yue`.
+`macrolanguage` maps a detector's code to its ISO 639-3 macrolanguage (SIL's mappings, from `iso639-lang`) in its
+shortest form; the raw code is kept beside it.
 """
 from __future__ import annotations
 
@@ -27,6 +31,44 @@ def _model():
     rowbase = np.asarray(ident.tk_row, dtype=np.int32) << 8
     output = np.asarray(ident.tk_output, dtype=np.int32)
     return ident, nextmove, rowbase, output, np.asarray(ident.nb_ptc, dtype=np.float32)
+
+
+@lru_cache(maxsize=None)
+def _lang(code: str):
+    from iso639 import Lang
+    from iso639.exceptions import InvalidLanguageValue
+
+    try:
+        return Lang(code)
+    except (InvalidLanguageValue, ValueError, TypeError):
+        return None
+
+
+@lru_cache(maxsize=None)
+def normalise_code(code: str) -> str:
+    """A language code in its shortest ISO 639 form (`eng` -> `en`, `zho` -> `zh`); unknown codes unchanged."""
+    lang = _lang(code.strip().lower()) if code else None
+    return (lang.pt1 or lang.pt3) if lang is not None else code
+
+
+@lru_cache(maxsize=None)
+def macrolanguage(code: str) -> str:
+    """The macrolanguage a code belongs to, where that macrolanguage has a two-letter code (`wuu`, `yue`, `cmn`
+    -> `zh`; `arb` -> `ar`; `nb` -> `no`), else the code itself in its shortest form (`hr` stays `hr`: its
+    macrolanguage `hbs` has no two-letter code and is not what users filter by)."""
+    lang = _lang(code.strip().lower()) if code else None
+    if lang is None:
+        return code
+    macro = lang.macro()
+    best = macro if macro is not None and macro.pt1 else lang
+    return best.pt1 or best.pt3
+
+
+def matching_codes(wanted: list[str], codes: list[str]) -> list[str]:
+    """Those of `codes` (as found in a table) that a user asking for `wanted` means: a code matches when it, its
+    shortest form or its macrolanguage is one of the wanted codes (in their shortest form)."""
+    want = {normalise_code(w) for w in wanted}
+    return [c for c in codes if c is not None and (c in want or normalise_code(c) in want or macrolanguage(c) in want)]
 
 
 def _encode(text: str) -> bytes:

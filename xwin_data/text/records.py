@@ -2,7 +2,8 @@
 
 A record either becomes `(messages, model)` with roles system/user/assistant that alternate user→assistant and end
 on the assistant, or raises `BadRecord(reason, detail)`; the reader turns that into a drops row. Nothing here
-decides policy beyond the canonical form: a trailing unanswered user turn is trimmed (it cannot be trained on),
+decides policy beyond the canonical form: a trailing unanswered user turn is trimmed (it cannot be trained on), an
+empty turn cuts the conversation before it (`on_bad_turn: truncate`, the default) or drops it (`drop_conversation`),
 everything else that breaks the form is a drop with the offending value.
 """
 from __future__ import annotations
@@ -124,15 +125,53 @@ def _turns_alpaca(record: dict) -> list[tuple[str, str]]:
 _READERS = {"sharegpt": _turns_sharegpt, "openai": _turns_openai, "alpaca": _turns_alpaca}
 
 
-def check_turns(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Enforce the canonical form: optional system first, then user/assistant alternating, ending on assistant."""
+BAD_TURN_POLICIES = ("truncate", "drop_conversation")
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+
+
+def is_blank(text: str) -> bool:
+    """Empty once whitespace and zero-width characters are taken out."""
+    return not text.strip().strip(_INVISIBLE).strip()
+
+
+class Cut:
+    """A conversation kept up to a bad turn: `reason` and `detail` for its drops row (unit `cuts`)."""
+
+    def __init__(self, reason: str, detail: str, turns_cut: int):
+        self.reason, self.detail, self.turns_cut = reason, detail, turns_cut
+
+
+def truncate_at(turns: list, k: int, reason: str, what: str) -> tuple[list, Cut] | None:
+    """`turns` (role first in each item) cut before turn k, a trailing user turn dropped too; None when what is
+    left has no assistant turn to learn from."""
+    kept = list(turns[:k])
+    while kept and kept[-1][0] != "assistant":
+        kept.pop()
+    if not any(t[0] == "assistant" for t in kept):
+        return None
+    cut = len(turns) - len(kept)
+    return kept, Cut(f"truncated_{reason}", f"{what}; kept turns 0-{len(kept) - 1} of {len(turns)}", cut)
+
+
+def check_turns(turns: list[tuple[str, str]], on_bad_turn: str = "truncate"
+                ) -> tuple[list[tuple[str, str]], Cut | None]:
+    """Enforce the canonical form: optional system first, then user/assistant alternating, ending on assistant.
+    A turn that is empty or only whitespace / zero-width characters is a bad turn: with `truncate` the
+    conversation keeps the turns before it (when they end on an assistant turn) and the cut is returned; with
+    `drop_conversation` (or when nothing usable is left) the record is a drop."""
     if not turns:
         raise BadRecord("empty_conversation", "no turns")
+    cut = None
     for i, (role, text) in enumerate(turns):
-        if not text.strip():
-            raise BadRecord("empty_content", f"turn {i} ({role}) is empty")
         if role == "system" and i != 0:
             raise BadRecord("misplaced_system", f"system turn at position {i}")
+        if is_blank(text):
+            what = f"turn {i} ({role}) is empty"
+            kept = truncate_at(turns, i, "empty_content", what) if on_bad_turn == "truncate" else None
+            if kept is None:
+                raise BadRecord("empty_content", what)
+            turns, cut = kept
+            break
     body = turns[1:] if turns[0][0] == "system" else turns
     if body and body[-1][0] == "user":  # an unanswered last question carries nothing to learn
         body = body[:-1]
@@ -143,28 +182,30 @@ def check_turns(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
         if role != want:
             reason = "first_turn_not_user" if i == 0 else "non_alternating_roles"
             raise BadRecord(reason, f"roles {[r for r, _ in turns]}")
-    return ([turns[0]] if turns[0][0] == "system" else []) + body
+    return ([turns[0]] if turns[0][0] == "system" else []) + body, cut
 
 
-def normalise(record: Any, fmt: str = "auto", model_field: str | None = None) -> tuple[list[dict], str | None]:
+def normalise(record: Any, fmt: str = "auto", model_field: str | None = None, on_bad_turn: str = "truncate"
+              ) -> tuple[list[dict], str | None]:
     """Canonical messages and the answering model (where the record says) of one source record."""
-    turns, model = normalise_turns(record, fmt, model_field)
+    turns, model, _ = normalise_turns(record, fmt, model_field, on_bad_turn)
     return [{"role": r, "content": c} for r, c in turns], model
 
 
-def normalise_turns(record: Any, fmt: str = "auto", model_field: str | None = None
-                    ) -> tuple[list[tuple[str, str]], str | None]:
-    """`normalise` with the messages as (role, content) pairs (for building Arrow columns directly)."""
+def normalise_turns(record: Any, fmt: str = "auto", model_field: str | None = None, on_bad_turn: str = "truncate"
+                    ) -> tuple[list[tuple[str, str]], str | None, Cut | None]:
+    """`normalise` with the messages as (role, content) pairs (for building Arrow columns directly), and the cut
+    made at a bad turn, if any."""
     if not isinstance(record, dict):
         raise BadRecord("not_an_object", _short(record))
     kind = detect_format(record) if fmt == "auto" else fmt
     if kind is None:
         raise BadRecord("missing_field", f"no conversations / messages / instruction field (keys: {sorted(record)})")
-    turns = check_turns(_READERS[kind](record))
+    turns, cut = check_turns(_READERS[kind](record), on_bad_turn)
     model = None
     for field in ((model_field,) if model_field else MODEL_FIELDS):
         value = record.get(field)
         if isinstance(value, str) and value:
             model = value
             break
-    return turns, model
+    return turns, model, cut

@@ -66,8 +66,12 @@ class GenerateCandidates(Op):
     def input_columns(self, params: CandidatesParams) -> set:
         return {params.id_column, params.messages_column}
 
+    def output_unit(self, table: str, main: str, params) -> str:
+        return "responses"
+
     def external_fingerprint(self, params: CandidatesParams) -> dict:
-        return {"models": [f"{p.backend}:{p.identity()}" for p in params.policies]}
+        return {"models": [f"{p.backend}:{p.identity()}" for p in params.policies],
+                "backend_code": sorted({p.code_fingerprint() for p in params.policies})}
 
     def estimate(self, plan_view, params: CandidatesParams) -> dict | None:
         rows = upstream_rows(plan_view)
@@ -89,7 +93,7 @@ class GenerateCandidates(Op):
         for r in rows:
             turns = prompt_turns(r["messages"])
             if turns is None:
-                ctx.drop(r["id"], "no_user_turn", r["messages"])
+                ctx.drop(r["id"], "no_user_turn", r["messages"], unit="prompts")
             else:
                 prompts.append((r["id"], turns))
         schema = CANDIDATES_SCHEMA
@@ -145,6 +149,9 @@ class MakePairs(Op):
     Params = PairsParams
     min_inputs = max_inputs = 1
     version = "1"
+
+    def output_unit(self, table: str, main: str, params) -> str:
+        return "pairs"
 
     def estimate(self, plan_view, params: PairsParams) -> dict | None:
         up = upstream_estimate(plan_view)
@@ -204,6 +211,9 @@ class ReadPrompts(Op):
     Params = PromptsParams
     min_inputs = max_inputs = 0
     version = "1"
+
+    def output_unit(self, table: str, main: str, params) -> str:
+        return "prompts"
 
     def external_fingerprint(self, params: PromptsParams) -> dict:
         from xwin_data.core.fingerprint import path_fingerprint

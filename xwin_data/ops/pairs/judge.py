@@ -16,9 +16,6 @@ includes the judge and parser code, so a parser fix rebuilds it from the request
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
-
 from pydantic import Field
 
 from xwin_data.llm.judging import JudgeSpec
@@ -47,15 +44,6 @@ def _answer_tokens(plan_view, default: int = 256) -> int:
     return default
 
 
-def _judge_code() -> str:
-    from xwin_data.llm import client, judge, judging, reward
-    from xwin_data.llm.backends import openai_backend, reward_model_backend
-
-    src = "".join(inspect.getsource(m) for m in (client, judge, judging, reward, openai_backend,
-                                                 reward_model_backend))
-    return hashlib.sha256(src.encode()).hexdigest()[:16]
-
-
 @register
 class JudgePairs(Op):
     """Judge candidate pairs (both orders) with an LLM or a reward model -> chosen / rejected / strength."""
@@ -72,6 +60,9 @@ class JudgePairs(Op):
     def output_tables(self, table: str, params) -> list[str]:
         return [table, f"{table}_judgments", f"{table}_calls"]
 
+    def output_unit(self, table: str, main: str, params) -> str:
+        return {main: "pairs", f"{main}_judgments": "judgments"}.get(table, "calls")
+
     def output_schema(self, table: str, main: str, params) -> str | None:
         return self.schema if table == main else None
 
@@ -81,7 +72,7 @@ class JudgePairs(Op):
 
     def external_fingerprint(self, params: JudgePairsParams) -> dict:
         j = params.judge
-        return {"judge_code": _judge_code(), **j.backend_class().fingerprint(j)}
+        return {**j.backend_class().fingerprint(j), "backend_code": j.code_fingerprint()}
 
     def estimate(self, plan_view, params: JudgePairsParams) -> dict | None:
         from xwin_data.llm.costs import PriceTable

@@ -31,6 +31,10 @@ class ReadParams(Params):
     model_field: str | None = Field(None, description="field naming the answering model (default: model, model_id)")
     source: str | None = Field(None, description="value of the `source` column (default: the file name)")
     limit: int | None = Field(None, ge=1, description="read at most this many records")
+    on_bad_turn: Literal["truncate", "drop_conversation"] = Field(
+        "truncate", description="a turn empty or only whitespace / zero-width characters: truncate keeps the turns "
+                                "before it when they end on an assistant turn (the cut is a drops row, unit "
+                                "cuts); drop_conversation drops the whole conversation")
 
 
 @register
@@ -61,7 +65,8 @@ class ReadConversations(Op):
 
         source = params.source or Path(params.path).name
         options = RowOptions(params.format, params.model_field,
-                             (params.id_field,) if params.id_field else ID_FIELDS, source.split(".")[0] or "record")
+                             (params.id_field,) if params.id_field else ID_FIELDS, source.split(".")[0] or "record",
+                             params.on_bad_turn)
         kind = detect_file_type(params.path) if params.file_type == "auto" else params.file_type
         ids = _Ids(ctx)
         with ctx.track(f"reading {source}", None, "records") as bar:
@@ -78,14 +83,16 @@ class _Ids:
     def __init__(self, ctx):
         self.ctx = ctx
         self.seen: set[str] = set()
-        self.stats = {"records": 0, "renamed_duplicate_ids": 0}
+        self.stats = {"records": 0, "renamed_duplicate_ids": 0, "truncated_at_bad_turn": 0}
 
     def take(self, ids: list[str], positions: list[int], drops: list, records: int) -> tuple[list[str], int]:
         from xwin_data.text.conversation_rows import unique_ids
 
         self.stats["records"] += records
-        for rid, reason, detail in drops:
-            self.ctx.drop(rid, reason, detail)
+        for rid, reason, detail, *unit in drops:
+            self.ctx.drop(rid, reason, detail, unit=unit[0] if unit else None)
+            if unit:
+                self.stats["truncated_at_bad_turn"] += 1
         ids, renamed = unique_ids(ids, positions, self.seen)
         self.stats["renamed_duplicate_ids"] += renamed
         return ids, renamed

@@ -17,7 +17,6 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from xwin_data.core.context import sql_str
-from xwin_data.core.fingerprint import stable_hash
 from xwin_data.ops.base import Op, Params, register
 from xwin_data.ops.sets.pair_strategies import PAIR_STRATEGIES, get_strategy
 
@@ -41,9 +40,11 @@ def scored_rows_sql(source: str) -> str:
 
 
 def drop_unscored(ctx, source: str) -> None:
-    ctx.drop_sql(f"SELECT response_id AS source_id, 'missing_score' AS reason, "
-                 f"'prompt ' || prompt_id || ', score ' || coalesce(CAST(score AS VARCHAR), 'NULL') AS detail "
-                 f"FROM {source} WHERE score IS NULL OR isnan(score)")
+    """Each output table lost the unscored responses: the drop is filed under each, counted in responses."""
+    for table in ctx.outputs:
+        ctx.drop_sql(f"SELECT response_id AS source_id, 'missing_score' AS reason, "
+                     f"'prompt ' || prompt_id || ', score ' || coalesce(CAST(score AS VARCHAR), 'NULL') AS detail "
+                     f"FROM {source} WHERE score IS NULL OR isnan(score)", table=table, unit="responses")
 
 
 def assistant(expr: str) -> str:
@@ -52,7 +53,7 @@ def assistant(expr: str) -> str:
 
 
 class SetOp(Op):
-    """An op over a scored set: its fingerprint also covers this module, whose SQL helpers it uses."""
+    """An op over a scored set."""
 
     min_inputs = max_inputs = 1
     needs = set(SET_COLUMNS)
@@ -60,15 +61,6 @@ class SetOp(Op):
     def output_columns(self, table: str, main: str, params, input_columns: set | None) -> set | None:
         """Every output of a set op is a table of the same kind (one per n, one per strategy)."""
         return None if self.adds is None else set(self.adds)
-
-    @classmethod
-    def code_version(cls) -> str:
-        import inspect
-
-        from xwin_data.ops.sets import pair_strategies
-
-        shared = Op.code_version.__func__(RsBestOfN)  # this module's source
-        return stable_hash([super().code_version(), shared, inspect.getsource(pair_strategies)], length=16)
 
 
 # ------------------------------------------------------------------------------------------------ rs_best_of_n
@@ -152,14 +144,22 @@ class RsBestOfN(SetOp):
     def output_tables(self, table: str, params: RsParams) -> list[str]:
         return [f"{table}_{n}" for n in params.ns]
 
+    def output_unit(self, table: str, main: str, params: RsParams) -> str:
+        return "prompts"
+
     def run(self, ctx, params: RsParams) -> None:
         src = ctx.input()
         require_columns(ctx.con, src)
         drop_unscored(ctx, src)
         prepare_rs(ctx.con, src, params.ns)
         prompts = ctx.con.execute("SELECT count(DISTINCT prompt_id) FROM __rs_picks").fetchall()[0][0]
+        prompts_in = ctx.con.execute(f"SELECT count(DISTINCT prompt_id) FROM {src}").fetchall()[0][0]
         for n, table in zip(params.ns, ctx.outputs):
             ctx.write_sql(rs_table_sql(n), table=table, total_rows=prompts)
+            ctx.rows_in[table] = int(prompts_in)
+            ctx.drop_sql(f"SELECT DISTINCT prompt_id AS source_id, 'no_scored_response_in_first_n' AS reason, "
+                         f"'no scored response among the first {int(n)} samples' AS detail FROM {src} "
+                         f"WHERE prompt_id NOT IN (SELECT prompt_id FROM __rs_picks WHERE n = {int(n)})", table=table)
         short = ctx.con.execute(f"SELECT count(*) FROM __rs_picks WHERE n = {max(params.ns)} "
                                 f"AND n_available < n").fetchall()[0][0]
         ctx.stats.update({"prompts": prompts, "ns": params.ns, "prompts_with_fewer_than_max_n": int(short)})
@@ -297,6 +297,9 @@ class DpoPairs(SetOp):
     def output_tables(self, table: str, params: DpoParams) -> list[str]:
         return [f"{table}_{s}" for s in params.strategies]
 
+    def output_unit(self, table: str, main: str, params: DpoParams) -> str:
+        return "pairs"
+
     def run(self, ctx, params: DpoParams) -> None:
         src = ctx.input()
         require_columns(ctx.con, src)
@@ -306,5 +309,5 @@ class DpoPairs(SetOp):
         counts = {}
         for strategy, table in zip(params.strategies, ctx.outputs):
             counts[strategy] = ctx.write_sql(dpo_table_sql(strategy), table=table, total_rows=prompts)
-            ctx.drop_sql(unpaired_sql(strategy, params))
+            ctx.drop_sql(unpaired_sql(strategy, params), table=table, unit="prompts")
         ctx.stats.update({"prompts": prompts, "pairs": counts})

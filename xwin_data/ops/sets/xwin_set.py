@@ -154,11 +154,14 @@ class SampleUnique(Op):
     def output_columns(self, table: str, main: str, params: SampleParams, input_columns: set | None) -> set:
         return set((RESPONSES_SCHEMA if table == main else SHORTFALL_SCHEMA).names)
 
+    def output_unit(self, table: str, main: str, params: SampleParams) -> str:
+        return "responses" if table == main else "prompts"
+
     def external_fingerprint(self, params: SampleParams) -> dict:
         from xwin_data.llm.generation import GeneratorSpec
 
         spec = GeneratorSpec.model_validate(params.policy)
-        return {"policy": f"{spec.backend}:{spec.identity()}"}
+        return {"policy": f"{spec.backend}:{spec.identity()}", "backend_code": spec.code_fingerprint()}
 
     def estimate(self, view, params: SampleParams) -> dict | None:
         rows = view.input_rows(0)
@@ -302,7 +305,7 @@ class ScoreResponses(Op):
         from xwin_data.llm.reward import ScorerSpec
 
         spec = ScorerSpec.model_validate(params.rm)
-        return {"rm": spec.identity()}
+        return {"rm": spec.identity(), "backend_code": spec.code_fingerprint()}
 
     def estimate(self, view, params: ScoreParams) -> dict | None:
         rows = view.input_rows(0)

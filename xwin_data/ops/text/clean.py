@@ -34,6 +34,10 @@ class CleanParams(Params):
         "fast", description="ftfy repair: fast = values with mojibake signatures, entities or control characters; "
                             "full = every non-ASCII value; off")
     whitespace: bool = Field(True, description="CRLF→LF, nbsp/zero-width, trailing spaces, 3+ newlines→2, trim")
+    on_bad_turn: Literal["truncate", "drop_conversation"] = Field(
+        "truncate", description="a message empty once cleaned: truncate keeps the turns before it when they end on "
+                                "an assistant turn (the cut is a drops row, unit cuts); drop_conversation drops "
+                                "the conversation")
     batch_size: int = Field(10_000, ge=1)
 
 
@@ -51,15 +55,15 @@ class CleanConversations(Op):
     def run(self, ctx, params: CleanParams) -> None:
         from xwin_data.text.batches import map_input_parallel
 
-        totals = {"html_values": 0, "unicode_values": 0, "empty_after_cleaning": 0}
+        totals = {"html_values": 0, "unicode_values": 0, "empty_after_cleaning": 0, "truncated_after_cleaning": 0}
 
         def record(extra: tuple[dict, list]) -> None:
-            counts, empty_ids = extra
+            counts, drops = extra
             totals["html_values"] += counts["html"]
             totals["unicode_values"] += counts["unicode"]
-            totals["empty_after_cleaning"] += len(empty_ids)
-            for rid in empty_ids:
-                ctx.drop(rid, "empty_after_cleaning", "a message value is empty once cleaned")
+            for rid, reason, detail, unit in drops:
+                totals["truncated_after_cleaning" if unit else "empty_after_cleaning"] += 1
+                ctx.drop(rid, reason, detail, unit=unit)
 
         _prepare(params)
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
@@ -79,7 +83,8 @@ def _prepare(params: CleanParams) -> None:
 
 
 def clean_batch(batch: pa.RecordBatch, params: CleanParams) -> tuple[pa.Table, tuple[dict, list]]:
-    """One batch cleaned, with the step counts and the ids of conversations left with an empty value (dropped)."""
+    """One batch cleaned, with the step counts and the drops: conversations left with an empty value are cut
+    before it (a drop in unit `cuts`) or, where nothing usable is left or the policy says so, dropped."""
     from xwin_data.text.cleaning import clean_column
 
     table = pa.Table.from_batches([batch])
@@ -88,10 +93,43 @@ def clean_batch(batch: pa.RecordBatch, params: CleanParams) -> tuple[pa.Table, t
     content, counts = clean_column(content, role, params.html, params.unicode, params.whitespace)
     table = table.set_column(table.schema.get_field_index("messages"), "messages",
                              rebuild_messages(role, content, offsets))
-    empty_ids: list = []
+    drops: list = []
     empty = pc.equal(pc.utf8_length(content), 0)
     if pc.any(empty).as_py():
-        bad_rows = pc.unique(pc.filter(parents, empty))
-        empty_ids = table.column("id").take(bad_rows).to_pylist()
-        table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), bad_rows)))
-    return table, (counts, empty_ids)
+        bad_rows = pc.unique(pc.filter(parents, empty)).to_pylist()
+        table, drops = _cut_at_empty(table, bad_rows, params.on_bad_turn)
+    return table, (counts, drops)
+
+
+def _cut_at_empty(table: pa.Table, bad_rows: list[int], on_bad_turn: str) -> tuple[pa.Table, list]:
+    """Rows with an empty message truncated before it (when the turns before it end on the assistant and the policy
+    is truncate) or removed; one drops row (id, reason, detail, unit) each."""
+    from xwin_data.text.records import truncate_at
+
+    ids = table.column("id").to_pylist()
+    msgs_col = table.column("messages")
+    drops, remove, replace = [], [], {}
+    for row in bad_rows:
+        msgs = msgs_col[row].as_py()
+        k = next(i for i, m in enumerate(msgs) if not m["content"])
+        what = f"turn {k} ({msgs[k]['role']}) is empty once cleaned"
+        kept = truncate_at([(m["role"], m["content"]) for m in msgs], k, "empty_after_cleaning", what) \
+            if on_bad_turn == "truncate" else None
+        if kept is None:
+            remove.append(row)
+            drops.append((ids[row], "empty_after_cleaning", what, None))
+        else:
+            turns, cut = kept
+            replace[row] = [{"role": r, "content": c} for r, c in turns]
+            drops.append((ids[row], cut.reason, cut.detail, "cuts"))
+    if replace:  # splice the truncated rows into the column (slices of the rest are not copied into Python)
+        col = msgs_col.combine_chunks() if isinstance(msgs_col, pa.ChunkedArray) else msgs_col
+        parts, start = [], 0
+        for row in sorted(replace):
+            parts += [col.slice(start, row - start), pa.array([replace[row]], type=col.type)]
+            start = row + 1
+        parts.append(col.slice(start))
+        table = table.set_column(table.schema.get_field_index("messages"), "messages", pa.concat_arrays(parts))
+    if remove:
+        table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), pa.array(remove))))
+    return table, drops

@@ -2,8 +2,9 @@
 
 Conversations within the budget pass through in SQL. Longer ones are cut greedily into pieces of whole
 user→assistant pairs, each piece starting with a user turn and repeating the system prompt, with ids `orig#0`,
-`orig#1`, ...; a single pair that alone exceeds the budget cannot be kept whole and is dropped (a drops row per
-pair, `pair_over_token_budget`). Stat columns are recomputed for the pieces from the per-message token counts.
+`orig#1`, ... and `conversation_id = orig` on every row (pieces and whole conversations alike), so later stages
+keep a conversation's pieces together; a single pair that alone exceeds the budget cannot be kept whole and is dropped (a drops row per
+pair, `pair_over_token_budget`, counted in turn pairs). Stat columns are recomputed for the pieces from the per-message token counts.
 """
 from __future__ import annotations
 
@@ -54,14 +55,19 @@ class SplitLong(Op):
     min_inputs = max_inputs = 1
     summary = "cut conversations over max_tokens at user-turn boundaries, ids orig#0, orig#1, …"
 
+    def output_unit(self, table: str, main: str, params: SplitParams) -> str:
+        return "pieces"
+
     def run(self, ctx, params: SplitParams) -> None:
         src, budget = ctx.input(), params.max_tokens
         have = {r[0] for r in ctx.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         if not {"turn_tokens", "n_tokens"} <= have:
             raise ValueError(f"{ctx.stage_id}: the input needs turn_tokens and n_tokens; put a conversation_stats "
                              "stage before it")
-        ctx.write_sql(f"SELECT * FROM {src} WHERE n_tokens <= {budget}")
-        long_sql = f"SELECT * FROM {src} WHERE n_tokens > {budget}"
+        rows = (f"(SELECT * REPLACE (coalesce(conversation_id, id) AS conversation_id) FROM {src})"
+                if "conversation_id" in have else f"(SELECT *, id AS conversation_id FROM {src})")
+        ctx.write_sql(f"SELECT * FROM {rows} WHERE n_tokens <= {budget}")
+        long_sql = f"SELECT * FROM {rows} WHERE n_tokens > {budget}"
         schema = ctx.con.sql(f"{long_sql} LIMIT 0").to_arrow_table().schema
         stats = {"split_conversations": 0, "pieces": 0, "oversize_pairs": 0}
 
@@ -70,7 +76,8 @@ class SplitLong(Op):
             for row in batch.to_pylist():
                 pieces, oversize = split_conversation(row["messages"], row["turn_tokens"], budget)
                 for k, n in oversize:
-                    ctx.drop(row["id"], "pair_over_token_budget", f"turn pair {k}: {n} tokens > {budget}")
+                    ctx.drop(row["id"], "pair_over_token_budget", f"turn pair {k}: {n} tokens > {budget}",
+                             unit="turn_pairs")
                 stats["split_conversations"] += 1
                 stats["oversize_pairs"] += len(oversize)
                 for j, (msgs, toks) in enumerate(pieces):

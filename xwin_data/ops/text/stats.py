@@ -1,5 +1,8 @@
 """Computed columns of a conversation table: n_turns (assistant turns), n_chars, tokens per message, language.
 
+`language` is the macrolanguage users filter by (`zh` for Mandarin, Wu or Cantonese), `language_raw` the detector's
+own code (see `xwin_data.text.language.macrolanguage`).
+
 Counts are vectorised over Arrow columns; tokens use the built-in approximation (regex pieces, see
 `xwin_data.text.tokens`) or a Hugging Face tokenizer; language comes from py3langid on a short text sample.
 """
@@ -16,7 +19,8 @@ from xwin_data.ops.base import Op, Params, register
 from xwin_data.ops.text.clean import flat_messages
 
 STAT_FIELDS = [("n_turns", pa.int32()), ("n_chars", pa.int64()), ("turn_tokens", pa.list_(pa.int32())),
-               ("n_tokens", pa.int64()), ("language", pa.string())]
+               ("n_tokens", pa.int64()), ("language", pa.string()),
+               ("language_raw", pa.string())]
 
 
 class StatsParams(Params):
@@ -34,7 +38,7 @@ def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 def add_stats(table: pa.Table, tokenizer: str, language: bool, lang_text: pa.Array | None = None) -> pa.Table:
     """The table with the stat columns (re)computed from `messages` (language from `lang_text`, if given)."""
-    from xwin_data.text.language import detect_batch
+    from xwin_data.text.language import detect_batch, macrolanguage
     from xwin_data.text.tokens import APPROX, approx_count_column, count_with_tokenizer
 
     messages = table.column("messages").combine_chunks()
@@ -50,9 +54,13 @@ def add_stats(table: pa.Table, tokenizer: str, language: bool, lang_text: pa.Arr
         "n_chars": pa.array(_segment_sums(pc.utf8_length(content).to_numpy(), offs)),
         "turn_tokens": pa.ListArray.from_arrays(offsets, tokens),
         "n_tokens": pa.array(_segment_sums(tokens.to_numpy(), offs)),
-        "language": pa.array(detect_batch(lang_text.to_pylist()), pa.string()) if language and lang_text is not None
-        else pa.nulls(table.num_rows, pa.string()),
     }
+    if language and lang_text is not None:
+        raw = detect_batch(lang_text.to_pylist())
+        cols["language_raw"] = pa.array(raw, pa.string())
+        cols["language"] = pa.array([macrolanguage(c) for c in raw], pa.string())
+    else:
+        cols["language_raw"] = cols["language"] = pa.nulls(table.num_rows, pa.string())
     table = table.drop_columns([n for n, _ in STAT_FIELDS if n in table.column_names])
     for name, typ in STAT_FIELDS:
         table = table.append_column(pa.field(name, typ), cols[name].cast(typ))
@@ -75,7 +83,10 @@ class ConversationStats(Op):
 
         import py3langid
 
-        return {**tokenizer_fingerprint(params.tokenizer), "py3langid": getattr(py3langid, "__version__", "")}
+        from importlib.metadata import version
+
+        return {**tokenizer_fingerprint(params.tokenizer), "py3langid": getattr(py3langid, "__version__", ""),
+                "iso639-lang": version("iso639-lang")}
 
     def run(self, ctx, params: StatsParams) -> None:
         from xwin_data.text.batches import map_input_parallel
@@ -97,9 +108,10 @@ def _prepare(params: StatsParams) -> None:
 
     _char_classes()
     if params.language:
-        from xwin_data.text.language import detect_batch
+        from xwin_data.text.language import detect_batch, macrolanguage
 
         detect_batch(["warm up"])
+        macrolanguage("en")
 
 
 def stats_batch(batch: pa.RecordBatch, params: StatsParams) -> tuple[pa.Table, None]:

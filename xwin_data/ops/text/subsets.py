@@ -1,7 +1,9 @@
 """Nested data-scaling subsets by number of assistant turns (2K ⊂ 4K ⊂ … ⊂ 64K by default).
 
 Conversations are put in one fixed random order, md5(seed:id), ties broken by id; the subset of size S is the
-shortest prefix of that order whose assistant turns reach S. Every smaller subset is therefore a prefix of every
+shortest prefix of that order whose assistant turns reach S. The pieces of a split conversation (rows sharing a
+`conversation_id`) are one unit of that order: a subset takes all of them or none, and `conversations` in the
+manifest counts conversations, `rows` the pieces. Every smaller subset is therefore a prefix of every
 larger one. A size larger than the data is not padded: its table holds all the data, and the stage's main table
 (`<prefix>_subsets`, one row per size) marks it `complete = false`; the build log warns about it.
 """
@@ -14,7 +16,7 @@ from xwin_data.core.context import sql_str
 from xwin_data.ops.base import Op, Params, register
 
 MANIFEST_SCHEMA = pa.schema([("size", pa.int64()), ("table_name", pa.string()), ("conversations", pa.int64()),
-                             ("assistant_turns", pa.int64()), ("complete", pa.bool_())])
+                             ("rows", pa.int64()), ("assistant_turns", pa.int64()), ("complete", pa.bool_())])
 
 
 
@@ -64,31 +66,38 @@ class NestedSubsets(Op):
     def output_columns(self, table: str, main: str, params: SubsetParams, input_columns: set | None) -> set | None:
         return set(MANIFEST_SCHEMA.names) if table == main else input_columns
 
+    def output_unit(self, table: str, main: str, params: SubsetParams) -> str | None:
+        return "subsets" if table == main else None  # a subset's rows are its input's (conversations or pieces)
+
     def run(self, ctx, params: SubsetParams) -> None:
         con, src = ctx.con, ctx.input()
         have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         turns_sql = "n_turns" if "n_turns" in have else "len(list_filter(messages, lambda m: m.role = 'assistant'))"
+        split = "conversation_id" in have
+        group = "coalesce(conversation_id, id)" if split else "id"
+        group_of_i = "coalesce(i.conversation_id, i.id)" if split else "i.id"
+        order = f"md5_number({params.seed}::VARCHAR || ':' || conv), conv"
         con.execute(f"""CREATE TEMP TABLE __order AS
-            SELECT id, n_turns, sum(n_turns) OVER (ORDER BY md5_number({params.seed}::VARCHAR || ':' || id), id
-                                                   ROWS UNBOUNDED PRECEDING) AS cum,
-                   row_number() OVER (ORDER BY md5_number({params.seed}::VARCHAR || ':' || id), id) AS pos
-            FROM (SELECT id, {turns_sql} AS n_turns FROM {src})""")
-        total = con.execute("SELECT coalesce(sum(n_turns), 0), count(*) FROM __order").fetchone()
+            SELECT conv, n_turns, pieces, sum(n_turns) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS cum,
+                   row_number() OVER (ORDER BY {order}) AS pos
+            FROM (SELECT {group} AS conv, sum({turns_sql}) AS n_turns, count(*) AS pieces FROM {src} GROUP BY 1)""")
+        total = con.execute("SELECT coalesce(sum(n_turns), 0), coalesce(sum(pieces), 0) FROM __order").fetchone()
         manifest = []
         prefix = _prefix(ctx.table, params)
         largest = None
         for size in sorted(params.sizes, reverse=True):  # each smaller subset is a prefix of the largest one
             name = f"{prefix}_{size_label(size)}"
-            rows, turns = con.execute(f"SELECT count(*), coalesce(sum(n_turns), 0) FROM __order "
-                                      f"WHERE cum - n_turns < {size}").fetchone()
+            convs, rows, turns = con.execute(f"SELECT count(*), coalesce(sum(pieces), 0), coalesce(sum(n_turns), 0) "
+                                             f"FROM __order WHERE cum - n_turns < {size}").fetchone()
             if largest is None:
-                ctx.write_sql(f"SELECT i.* FROM {src} i JOIN __order o USING (id) WHERE o.cum - o.n_turns < {size} "
-                              f"ORDER BY o.pos", table=name, total_rows=total[1])
+                ctx.write_sql(f"SELECT i.* FROM {src} i JOIN __order o ON o.conv = {group_of_i} "
+                              f"WHERE o.cum - o.n_turns < {size} ORDER BY o.pos, i.id", table=name,
+                              total_rows=total[1])
                 largest = ctx.output_glob(name)
             else:  # the first rows of the largest subset's file, in its order (insertion order is preserved)
                 ctx.write_sql(f"SELECT * FROM read_parquet({sql_str(largest)}) LIMIT {rows}", table=name, total_rows=rows)
-            manifest.append({"size": size, "table_name": name, "conversations": rows, "assistant_turns": turns,
-                             "complete": bool(turns >= size)})
+            manifest.append({"size": size, "table_name": name, "conversations": convs, "rows": rows,
+                             "assistant_turns": turns, "complete": bool(turns >= size)})
         manifest.sort(key=lambda m: m["size"])
         for m in manifest:
             if not m["complete"]:
