@@ -198,12 +198,13 @@ class StageContext:
 
     # ------------------------------------------------------------------------------------------------ drops
     def drop(self, source_id: Any, reason: str, detail: Any = None) -> None:
-        """Record one dropped record with its reason and the offending value."""
-        text = None if detail is None else str(detail)
+        """Record one dropped record with its reason and the offending value (as valid UTF-8: a lone surrogate in
+        a bad record must not fail the drops file)."""
+        text = None if detail is None else _utf8(str(detail))
         if text is not None and len(text) > DETAIL_MAX:
             text = text[:DETAIL_MAX] + "…"
         self._drop_buffer.append({"stage": self.stage_id, "table_name": self.table,
-                                  "source_id": None if source_id is None else str(source_id),
+                                  "source_id": None if source_id is None else _utf8(str(source_id)),
                                   "reason": reason, "detail": text, "build_id": self.build_id})
         if len(self._drop_buffer) >= 50_000:
             self._flush_drops()
@@ -282,6 +283,14 @@ class BatchWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def elapsed(start: float) -> float:
