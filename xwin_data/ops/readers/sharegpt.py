@@ -219,6 +219,7 @@ def _read_in_workers(ctx, files, options, source: str, ids: _Ids, bar, sharded: 
     from xwin_data.core.workers import available_workers, pool
 
     workers = available_workers()
+    ctx.stats["read_workers"] = workers
     pending: deque = deque()
 
     def finish_one() -> None:
