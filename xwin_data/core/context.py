@@ -220,14 +220,15 @@ class StageContext:
     def drop(self, source_id: Any, reason: str, detail: Any = None, *, table: str | None = None,
              unit: str | None = None) -> None:
         """Record one dropped record with its reason and the offending value, under `table` (default: the main
-        output), counted in `unit` (default: that table's unit)."""
+        output), counted in `unit` (default: that table's unit). The value is kept as valid UTF-8: a lone
+        surrogate in a bad record must not fail the drops file."""
         table = self._drop_target(table)
-        text = None if detail is None else str(detail)
+        text = None if detail is None else _utf8(str(detail))
         if text is not None and len(text) > DETAIL_MAX:
             text = text[:DETAIL_MAX] + "…"
         buffer = self._drop_buffer.setdefault(table, [])
         buffer.append({"stage": self.stage_id, "table_name": table,
-                       "source_id": None if source_id is None else str(source_id),
+                       "source_id": None if source_id is None else _utf8(str(source_id)),
                        "reason": reason, "detail": text, "build_id": self.build_id,
                        "unit": unit or self.unit_of(table)})
         if len(buffer) >= 50_000:
@@ -318,4 +319,12 @@ class BatchWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 

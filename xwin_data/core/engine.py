@@ -23,6 +23,7 @@ from xwin_data.core.context import InputTable, StageContext, sql_str
 from xwin_data.core.fingerprint import stable_hash
 from xwin_data.core.progress import console, make_progress
 from xwin_data.core.recipe import Recipe, validate_params
+from xwin_data.core.secrets import redact
 from xwin_data.core.records import PublishEntry, StageStats, TableInput, ValidationRecord
 from xwin_data.core.registry import all_ops, get_op
 from xwin_data.core.validate import ValidationResult, load_schema, validate_source
@@ -170,11 +171,11 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
         except RecipeError as err:  # e.g. a missing input file: name the recipe, the stage's line and key
             raise RecipeError(str(err).split(": ", 1)[-1] if err.key else str(err), file=recipe.source,
                               line=recipe.line_of("stages", ps.index, "params"), key=f"{ps.stage_id}.params") from None
-        ps.fingerprint = stable_hash({
+        ps.fingerprint = stable_hash(redact({  # credentials in a URL do not change what a stage makes
             "op": type(ps.op).name, "op_code": type(ps.op).code_version(),
             "params": ps.params.model_dump(mode="json"), "external": external,
             "inputs": [(r.name, r.fingerprint) for r in ps.inputs], "outputs": ps.outputs, "schemas": ps.schemas,
-        })
+        }))
         ps.table_fingerprints = {t: stable_hash([ps.fingerprint, t]) for t in ps.outputs}
         upstream_runs = any(r.producer and planned[r.producer].status != "built" for r in ps.inputs)
         current = {t: now.get(t) for t in ps.outputs}
@@ -360,9 +361,9 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
                 name=table, fingerprint=ps.table_fingerprints[table], staged=ctx.staged_dir(table), rows=rows,
                 columns=columns, stage=ps.stage_id, op=type(ps.op).name, n_drops=ctx.drops_of(table),
                 schema_name=schema_name, build_id=build_id, recipe=recipe.name, recipe_path=recipe.source,
-                params=ps.params.model_dump(mode="json"),
+                params=redact(ps.params.model_dump(mode="json")),
                 inputs=[TableInput(r.table, r.fingerprint) for r in ps.inputs], seconds=seconds,
-                stats=stats.to_json()))
+                stats=redact(stats.to_json())))
     finally:
         con.close()
     failed = [r for r in results if not r.success]
@@ -373,6 +374,7 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
         raise BuildError("validation failed, nothing published for stage "
                          f"{ps.stage_id}:\n" + "\n".join(r.report() for r in failed))
     catalog.publish(entries, validations)
+    _remove_tree(work_dir)  # the stage is published: its resumable work is done
     return StageReport(ps.stage_id, "built", {e.name: e.rows for e in entries}, main_rows_in, main_drops, seconds,
                        ctx.stats)
 
@@ -394,12 +396,13 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
     """Build every stage that is not already built; publish stage by stage."""
     catalog.init()
     stages = plan(recipe, catalog, force)  # fails on any recipe problem before work or spend
-    overrides = overrides or []
+    overrides = redact(overrides or [])
     info = {"recipe": recipe.name, "started_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     with catalog.build_lock(wait=wait, info=info):
         catalog.mark_abandoned_builds()
         catalog.clean_staging()
         stages = plan(recipe, catalog, force)  # again under the lock: another build may have finished meanwhile
+        _clean_leftovers(catalog, stages)
         build_id = catalog.start_build(recipe.name, recipe.source or "", recipe_sha(recipe), overrides)
         info["build_id"] = build_id
         reports: list[StageReport] = []
@@ -433,18 +436,25 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
             raise
         except BaseException as err:
             status = "failed"
-            error = f"{type(err).__name__}: {err}"
+            error = redact(f"{type(err).__name__}: {err}")
+            full = _disk_full(err)
+            if full is not None:
+                stage = next((ps.stage_id for ps in stages if ps.status == "run" and ps.stage_id not in ran), "?")
+                error = redact(f"disk full while building stage {stage}: {full}")
+                raise BuildError(f"{error}; the build is marked failed and finished stages are kept: free space "
+                                 f"under {catalog.root} and run the same command to resume") from None
             if not isinstance(err, (BuildError, RecipeError)):
-                error += "\n" + traceback.format_exc(limit=8)
+                error += "\n" + redact(traceback.format_exc(limit=8))
             raise
         finally:
             cancel_warm_ups()
-            catalog.finish_build(build_id, status, ran, skipped, error)
-            catalog.clean_staging(build_id)
-            if status == "ok":
-                for ps in stages:
-                    if ps.status == "run":
-                        _remove_tree(catalog.work_dir / f"{ps.stage_id}-{ps.fingerprint[:16]}")
+            catalog.clean_staging(build_id)  # first: on a full disk this frees the space the record needs
+            _remove_tree(catalog.tmp_dir / build_id)
+            try:
+                catalog.finish_build(build_id, status, ran, skipped, error)
+            except (OSError, duckdb.Error):
+                if status == "ok":
+                    raise  # otherwise the error in flight says more; the next build marks this one killed
         return BuildReport(build_id, reports, status)
 
 
@@ -452,6 +462,35 @@ def _remove_tree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _clean_leftovers(catalog: Catalog, stages: list[PlannedStage]) -> None:
+    """What killed builds left behind, removed under the build lock (no other build runs): their spill folders
+    under tmp/, and the work folders of stages that are published with the same fingerprint since."""
+    if catalog.tmp_dir.exists():
+        for path in catalog.tmp_dir.iterdir():
+            _remove_tree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for ps in stages:
+        if ps.status == "built":
+            _remove_tree(catalog.work_dir / f"{ps.stage_id}-{ps.fingerprint[:16]}")
+
+
+def _disk_full(err: BaseException) -> str | None:
+    """The disk-full error in `err` or its causes (an OSError with ENOSPC, from this process or a worker, or the
+    same reported by DuckDB as text), described in one line; None for any other error."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+            return f"{err.strerror or 'no space left on device'}{where}"
+        text = str(err)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return text.splitlines()[0][:300]
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def describe_plan(stages: list[PlannedStage]) -> list[dict[str, Any]]:

@@ -116,28 +116,53 @@ def apply_sets(data: dict, sets: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- variables
-def interpolate(value: Any, variables: dict[str, Any], where: str = "") -> Any:
-    """Replace `${name}` / `${name.key}` in strings; a string that is only `${x}` takes x's value and type."""
+MAX_TEXT = 1 << 20  # an interpolated string longer than this is a recipe mistake (or a doubling bomb)
+
+
+def interpolate(value: Any, variables: dict[str, Any], where: str = "", _chain: tuple[str, ...] = ()) -> Any:
+    """Replace `${name}` / `${name.key}` in strings; a string that is only `${x}` takes x's value and type.
+    `_chain` holds the variables being resolved, so a cycle (a: ${b}, b: ${a}) is an error, not a recursion."""
     if isinstance(value, dict):
-        return {k: interpolate(v, variables, where) for k, v in value.items()}
+        return {k: interpolate(v, variables, where, _chain) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, variables, where) for v in value]
+        return [interpolate(v, variables, where, _chain) for v in value]
     if not isinstance(value, str) or "${" not in value:
         return value
 
-    def lookup(name: str) -> Any:
+    def resolve(name: str) -> Any:
+        top = name.split(".")[0]
+        if top in _chain:
+            cycle = " → ".join(f"${{{n}}}" for n in (*_chain[_chain.index(top):], top))
+            raise RecipeError(f"variables refer to each other in a cycle: {cycle}", key=where)
         node: Any = variables
         for part in name.split("."):
             if isinstance(node, dict) and part in node:
                 node = node[part]
             else:
                 raise RecipeError(f"unknown variable ${{{name}}} (variables: {', '.join(sorted(variables))})", key=where)
-        return node
+        return interpolate(node, variables, where, (*_chain, top))
 
     whole = _VAR.fullmatch(value)
     if whole:
-        return interpolate(lookup(whole.group(1)), variables, where)
-    return _VAR.sub(lambda m: str(interpolate(lookup(m.group(1)), variables, where)), value)
+        return resolve(whole.group(1))
+    out = _VAR.sub(lambda m: str(resolve(m.group(1))), value)
+    if len(out) > MAX_TEXT:
+        raise RecipeError(f"a value grows to {len(out):,} characters once variables are filled in "
+                          f"(limit {MAX_TEXT:,})", key=where)
+    return out
+
+
+def interpolate_vars(vars_: dict[str, Any], builtins: dict[str, Any], source: str, lines: LineMap) -> dict:
+    """The recipe's variables with references among them filled in; an error names the variable's line."""
+    everything = {**builtins, **vars_}
+    out = dict(builtins)
+    for name, value in vars_.items():
+        try:
+            out[name] = interpolate(value, everything, f"vars.{name}", (name,))
+        except RecipeError as err:
+            raise RecipeError(str(err).split(": ", 1)[-1], file=source, line=lines.line_of(("vars", name)),
+                              key=f"vars.{name}") from None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -189,7 +214,7 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
             raise recipe.error(f"duplicate stage id {st.id!r}", ("stages", i, "id"), key=f"stages[{i}].id")
         seen[st.id] = i
     builtins = {"recipe_dir": str(path.resolve().parent), "project_dir": str(Path(__file__).resolve().parents[2])}
-    variables = {**builtins, **interpolate(recipe.vars, {**builtins, **recipe.vars}, "vars")}
+    variables = interpolate_vars(recipe.vars, builtins, source, lines)
     for i, st in enumerate(recipe.stages):
         try:
             st.params = interpolate(st.params, variables, f"stages[{i}].params")

@@ -74,10 +74,41 @@ def load_yaml_with_lines(path: str | Path) -> tuple[Any, LineMap]:
     return load_yaml_text(text, str(path))
 
 
+MAX_NODES = 100_000  # a recipe is a few hundred nodes; aliases that expand past this are a "billion laughs"
+
+
+def _check_expansion(root: yaml.Node | None) -> None:
+    """Count the nodes the document expands to, each alias counted as a full copy of what it names (memoised per
+    node, so the count itself stays cheap); refuse before constructing anything when it passes MAX_NODES."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)] if root is not None else []
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else
+                    list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        size = 1 + sum(sizes.get(id(c), 1) for c in children)
+        if size > MAX_NODES:
+            raise RecipeError(f"the YAML expands to more than {MAX_NODES:,} values through its aliases "
+                              "(an alias bomb?)", line=node.start_mark.line + 1)
+        sizes[id(node)] = size
+
+
 def load_yaml_text(text: str, filename: str = "<string>") -> tuple[Any, LineMap]:
     _LINES.clear()
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+        loader = _Loader(text)
+        try:
+            root = loader.get_single_node()
+            _check_expansion(root)
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except RecipeError as err:
         raise RecipeError(str(err).split(": ", 1)[-1], file=filename, line=err.line, key=None) from None
     except yaml.MarkedYAMLError as err:

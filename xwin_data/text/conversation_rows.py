@@ -37,6 +37,7 @@ class Rows:
 class RowBuilder:
     def __init__(self, options: RowOptions):
         self.options = options
+        self.stem = options.stem  # the reader sets it per file of a folder
         self._clear()
 
     def _clear(self) -> None:
@@ -58,21 +59,24 @@ class RowBuilder:
         from xwin_data.text.sources import Unreadable
 
         self.records += 1
-        fallback = f"{self.options.stem}:{position}"
+        fallback = f"{self.stem}:{position}"
         if isinstance(record, Unreadable):
-            self.drops.append((fallback, record.reason, record.detail))
+            self.drops.append((record.source_id or fallback, record.reason, record.detail))
             return False
         rid = None
-        if isinstance(record, dict):
-            for f in self.options.id_fields:
-                if record.get(f) not in (None, ""):
-                    rid = str(record[f])
-                    break
         try:
+            if isinstance(record, dict):
+                for f in self.options.id_fields:
+                    if record.get(f) not in (None, ""):
+                        rid = record_id(record[f])
+                        break
             turns, model, cut = normalise_turns(record, self.options.fmt, self.options.model_field,
                                                 self.options.on_bad_turn)
         except BadRecord as bad:
             self.drops.append((rid or fallback, bad.reason, bad.detail))
+            return False
+        except RecursionError:
+            self.drops.append((rid or fallback, "too_deeply_nested", "a value is nested deeper than Python can walk"))
             return False
         if cut is not None:  # the conversation is kept; the turns cut from it are the drop
             self.drops.append((rid or fallback, cut.reason, cut.detail, "cuts"))
@@ -86,7 +90,34 @@ class RowBuilder:
         return True
 
     def take(self) -> Rows:
-        """The rows converted so far (the builder starts over)."""
+        """The rows converted so far (the builder starts over). A record with a string Arrow cannot store (a lone
+        surrogate such as `"\\ud800"`, which Python's json accepts) becomes a drop instead of failing the batch."""
+        try:
+            return self._take()
+        except (UnicodeEncodeError, pa.ArrowException):
+            self._drop_unencodable()
+            return self._take()
+
+    def _drop_unencodable(self) -> None:
+        keep_ids, keep_pos, keep_models, roles, contents, offsets = [], [], [], [], [], [0]
+        for i, rid in enumerate(self.ids):
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            bad = next((s for s in (rid, self.models[i], *self.roles[lo:hi], *self.contents[lo:hi])
+                        if s is not None and not _encodable(s)), None)
+            if bad is not None:
+                self.drops.append((safe_text(rid), "lone_surrogate",
+                                   f"text that is not valid Unicode: {safe_text(bad[:200])}"))
+                continue
+            keep_ids.append(rid)
+            keep_pos.append(self.positions[i])
+            keep_models.append(self.models[i])
+            roles += self.roles[lo:hi]
+            contents += self.contents[lo:hi]
+            offsets.append(len(roles))
+        self.ids, self.positions, self.models = keep_ids, keep_pos, keep_models
+        self.roles, self.contents, self.offsets = roles, contents, offsets
+
+    def _take(self) -> Rows:
         messages = pa.ListArray.from_arrays(
             pa.array(self.offsets, pa.int32()),
             pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())],
@@ -96,6 +127,29 @@ class RowBuilder:
         rows = Rows(table, self.positions, self.drops, self.records)
         self._clear()
         return rows
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def safe_text(text: str) -> str:
+    """`text` as valid UTF-8: lone surrogates written as their escapes (`\\ud800`), the rest unchanged."""
+    return text if _encodable(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def record_id(value: Any) -> str:
+    """A record's id as text (numbers and other JSON values too), limited in length and valid UTF-8."""
+    if not isinstance(value, str):
+        try:
+            value = str(value)
+        except RecursionError:
+            value = f"<{type(value).__name__} nested too deep to print>"
+    return safe_text(value if len(value) <= 300 else value[:300] + "…")
 
 
 def parse_jsonl_block(block: bytes, first_lineno: int, options: RowOptions) -> Rows:

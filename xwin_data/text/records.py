@@ -173,15 +173,15 @@ def check_turns(turns: list[tuple[str, str]], on_bad_turn: str = "truncate"
             turns, cut = kept
             break
     body = turns[1:] if turns[0][0] == "system" else turns
-    if body and body[-1][0] == "user":  # an unanswered last question carries nothing to learn
-        body = body[:-1]
-    if not body:
-        raise BadRecord("no_assistant_turn", f"roles {[r for r, _ in turns]}")
-    for i, (role, _) in enumerate(body):
+    for i, (role, _) in enumerate(body):  # checked before trimming: [user, user] is not one unanswered question
         want = "user" if i % 2 == 0 else "assistant"
         if role != want:
             reason = "first_turn_not_user" if i == 0 else "non_alternating_roles"
             raise BadRecord(reason, f"roles {[r for r, _ in turns]}")
+    if body and body[-1][0] == "user":  # an unanswered last question carries nothing to learn
+        body = body[:-1]
+    if not body:
+        raise BadRecord("no_assistant_turn", f"roles {[r for r, _ in turns]}")
     return ([turns[0]] if turns[0][0] == "system" else []) + body, cut
 
 

@@ -1,53 +1,213 @@
-"""Stream records out of conversation files: JSONL, JSON (an array, streamed, or one object), Parquet, and
-Hugging Face `datasets` (a saved folder, a local data folder or a hub id). Each item is `(position, record)`,
-or `(position, Unreadable(reason, detail))` for a line or element that is not a record, so the reader can keep
-going; memory stays bounded by one batch (or one array element) at a time.
+"""Stream records out of conversation files: JSONL, JSON (an array, streamed, or one object), Parquet, any of them
+gzipped, a folder or glob of such shards, and Hugging Face `datasets` (a saved folder or a hub id). Each item is
+`(position, record)`, or `(position, Unreadable(reason, detail))` for a line, element or rest of a file that is not
+a record, so the reader can keep going; memory stays bounded by one batch (or one array element) at a time.
+
+A damaged container does not stop a build: a truncated gzip yields what it holds and then one `Unreadable` for the
+rest, a file named `.gz` that is not gzip or a Parquet file that cannot be opened is one `Unreadable` for the file.
 """
 from __future__ import annotations
 
-import gzip
+import glob as globlib
 import io
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 FILE_TYPES = ("auto", "jsonl", "json", "parquet", "hf")
+DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
+HF_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SURROGATE = re.compile("[\udc80-\udcff]")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+BOM = b"\xef\xbb\xbf"
 CHUNK = 1 << 20
 MAX_ELEMENT = 256 << 20
 
 
 @dataclass
 class Unreadable:
+    """What could not be read, and why. `source_id` names it where a position cannot (the rest of a file)."""
+
     reason: str
     detail: str
+    source_id: str | None = None
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+@dataclass(frozen=True)
+class InputFile:
+    """One file of an input: its path, the name its drops carry (relative to the input folder) and its kind."""
+
+    path: Path
+    name: str
+    kind: str  # jsonl | json | parquet | skip (not a data file: one drop row)
 
 
+# ------------------------------------------------------------------------------------------------ containers
+class _Gunzip(io.RawIOBase):
+    """Gzip members decompressed as far as they go. A stream that is cut short, corrupt or not gzip at all ends
+    early with `problem` set (the bytes before it are kept), instead of raising in the middle of a build."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.problem: tuple[str, str] | None = None
+        self._d = zlib.decompressobj(31)
+        self._pending = b""
+        self._in_member = False
+        self._out = b""
+        self._at = 0
+        self._done = False
+        self._produced = 0
+        head = raw.read(2)
+        if head and head != b"\x1f\x8b":
+            self.problem = ("not_gzip", f"named .gz but starts with {head!r}, not the gzip magic bytes")
+            self._done = True
+        self._pending = head
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        if not self._pending:
+            self._pending = self.raw.read(CHUNK)
+            if not self._pending:
+                if self._in_member:
+                    self.problem = ("truncated_file", f"gzip stream cut short after {self._produced:,} bytes")
+                self._done = True
+                return
+        if self._d.eof:  # the next member of a multi-member file, or trailing bytes
+            self._pending = self._d.unused_data + self._pending
+            if not self._pending.strip(b"\x00"):
+                self._pending = b""
+                return
+            self._d = zlib.decompressobj(31)
+        try:
+            out = self._d.decompress(self._pending, CHUNK)
+        except zlib.error as err:
+            self.problem = ("corrupt_file", f"gzip data is corrupt after {self._produced:,} bytes: {err}")
+            self._done = True
+            return
+        self._pending = self._d.unconsumed_tail
+        self._in_member = not self._d.eof
+        if self._d.eof:
+            self._pending = self._d.unused_data + self._pending
+            self._d = zlib.decompressobj(31)
+            if not self._pending.strip(b"\x00"):
+                self._pending = b""
+        self._produced += len(out)
+        self._out, self._at = out, 0
+
+    def readinto(self, b) -> int:
+        while self._at >= len(self._out) and not self._done:
+            self._fill()
+        n = min(len(b), len(self._out) - self._at)
+        b[:n] = self._out[self._at:self._at + n]
+        self._at += n
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def open_binary(path: Path):
+    """A binary stream of a file's bytes, gunzipped where the name ends in `.gz`; such a stream has `problem`."""
+    if path.suffix == ".gz":
+        return io.BufferedReader(_Gunzip(open(path, "rb")), CHUNK)
+    return open(path, "rb")
+
+
+def stream_problem(fh, name: str, position: int) -> Unreadable | None:
+    """The damage a stream from `open_binary` met, as one drop for the rest of the file."""
+    raw = getattr(fh, "raw", None)
+    problem = getattr(raw, "problem", None)
+    if problem is None:
+        return None
+    return Unreadable(problem[0], f"{name}: {problem[1]}; records from line/element {position} on are lost",
+                      source_id=name)
+
+
+_open_binary = open_binary
+
+
+# ------------------------------------------------------------------------------------------------ what to read
 def is_hub_id(path: str) -> bool:
-    return not Path(path).exists() and bool(_HUB_ID.match(path))
+    return not Path(path).exists() and not _GLOB_CHARS.search(path) and bool(_HUB_ID.match(path))
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder `datasets` saved (save_to_disk) or one with a loading script: read with `datasets`."""
+    return path.is_dir() and (any((path / m).exists() for m in HF_MARKERS) or any(path.glob("*.py")))
+
+
+def is_sharded(path: str) -> bool:
+    """A folder of data files or a glob: read file by file with this project's parsers."""
+    p = Path(path)
+    if p.is_dir():
+        return not is_saved_dataset(p)
+    return not p.exists() and bool(_GLOB_CHARS.search(path))
+
+
+def kind_of_name(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return DATA_SUFFIXES.get(suffixes[-1]) if suffixes else None
+
+
+def input_files(path: str, file_type: str = "auto") -> list[InputFile]:
+    """The files of a folder (recursively) or glob in name order. Hidden files and those starting with `_`
+    (`_SUCCESS`, `.crc`) are not data by convention. With `file_type` auto a file goes by its extension and a file
+    without a data extension is `skip` (a drop row each); any other `file_type` decides how every file is parsed."""
+    p = Path(path)
+    if p.is_dir():
+        found = [f for f in p.rglob("*") if f.is_file()]
+        base = p
+    else:
+        found = [Path(f) for f in globlib.glob(path, recursive=True) if Path(f).is_file()]
+        base = Path(_glob_base(path))
+    out = []
+    for f in sorted(found, key=lambda x: str(x)):
+        rel = f.relative_to(base) if f.is_relative_to(base) else f
+        if any(part.startswith((".", "_")) for part in rel.parts):
+            continue
+        kind = kind_of_name(f)
+        if file_type in ("jsonl", "json", "parquet"):
+            kind = file_type
+        elif kind == "json":
+            try:
+                kind = detect_file_type(str(f))
+            except OSError:
+                pass  # reading it fails again and becomes the file's drop row
+        out.append(InputFile(f, str(rel), kind or "skip"))
+    return out
+
+
+def _glob_base(pattern: str) -> str:
+    parts = Path(pattern).parts
+    for i, part in enumerate(parts):
+        if _GLOB_CHARS.search(part):
+            return str(Path(*parts[:i])) if i else "."
+    return str(Path(pattern).parent)
 
 
 def detect_file_type(path: str) -> str:
     p = Path(path)
     if p.is_dir():
-        return "hf"
+        return "hf" if is_saved_dataset(p) else "sharded"
     if not p.exists():
+        if _GLOB_CHARS.search(path):
+            return "sharded"
         return "hf" if is_hub_id(path) else "missing"
-    suffixes = [s.lower() for s in p.suffixes if s.lower() != ".gz"]
-    last = suffixes[-1] if suffixes else ""
-    if last == ".parquet":
-        return "parquet"
-    if last in (".jsonl", ".ndjson"):
-        return "jsonl"
-    with _open_binary(p) as fh:
-        head = fh.read(4096).lstrip()
+    kind = kind_of_name(p)
+    if kind in ("parquet", "jsonl"):
+        return kind
+    with open_binary(p) as fh:
+        head = fh.read(4096)
+    head = head[len(BOM):].lstrip() if head.startswith(BOM) else head.lstrip()
     if head.startswith(b"["):
         return "json"
     if head.startswith(b"{"):
@@ -55,25 +215,47 @@ def detect_file_type(path: str) -> str:
         try:
             json.loads(first)
             return "jsonl"
-        except ValueError:
+        except (ValueError, RecursionError):
             return "json"  # one pretty-printed object
     return "jsonl"
 
 
-def iter_records(path: str, file_type: str = "auto", split: str = "train") -> Iterator[tuple[int, Any]]:
+def iter_records(path: str, file_type: str = "auto", split: str = "train", name: str | None = None
+                 ) -> Iterator[tuple[int, Any]]:
+    """Records of one file (or a saved / hub dataset)."""
     kind = detect_file_type(path) if file_type == "auto" else file_type
-    if kind == "jsonl":
-        yield from _iter_jsonl(Path(path))
-    elif kind == "json":
-        yield from _iter_json(Path(path))
-    elif kind == "parquet":
-        yield from _iter_parquet(Path(path))
+    name = name or Path(path).name
+    if kind in ("jsonl", "json", "parquet", "skip"):
+        yield from _guarded(_iter_file(path, kind, name), name)
     elif kind == "hf":
         yield from _iter_hf(path, split)
     else:
         raise FileNotFoundError(f"input file not found: {path}")
 
 
+def _guarded(items: Iterator[tuple[int, Any]], name: str) -> Iterator[tuple[int, Any]]:
+    """A file that cannot be opened or read on (permissions, a vanished shard) is one drop, not a failed build."""
+    position = 0
+    try:
+        for position, item in items:
+            yield position, item
+    except OSError as err:
+        yield position, Unreadable("unreadable_file", f"{name}: {type(err).__name__}: {err}", source_id=name)
+
+
+def _iter_file(path: str, kind: str, name: str) -> Iterator[tuple[int, Any]]:
+    if kind == "jsonl":
+        yield from _iter_jsonl(Path(path), name)
+    elif kind == "json":
+        yield from _iter_json(Path(path), name)
+    elif kind == "parquet":
+        yield from _iter_parquet(Path(path), name)
+    else:
+        yield 0, Unreadable("not_a_data_file", f"{name}: not .jsonl, .ndjson, .json or .parquet (optionally .gz)",
+                            source_id=name)
+
+
+# ------------------------------------------------------------------------------------------------ parsers
 def _loads():
     try:
         import orjson
@@ -83,40 +265,53 @@ def _loads():
         return json.loads
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with _open_binary(path) as fh:
-        yield from _parse_lines(enumerate(fh, 1))
+def _iter_jsonl(path: Path, name: str) -> Iterator[tuple[int, Any]]:
+    lineno = 0
+    with open_binary(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            yield from _parse_lines(((lineno, raw),))
+        problem = stream_problem(fh, name, lineno + 1)
+    if problem is not None:
+        yield lineno + 1, problem
 
 
 def _parse_lines(numbered: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, Any]]:
     loads = _loads()
     for lineno, raw in numbered:
+        if lineno == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
         if not raw.strip():
             continue
         try:
             yield lineno, loads(raw)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as uerr:
                 yield lineno, Unreadable("invalid_utf8", f"{uerr}: {raw[:200]!r}")
                 continue
-            yield lineno, Unreadable("broken_json", f"{err}: {raw[:200].decode('utf-8', 'replace')}")
+            text = str(err).lower()
+            reason = ("too_deeply_nested" if "recursion" in text or isinstance(err, RecursionError) else
+                      "lone_surrogate" if "surrogate" in text else "broken_json")
+            yield lineno, Unreadable(reason, f"{err}: {raw[:200].decode('utf-8', 'replace')}")
 
 
-def jsonl_blocks(path: str, block_bytes: int) -> Iterator[tuple[int, bytes]]:
+def jsonl_blocks(path: str, block_bytes: int, name: str | None = None) -> Iterator[tuple[int, bytes | Unreadable]]:
     """A JSONL file as blocks of whole lines, about `block_bytes` each, with the number of each block's first line:
-    the unit of work when many processes parse one file."""
+    the unit of work when many processes parse one file. A damaged gzip ends with one `Unreadable` for the rest."""
     lineno = 1
-    with _open_binary(Path(path)) as fh:
+    with open_binary(Path(path)) as fh:
         while True:
             block = fh.read(block_bytes)
             if not block:
-                return
+                break
             if not block.endswith(b"\n"):
                 block += fh.readline()
             yield lineno, block
             lineno += block.count(b"\n")
+        problem = stream_problem(fh, name or Path(path).name, lineno)
+    if problem is not None:
+        yield lineno, problem
 
 
 def iter_jsonl_block(block: bytes, first_lineno: int) -> Iterator[tuple[int, Any]]:
@@ -129,11 +324,33 @@ def iter_jsonl_block(block: bytes, first_lineno: int) -> Iterator[tuple[int, Any
     return _parse_lines(numbered)
 
 
-def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
+def _value_end(buf: str, pos: int) -> int | None:
+    """Where the JSON value at `pos` ends, found without recursion (for values nested too deep to decode);
+    None when the buffer ends first."""
+    depth, i, n = 0, pos, len(buf)
+    while i < n:
+        c = buf[i]
+        if c == '"':
+            i += 1
+            while i < n and buf[i] != '"':
+                i += 2 if buf[i] == "\\" else 1
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        elif depth == 0 and c in ",":
+            return i
+        i += 1
+    return None
+
+
+def _iter_json(path: Path, name: str) -> Iterator[tuple[int, Any]]:
     """A JSON array streamed element by element (raw_decode over a sliding buffer), or a single object."""
     decoder = json.JSONDecoder()
-    with _open_binary(path) as bfh:
-        fh = io.TextIOWrapper(bfh, encoding="utf-8", errors="surrogateescape")
+    with open_binary(path) as bfh:
+        fh = io.TextIOWrapper(bfh, encoding="utf-8-sig", errors="surrogateescape")
         buf, pos, eof, dirty = "", 0, False, False
 
         def fill(n: int) -> bool:
@@ -155,63 +372,101 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
                 if pos < len(buf) or not fill(CHUNK):
                     return
 
-        fill(CHUNK)
-        skip_ws()
-        if pos >= len(buf):
-            return
-        if buf[pos] == "{":  # one object: the whole file is one record
-            while fill(CHUNK):
-                pass
-            try:
-                obj, _ = decoder.raw_decode(buf, pos)
-            except ValueError as err:
-                yield 0, Unreadable("broken_json", f"{err}")
-                return
-            yield (0, Unreadable("invalid_utf8", "file has bytes that are not UTF-8")) if dirty else (0, obj)
-            return
-        if buf[pos] != "[":
-            yield 0, Unreadable("broken_json", f"a JSON file must hold an array or an object, starts with {buf[pos:pos + 40]!r}")
-            return
-        pos += 1
-        index = 0
-        while True:
-            skip_ws()
-            if pos < len(buf) and buf[pos] == ",":
-                pos += 1
-                skip_ws()
-            if pos >= len(buf):
-                yield index, Unreadable("broken_json", "the array is not closed (truncated file?)")
-                return
-            if buf[pos] == "]":
-                return
+        def decode(index: int) -> tuple[Any, int] | Unreadable | None:
+            """The element at `pos` and where it ends; Unreadable when it cannot be decoded; None at a break."""
             want = CHUNK
             while True:
                 try:
-                    obj, end = decoder.raw_decode(buf, pos)
-                    break
+                    return decoder.raw_decode(buf, pos)
+                except RecursionError:
+                    while (end := _value_end(buf, pos)) is None and not eof and fill(want):
+                        pass
+                    if end is None:
+                        return None
+                    return Unreadable("too_deeply_nested", f"element {index} is nested deeper than Python can "
+                                      f"decode: {buf[pos:pos + 60]!r}…"), end
                 except ValueError as err:
                     if eof or len(buf) - pos > MAX_ELEMENT or not fill(want):
-                        yield index, Unreadable("broken_json", f"element {index}: {err}; the rest of the array is unreadable")
-                        return
+                        return Unreadable("broken_json", f"element {index}: {err}; the rest of the array is "
+                                          "unreadable")
                     want *= 2
-            if dirty and _SURROGATE.search(buf, pos, end):
-                yield index, Unreadable("invalid_utf8", f"element {index} has bytes that are not UTF-8")
+
+        fill(CHUNK)
+        skip_ws()
+        if pos < len(buf) and buf[pos] == "{":  # one object: the whole file is one record
+            while fill(CHUNK):
+                pass
+            got = decode(0)
+            if isinstance(got, Unreadable) or got is None:
+                yield 0, got or Unreadable("broken_json", "the object is not closed (truncated file?)")
+            elif isinstance(got[0], Unreadable):
+                yield 0, got[0]
             else:
-                yield index, obj
-            pos = end
-            index += 1
-            if pos > CHUNK and pos > len(buf) // 2:
-                buf, pos = buf[pos:], 0
+                yield (0, Unreadable("invalid_utf8", "file has bytes that are not UTF-8")) if dirty else (0, got[0])
+        elif pos < len(buf) and buf[pos] != "[":
+            yield 0, Unreadable("broken_json", f"{name}: a JSON file must hold an array or an object, starts with "
+                                f"{buf[pos:pos + 40]!r}", source_id=name)
+        elif pos < len(buf):
+            pos += 1
+            index = 0
+            while True:
+                skip_ws()
+                if pos < len(buf) and buf[pos] == ",":
+                    pos += 1
+                    skip_ws()
+                if pos >= len(buf):
+                    yield index, stream_problem(bfh, name, index) or Unreadable(
+                        "broken_json", f"{name}: the array is not closed after element {index - 1} (truncated "
+                        "file?)")
+                    return
+                if buf[pos] == "]":
+                    break
+                got = decode(index)
+                if got is None or isinstance(got, Unreadable):
+                    yield index, stream_problem(bfh, name, index) or Unreadable(
+                        "broken_json", f"{name}: element {index} and the rest of the array are unreadable: "
+                        f"{got.detail if got else 'truncated'}")
+                    return
+                obj, end = got
+                if isinstance(obj, Unreadable):
+                    yield index, obj
+                elif dirty and _SURROGATE.search(buf, pos, end):
+                    yield index, Unreadable("invalid_utf8", f"element {index} has bytes that are not UTF-8")
+                else:
+                    yield index, obj
+                pos = end
+                index += 1
+                if pos > CHUNK and pos > len(buf) // 2:
+                    buf, pos = buf[pos:], 0
+        problem = stream_problem(bfh, name, 0)
+    if problem is not None:
+        yield 0, problem
 
 
-def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+def _iter_parquet(path: Path, name: str) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
-        for rec in batch.to_pylist():
-            yield index, rec
-            index += 1
+    try:
+        if path.suffix == ".gz":
+            with open_binary(path) as fh:
+                data = fh.read()
+                problem = stream_problem(fh, name, 0)
+            if problem is not None:
+                yield 0, problem
+                return
+            source: Any = pa.BufferReader(data)
+        else:
+            source = path
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=10_000):
+            for rec in batch.to_pylist():
+                yield index, rec
+                index += 1
+    except (OSError, pa.ArrowException, ValueError) as err:
+        reason = "unreadable_file" if index == 0 else "truncated_file"
+        yield index, Unreadable(reason, f"{name}: not a readable Parquet file from row {index} on: "
+                                f"{type(err).__name__}: {err}", source_id=name)
 
 
 def _iter_hf(path: str, split: str) -> Iterator[tuple[int, Any]]:
@@ -219,8 +474,7 @@ def _iter_hf(path: str, split: str) -> Iterator[tuple[int, Any]]:
 
     p = Path(path)
     try:
-        if p.is_dir() and any((p / name).exists() for name in ("state.json", "dataset_dict.json", "dataset_info.json")) \
-                and not any(p.glob("*.py")):
+        if p.is_dir() and any((p / name).exists() for name in HF_MARKERS) and not any(p.glob("*.py")):
             ds = datasets.load_from_disk(str(p))
         else:
             ds = datasets.load_dataset(path, split=split)

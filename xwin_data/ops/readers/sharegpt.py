@@ -21,11 +21,13 @@ BLOCK_BYTES = 16 << 20  # JSONL parsed in worker processes a block of about this
 
 
 class ReadParams(Params):
-    path: str = Field(description="input file or folder (JSONL, JSON, Parquet, a saved HF dataset) or a hub id")
+    path: str = Field(description="input file, folder or glob of shards (JSONL, JSON, Parquet, each optionally .gz), "
+                                  "a saved HF dataset folder or a hub id")
     format: Literal["auto", "sharegpt", "openai", "alpaca"] = Field(
         "auto", description="record shape; auto looks at each record's keys (conversations / messages / instruction)")
     file_type: Literal["auto", "jsonl", "json", "parquet", "hf"] = Field(
-        "auto", description="container; auto goes by extension and first bytes (a folder or hub id is hf)")
+        "auto", description="container; auto goes by extension and first bytes, file by file in a folder or glob "
+                            "(read in parallel); a saved HF dataset folder or a hub id is hf")
     split: str = Field("train", description="split of a Hugging Face dataset")
     id_field: str | None = Field(None, description=f"record id field (default: the first of {', '.join(ID_FIELDS)})")
     model_field: str | None = Field(None, description="field naming the answering model (default: model, model_id)")
@@ -50,30 +52,41 @@ class ReadConversations(Op):
     summary = "ShareGPT / OpenAI messages / Alpaca in JSONL, JSON, Parquet or HF datasets → canonical messages"
 
     def external_fingerprint(self, params: ReadParams) -> dict:
-        from xwin_data.text.sources import is_hub_id
+        from xwin_data.text.sources import input_files, is_hub_id, is_sharded
 
         p = Path(params.path)
         if p.exists():
             return {"file": path_fingerprint(p)}
+        if is_sharded(params.path):
+            files = input_files(params.path, params.file_type)
+            if not files:
+                raise RecipeError(f"path: no input files match {params.path}")
+            return {"files": [(f.name, path_fingerprint(f.path)) for f in files]}
         if params.file_type in ("auto", "hf") and is_hub_id(params.path):
             return {"hub": params.path}
         raise RecipeError(f"path: input file not found: {params.path}")
 
     def run(self, ctx, params: ReadParams) -> None:
         from xwin_data.text.conversation_rows import RowOptions
-        from xwin_data.text.sources import detect_file_type
+        from xwin_data.text.sources import InputFile, detect_file_type, input_files, is_sharded
 
         source = params.source or Path(params.path).name
         options = RowOptions(params.format, params.model_field,
                              (params.id_field,) if params.id_field else ID_FIELDS, source.split(".")[0] or "record",
                              params.on_bad_turn)
-        kind = detect_file_type(params.path) if params.file_type == "auto" else params.file_type
+        files: list[InputFile] | None
+        if params.file_type != "hf" and is_sharded(params.path):
+            files = input_files(params.path, params.file_type)  # fallback ids and file drops name the shard
+            ctx.stats["files"] = len(files)
+        else:
+            kind = detect_file_type(params.path) if params.file_type == "auto" else params.file_type
+            files = None if kind == "hf" else [InputFile(Path(params.path), Path(params.path).name, kind)]
         ids = _Ids(ctx)
         with ctx.track(f"reading {source}", None, "records") as bar:
-            if kind == "jsonl" and not params.limit and _worth_forking(params.path):
-                _read_jsonl_in_workers(ctx, params.path, options, source, ids, bar)
+            if files is not None and not params.limit and _worth_forking(files):
+                _read_in_workers(ctx, files, options, source, ids, bar, sharded=ctx.stats.get("files") is not None)
             else:
-                _read_here(ctx, params, options, source, ids, bar)
+                _read_here(ctx, params, files, options, source, ids, bar)
         ctx.stats.update(ids.stats)
 
 
@@ -103,11 +116,21 @@ def _raw_table(table: pa.Table, source: str) -> pa.Table:
     return table.select(RAW_SCHEMA.names).cast(RAW_SCHEMA)
 
 
-def _read_here(ctx, params: ReadParams, options, source: str, ids: _Ids, bar) -> None:
+def _file_options(options, file, sharded: bool):
+    """Per file of a folder, fallback ids are `shard name:position`, so a drop says which shard it came from."""
+    from dataclasses import replace
+
+    return replace(options, stem=file.name) if sharded else options
+
+
+def _read_here(ctx, params: ReadParams, files, options, source: str, ids: _Ids, bar) -> None:
     from xwin_data.text.conversation_rows import RowBuilder
     from xwin_data.text.sources import iter_records
 
     builder = RowBuilder(options)
+    sharded = ctx.stats.get("files") is not None
+    inputs = [(None, iter_records(params.path, "hf", params.split))] if files is None else \
+        [(f, iter_records(str(f.path), f.kind, name=f.name)) for f in files]
     with ctx.writer(RAW_SCHEMA) as out:
         def flush() -> None:
             rows = builder.take()
@@ -117,18 +140,32 @@ def _read_here(ctx, params: ReadParams, options, source: str, ids: _Ids, bar) ->
                 out.write(_raw_table(table, source))
                 bar.advance(table.num_rows)
 
-        for position, record in iter_records(params.path, params.file_type, params.split):
-            if builder.add(position, record) and params.limit and len(ids.seen) + len(builder) >= params.limit:
-                break
-            if len(builder) >= BATCH:
-                flush()
+        for file, records in inputs:
+            if file is not None:
+                builder.stem = _file_options(options, file, sharded).stem
+            for position, record in records:
+                if builder.add(position, record) and params.limit and len(ids.seen) + len(builder) >= params.limit:
+                    break
+                if len(builder) >= BATCH:
+                    flush()
+            else:
+                continue
+            break
         flush()
 
 
-def _worth_forking(path: str) -> bool:
+def _worth_forking(files) -> bool:
     from xwin_data.core.workers import available_workers
 
-    return available_workers() > 1 and Path(path).stat().st_size > 4 * BLOCK_BYTES
+    if available_workers() < 2:
+        return False
+    total = 0
+    for f in files:
+        try:
+            total += f.path.stat().st_size
+        except OSError:
+            continue
+    return total > 4 * BLOCK_BYTES
 
 
 def parse_to_part(block: bytes, first_line: int, options, source: str, path: str) -> tuple[list, list, list, int]:
@@ -144,18 +181,53 @@ def parse_to_part(block: bytes, first_line: int, options, source: str, path: str
     return rows.table.column("id").to_pylist(), rows.positions, rows.drops, rows.records
 
 
-def _read_jsonl_in_workers(ctx, path: str, options, source: str, ids: _Ids, bar) -> None:
-    """Blocks of lines parsed, converted and written by worker processes; ids are made unique here, in file order
-    (a part with a repeated id, which is rare, is rewritten with the new ids)."""
+def parse_file_to_part(file, options, source: str, path: str) -> tuple[list, list, list, int]:
+    """In a worker: one whole JSON or Parquet shard converted and written as a Parquet part, a batch at a time."""
+    import pyarrow.parquet as pq
+
+    from xwin_data.text.conversation_rows import RowBuilder
+    from xwin_data.text.sources import iter_records
+
+    builder = RowBuilder(options)
+    ids, positions, drops, records = [], [], [], 0
+    writer = None
+
+    def flush() -> None:
+        nonlocal writer, records
+        rows = builder.take()
+        ids.extend(rows.table.column("id").to_pylist())
+        positions.extend(rows.positions)
+        drops.extend(rows.drops)
+        records += rows.records
+        if rows.table.num_rows:
+            writer = writer or pq.ParquetWriter(path, RAW_SCHEMA, compression="zstd")
+            writer.write_table(_raw_table(rows.table, source))
+
+    for position, record in iter_records(str(file.path), file.kind, name=file.name):
+        builder.add(position, record)
+        if len(builder) >= BATCH:
+            flush()
+    flush()
+    if writer is not None:
+        writer.close()
+    return ids, positions, drops, records
+
+
+def _read_in_workers(ctx, files, options, source: str, ids: _Ids, bar, sharded: bool) -> None:
+    """JSONL files as blocks of lines, other shards whole, parsed, converted and written by worker processes; ids
+    are made unique here, in input order (a part with a repeated id, which is rare, is rewritten with the new
+    ids). A damaged gzip's lost rest, found while cutting blocks here, is a drop in its place in that order."""
     from collections import deque
+    from concurrent.futures import Future
 
     import pyarrow.parquet as pq
 
     from xwin_data.text.conversation_rows import parse_jsonl_block  # noqa: F401 - imported before the fork
-    from xwin_data.text.sources import jsonl_blocks
+    from xwin_data.text.sources import Unreadable, jsonl_blocks
     from xwin_data.core.workers import available_workers, pool
 
     workers = available_workers()
+    ctx.stats["read_workers"] = workers
     pending: deque = deque()
 
     def finish_one() -> None:
@@ -167,11 +239,28 @@ def _read_jsonl_in_workers(ctx, path: str, options, source: str, ids: _Ids, bar)
         ctx.add_rows(len(unique))
         bar.advance(len(unique))
 
+    def tasks():
+        for file in files:
+            file_options = _file_options(options, file, sharded)
+            if file.kind != "jsonl":
+                yield parse_file_to_part, (file, file_options, source)
+                continue
+            for first_line, block in jsonl_blocks(str(file.path), BLOCK_BYTES, file.name):
+                if isinstance(block, Unreadable):
+                    yield None, ([], [], [(block.source_id, block.reason, block.detail)], 1)
+                else:
+                    yield parse_to_part, (block, first_line, file_options, source)
+
     with pool(workers) as executor:
         parts = ctx.part_paths()
-        for first_line, block in jsonl_blocks(path, BLOCK_BYTES):
-            part = str(next(parts))
-            pending.append((part, executor.submit(parse_to_part, block, first_line, options, source, part)))
+        for fn, args in tasks():
+            if fn is None:
+                done: Future = Future()
+                done.set_result(args)
+                pending.append((None, done))
+            else:
+                part = str(next(parts))
+                pending.append((part, executor.submit(fn, *args, part)))
             while len(pending) >= 2 * workers:
                 finish_one()
         while pending:
