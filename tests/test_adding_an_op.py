@@ -74,6 +74,6 @@ def test_the_readme_op_wired_to_the_wrong_input_fails_at_plan_time(project, cli)
     assert out.returncode == 2
     line = wrong.splitlines().index("    inputs: [subsets]") + 1
     assert (f"wrong.yaml:{line}: counted.inputs: op word_count needs column(s) id, messages in input 'subsets', "
-            "which has: assistant_turns, complete, conversations, size, table_name") in " ".join(out.stderr.split())
+            "which has: assistant_turns, complete, conversations, rows, size, table_name") in " ".join(out.stderr.split())
     tables = folder / "xwin-catalog" / "tables"
     assert not tables.exists() or not any(tables.iterdir())

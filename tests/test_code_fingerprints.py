@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from xwin_data.core.catalog import Catalog
-from xwin_data.core.fingerprint import module_closure
+from xwin_data.core.fingerprint import code_fingerprint, module_closure
 
 RECIPE = """\
 name: fp
@@ -40,7 +40,13 @@ def test_closure_follows_imports_not_docs() -> None:
     sql = module_closure("xwin_data.ops.readers.sql")
     assert "xwin_data.text.cleaning" not in sql
     judge = module_closure("xwin_data.ops.pairs.judge")
-    assert {"xwin_data.llm.client", "xwin_data.llm.judge", "xwin_data.llm.judge_rm"} <= set(judge)
+    assert {"xwin_data.llm.client", "xwin_data.llm.judge", "xwin_data.llm.judging"} <= set(judge)
+    # Backends are found through the model registry, not imported by the op: a spec adds its backend's code.
+    from xwin_data.llm.judging import JudgeSpec
+
+    spec = JudgeSpec(backend="openai")
+    assert spec.code_fingerprint() == code_fingerprint("xwin_data.llm.backends.openai_backend")
+    assert JudgeSpec(backend="reward_model").code_fingerprint() != spec.code_fingerprint()
     # The package's own `build` helper imports the engine inside a function: an op that only lives under the
     # package does not run it.
     assert "xwin_data.core.engine" not in clean

@@ -94,7 +94,7 @@ def test_plan_knows_the_columns_of_each_stage(work: Path) -> None:
     downstream = _plan(work, text="name: more\nstages:\n  - {id: again, op: filter, inputs: [stats], "
                                   "params: {where: {long: 'n_tokens > 0'}}}\n")
     assert downstream["again"].columns["again"] == {"id", "messages", "n_turns", "n_chars", "turn_tokens",
-                                                    "n_tokens", "language"}
+                                                    "n_tokens", "language", "language_raw"}
 
 
 MISWIRED = """\
