@@ -18,6 +18,8 @@ from typing import Any, Iterator
 import duckdb
 from filelock import FileLock, Timeout
 
+from xwin_data.core.checksums import PartRecord, check_parts, record_parts
+
 DEFAULT_CATALOG = "xwin-catalog"
 META_FILE = "catalog.duckdb"
 
@@ -58,6 +60,14 @@ CREATE TABLE IF NOT EXISTS builds (
     stages_run JSON,
     stages_skipped JSON,
     error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS table_files (
+    name VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    file VARCHAR NOT NULL,
+    bytes BIGINT,
+    checksum VARCHAR,
+    PRIMARY KEY (name, version, file)
 );
 CREATE TABLE IF NOT EXISTS validations (
     build_id VARCHAR,
@@ -112,6 +122,7 @@ class Catalog:
         self.cache_dir = self.root / "cache"
         self.work_dir = self.root / "work"
         self.tmp_dir = self.root / "tmp"
+        self._verified: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------------------------- setup & locking
     def exists(self) -> bool:
@@ -206,7 +217,42 @@ class Catalog:
         if not rows:
             return None
         tv = self._to_version(rows[0])
-        return tv if (self.root / tv.path).exists() else None
+        return tv if not self.check_files(tv) else None
+
+    # ------------------------------------------------------------------------------------- file integrity
+    def part_records(self, tv: TableVersion) -> list[PartRecord]:
+        try:
+            rows = self._rows("SELECT file, bytes, checksum FROM table_files WHERE name = ? AND version = ? "
+                              "ORDER BY file", [tv.name, tv.version])
+        except duckdb.CatalogException:  # a catalog from before parts were recorded, not yet built again
+            return []
+        return [PartRecord(r["file"], r["bytes"], r["checksum"]) for r in rows]
+
+    def check_files(self, tv: TableVersion, verify: bool = False) -> list[str]:
+        """Problems with a version's files (one line each, naming the file); [] when they match what was
+        published. Versions published before parts were recorded are checked for their folder only."""
+        folder = self.root / tv.path
+        records = self.part_records(tv)
+        if not records:
+            return [] if (folder / "data").is_dir() else [f"{folder / 'data'}: folder is missing"]
+        key = (tv.name, tv.version)
+        problems = check_parts(folder, records, verify and key not in self._verified)
+        if verify and not problems:
+            self._verified.add(key)  # read in full once per process; sizes are still checked every time
+        return problems
+
+    def data_files(self, tv: TableVersion) -> list[str]:
+        """The data parts of a version, as recorded at publish (or as found, for older versions)."""
+        records = [r.file for r in self.part_records(tv) if r.file.startswith("data/")]
+        if records:
+            return [str(self.root / tv.path / f) for f in records]
+        return sorted(str(p) for p in (self.root / tv.path / "data").glob("*.parquet"))
+
+    def drops_files(self, tv: TableVersion) -> list[str]:
+        records = [r.file for r in self.part_records(tv) if r.file.startswith("drops/")]
+        if records:
+            return [str(self.root / tv.path / f) for f in records]
+        return sorted(str(p) for p in (self.root / tv.path / "drops").glob("*.parquet"))
 
     def data_glob(self, tv: TableVersion) -> str:
         return str(self.root / tv.path / "data" / "*.parquet")
@@ -269,11 +315,16 @@ class Catalog:
                 if target.exists():  # left by a publish killed before its metadata commit
                     shutil.rmtree(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
+                parts = record_parts(Path(e["staged"]))
                 os.replace(e["staged"], target)
-                plan.append((e, version, rel))
+                plan.append((e, version, rel, parts))
             con.execute("BEGIN TRANSACTION")
             try:
-                for e, version, rel in plan:
+                for e, version, rel, parts in plan:
+                    con.execute("DELETE FROM table_files WHERE name = ? AND version = ?", [e["name"], version])
+                    if parts:
+                        con.executemany("INSERT INTO table_files VALUES (?,?,?,?,?)",
+                                        [[e["name"], version, p.file, p.bytes, p.checksum] for p in parts])
                     con.execute("UPDATE table_versions SET is_current = false WHERE name = ?", [e["name"]])
                     con.execute(
                         "INSERT INTO table_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,true)",
@@ -284,7 +335,7 @@ class Catalog:
                          json.dumps(e.get("stats"), default=str), e.get("seconds"), utcnow()],
                     )
                 for v in validations:
-                    version = next(ver for e, ver, _ in plan if e["name"] == v["table_name"])
+                    version = next(ver for e, ver, _, _ in plan if e["name"] == v["table_name"])
                     con.execute(
                         "INSERT INTO validations VALUES (?,?,?,?,?,?,?,?)",
                         [v["build_id"], v["table_name"], version, v["fingerprint"], v.get("schema_name"),
