@@ -109,3 +109,15 @@ def test_stop_signal_lets_in_flight_calls_finish_and_be_cached(tmp_path: Path, s
     assert out["asked_first"] == 4  # the four in flight when the signal came; nothing started after it
     assert out["cached_second"] == 4  # ...and all four were kept: the second run did not ask them again
     assert out["total"] == 20 and out["repeated"] == 0 and out["ok"]
+
+
+def test_paced_client_meets_a_server_enforced_limit_without_429(openai_server, tmp_path: Path) -> None:
+    openai_server.rpm_limit = 1200  # 20 a second, enforced with 429s
+    unpaced = make_client(openai_server, tmp_path / "u", concurrency=32, max_retries=20)
+    assert all(r.ok for r in unpaced.run(calls(60, seed=1)))
+    assert openai_server.rate_limited > 0  # the server does enforce it: a burst is refused (then retried)
+
+    openai_server.reset(rpm_limit=1200)
+    paced = make_client(openai_server, tmp_path / "p", concurrency=32, requests_per_minute=1200)
+    results = paced.run(calls(60, seed=2))
+    assert all(r.ok for r in results) and openai_server.rate_limited == 0 and paced.retries == 0
