@@ -228,11 +228,24 @@ class Catalog:
             return []
         return [PartRecord(r["file"], r["bytes"], r["checksum"]) for r in rows]
 
-    def check_files(self, tv: TableVersion, verify: bool = False) -> list[str]:
+    def current_part_records(self) -> dict[str, list[PartRecord]]:
+        """The recorded parts of every current table, in one metadata read."""
+        try:
+            rows = self._rows("SELECT f.name, f.file, f.bytes, f.checksum FROM table_files f JOIN table_versions v "
+                              "ON f.name = v.name AND f.version = v.version WHERE v.is_current ORDER BY f.name, f.file")
+        except duckdb.CatalogException:
+            return {}
+        out: dict[str, list[PartRecord]] = {}
+        for r in rows:
+            out.setdefault(r["name"], []).append(PartRecord(r["file"], r["bytes"], r["checksum"]))
+        return out
+
+    def check_files(self, tv: TableVersion, verify: bool = False,
+                    records: list[PartRecord] | None = None) -> list[str]:
         """Problems with a version's files (one line each, naming the file); [] when they match what was
         published. Versions published before parts were recorded are checked for their folder only."""
         folder = self.root / tv.path
-        records = self.part_records(tv)
+        records = self.part_records(tv) if records is None else records
         if not records:
             return [] if (folder / "data").is_dir() else [f"{folder / 'data'}: folder is missing"]
         key = (tv.name, tv.version)
@@ -241,18 +254,18 @@ class Catalog:
             self._verified.add(key)  # read in full once per process; sizes are still checked every time
         return problems
 
-    def data_files(self, tv: TableVersion) -> list[str]:
+    def data_files(self, tv: TableVersion, records: list[PartRecord] | None = None) -> list[str]:
         """The data parts of a version, as recorded at publish (or as found, for older versions)."""
-        records = [r.file for r in self.part_records(tv) if r.file.startswith("data/")]
-        if records:
-            return [str(self.root / tv.path / f) for f in records]
-        return sorted(str(p) for p in (self.root / tv.path / "data").glob("*.parquet"))
+        return self._files(tv, "data", records)
 
-    def drops_files(self, tv: TableVersion) -> list[str]:
-        records = [r.file for r in self.part_records(tv) if r.file.startswith("drops/")]
+    def drops_files(self, tv: TableVersion, records: list[PartRecord] | None = None) -> list[str]:
+        return self._files(tv, "drops", records)
+
+    def _files(self, tv: TableVersion, kind: str, records: list[PartRecord] | None) -> list[str]:
+        records = self.part_records(tv) if records is None else records
         if records:
-            return [str(self.root / tv.path / f) for f in records]
-        return sorted(str(p) for p in (self.root / tv.path / "drops").glob("*.parquet"))
+            return [str(self.root / tv.path / r.file) for r in records if r.file.startswith(kind + "/")]
+        return sorted(str(p) for p in (self.root / tv.path / kind).glob("*.parquet"))
 
     def data_glob(self, tv: TableVersion) -> str:
         return str(self.root / tv.path / "data" / "*.parquet")

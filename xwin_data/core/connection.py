@@ -47,9 +47,11 @@ def attach_tables(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]
     columns = {r["name"]: json.loads(r["columns"]) if isinstance(r["columns"], str) else r["columns"]
                for r in catalog._rows("SELECT name, columns FROM table_versions WHERE is_current")}
     drop_cols = ", ".join(f"NULL::{t} AS {c}" for c, t in (col.split(" ") for col in DROPS_COLUMNS.split(", ")))
+    parts = catalog.current_part_records()
     for tv in catalog.current_tables():
-        problems = catalog.check_files(tv)
-        files = catalog.data_files(tv)
+        records = parts.get(tv.name, [])
+        problems = catalog.check_files(tv, records=records)
+        files = catalog.data_files(tv, records)
         if problems:
             body = _failing(f"table {tv.name} (version {tv.version}) is damaged: {problems[0]}")
         elif not files:
@@ -63,7 +65,7 @@ def attach_tables(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]
             con.execute(f"CREATE OR REPLACE VIEW {_quote(tv.name)} AS "
                         + _failing(f"table {tv.name} (version {tv.version}) cannot be read: {msg}"))
         names.append(tv.name)
-        drops = catalog.drops_files(tv) if tv.n_drops else []
+        drops = catalog.drops_files(tv, records) if tv.n_drops else []
         if drops:
             part = f"SELECT * FROM {_parquet(drops)}"
             try:
@@ -83,8 +85,10 @@ def attach_tables(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]
 def readable_files(catalog: Catalog) -> list[str]:
     """Every Parquet part of the current tables: all that a read-only session may open."""
     files = []
+    parts = catalog.current_part_records()
     for tv in catalog.current_tables():
-        files += catalog.data_files(tv) + catalog.drops_files(tv)
+        records = parts.get(tv.name, [])
+        files += catalog.data_files(tv, records) + catalog.drops_files(tv, records)
     return files
 
 

@@ -8,6 +8,7 @@ longest listed prefix (`gpt-4o`).
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -99,7 +100,7 @@ class CostLedger:
         with self._lock:
             if self._prompt_guessed <= 0 or self._prompt_seen <= 0:
                 return guess
-            return int(guess * self._prompt_seen / self._prompt_guessed) + 1
+            return round(guess * self._prompt_seen / self._prompt_guessed)
 
     def expected_completion_tokens(self, max_tokens: int, n: int = 1) -> int:
         """The observed mean completion length per choice (at most `max_tokens`), times `n`; `max_tokens`
@@ -108,7 +109,7 @@ class CostLedger:
             if not self._choices:
                 return max_tokens * n
             mean = self._completion_seen / self._choices
-        return int(min(max_tokens, mean + 1) * n)
+        return math.ceil(min(max_tokens, mean) * n)
 
     def observe(self, prompt_guess: int, prompt_tokens: int, completion_tokens: int, n: int) -> None:
         with self._lock:
@@ -129,9 +130,10 @@ class CostLedger:
         try again); raises BudgetExceeded when the remaining budget cannot cover it."""
         with self._lock:
             if self.budget_usd is not None:
-                if self.stopped or self.spent_usd + usd > self.budget_usd:
+                cap = self.budget_usd * (1 + 1e-9)  # sums of float prices that land on the cap fit it
+                if self.stopped or self.spent_usd + usd > cap:
                     raise self._refuse()
-                if self.spent_usd + self.reserved_usd + usd > self.budget_usd:
+                if self.spent_usd + self.reserved_usd + usd > cap:
                     if self.reserved_usd > 0:
                         return False
                     raise self._refuse()
