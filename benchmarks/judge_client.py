@@ -16,10 +16,20 @@
 - client CPU milliseconds per request for each of the above (less sensitive to other load than req/s);
 - cache lookups per second on the request cache (single `get` and batched `get_many`).
 
+Two cases at provider-like settings (`--cases real,rpm`), each through the full client (request cache, cost ledger
+with a budget, request pacing, retries):
+- real: 1 s latency at concurrency 512, where the ideal is 512 req/s (target >= 95% of it);
+- rpm: a server that enforces a per-minute limit with 429s (`--rpm-limit`), the client set to the same limit
+  (target >= 95% of the limit sustained, with no 429).
+And `--cases curator`: Bespoke Curator (bespokelabs-curator, in its own virtual environment made by this script)
+against the same server at the same latency and concurrency, beside ours.
+
 Each measurement runs `--rounds` times, alternating, and the best round is reported. The server runs in its own
 process (tests/openai_server.py) so it does not share the client's GIL. Run it on a quiet machine (the load
 average is printed; above 2 on a 2-core machine the numbers mostly measure the other load).
     python benchmarks/judge_client.py [--latency 0.02] [--concurrency 64] [--requests 3000] [--rounds 3]
+    python benchmarks/judge_client.py --cases real,rpm [--real-requests 5120] [--rpm-limit 6000]
+    python benchmarks/judge_client.py --cases curator [--latency 0.02] [--concurrency 64] [--requests 3000]
 """
 from __future__ import annotations
 
@@ -41,9 +51,10 @@ from xwin_data.llm.cache import RequestCache  # noqa: E402
 from xwin_data.llm.client import ChatCall, ChatClient, ClientSettings, aiohttp_available  # noqa: E402
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(PROJECT / "tests" / "openai_server.py"), "--latency", str(latency)],
-                            stdout=subprocess.PIPE, text=True)
+def start_server(latency: float, rpm_limit: float | None = None) -> tuple[subprocess.Popen, str]:
+    extra = ["--rpm-limit", str(rpm_limit)] if rpm_limit else []
+    proc = subprocess.Popen([sys.executable, str(PROJECT / "tests" / "openai_server.py"), "--latency", str(latency),
+                             *extra], stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline().split()[1])
     return proc, f"http://127.0.0.1:{port}/v1"
 
@@ -212,14 +223,81 @@ def cache_rates(folder: Path, n: int = 20_000) -> dict:
     return {"put_per_s": round(put_rate), "get_per_s": round(get_rate), "get_many_per_s": round(many_rate)}
 
 
+def server_stats(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/stats", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def full_client(url: str, concurrency: int, cache: Path, rpm: int | None) -> ChatClient:
+    """The client as a judge stage runs it: cache, a priced model under a budget, paced requests, retries."""
+    settings = ClientSettings(model="bench-priced", base_url=url, concurrency=concurrency, requests_per_minute=rpm,
+                              budget_usd=1e6, prices={"bench-priced": [1.0, 2.0]}, max_retries=6)
+    return ChatClient(settings, RequestCache(cache))
+
+
+def real_latency_case(n: int, concurrency: int, rounds: int, tmp: Path) -> dict:
+    """1 s latency, `concurrency` in flight: the ideal is concurrency req/s."""
+    server, url = start_server(1.0)
+    try:
+        best = 0.0
+        for r in range(rounds):
+            client = full_client(url, concurrency, tmp / f"real{r}.sqlite", rpm=60 * 4 * concurrency)
+            todo = calls(n, f"real{r}")
+            start = time.perf_counter()
+            results = client.run(todo)
+            rate = n / (time.perf_counter() - start)
+            assert all(r.ok and not r.cached for r in results), [str(x.error) for x in results if not x.ok][:3]
+            best = max(best, rate)
+        stats = server_stats(url)
+    finally:
+        server.kill()
+    return {"real_latency_s": 1.0, "real_concurrency": concurrency, "real_requests": n,
+            "real_ideal_req_per_s": concurrency, "real_req_per_s": round(best, 1),
+            "real_share_of_ideal": round(best / concurrency, 3), "real_server_429": stats["rate_limited"]}
+
+
+def rpm_case(n: int, limit: int, latency: float, rounds: int, tmp: Path) -> dict:
+    """A server enforcing `limit` requests per minute; the client set to the same limit."""
+    server, url = start_server(latency, rpm_limit=limit)
+    concurrency = max(8, int(2 * limit / 60 * max(latency, 0.05)) + 8)
+    try:
+        best = 0.0
+        for r in range(rounds):
+            client = full_client(url, concurrency, tmp / f"rpm{r}.sqlite", rpm=limit)
+            todo = calls(n, f"rpm{r}")
+            start = time.perf_counter()
+            results = client.run(todo)
+            rate = n / (time.perf_counter() - start) * 60
+            assert all(r.ok for r in results), [str(x.error) for x in results if not x.ok][:3]
+            best = max(best, rate)
+        stats = server_stats(url)
+    finally:
+        server.kill()
+    return {"rpm_limit": limit, "rpm_latency_s": latency, "rpm_requests": n, "rpm_achieved_per_min": round(best),
+            "rpm_share_of_limit": round(best / limit, 3), "rpm_server_429": stats["rate_limited"],
+            "rpm_client_retries": client.retries}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="default", help="comma-separated: default, real, rpm, curator")
+    ap.add_argument("--real-requests", type=int, default=5120)
+    ap.add_argument("--real-concurrency", type=int, default=512)
+    ap.add_argument("--rpm-limit", type=int, default=6000)
+    ap.add_argument("--rpm-requests", type=int, default=1500)
     ap.add_argument("--latency", type=float, default=0.02)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--sequential-requests", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is reported")
     args = ap.parse_args()
+    cases = set(args.cases.split(","))
+    if cases - {"default"}:
+        extra_cases(args, cases)
+    if "default" not in cases:
+        return
     load = os.getloadavg()[0]
     transports = ["aiohttp", "httpx"] if aiohttp_available() else ["httpx"]
     n, conc = args.requests, args.concurrency
@@ -277,6 +355,31 @@ def main() -> None:
           f"a bare client reaches {best['bare_client'][0]:.0f} req/s ({100 * best['bare_client'][0] / ideal:.0f}% "
           f"of the ideal) against the same server; "
           f"cache get {lookups['get_per_s']}/s (target >= 10,000/s)")
+    if load >= 2:
+        print(f"warning: load average {load:.1f} at start; the machine was not quiet", file=sys.stderr)
+
+
+def extra_cases(args, cases: set[str]) -> None:
+    load = os.getloadavg()[0]
+    report: dict = {"load_average_at_start": round(load, 2), "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "real" in cases:
+            report.update(real_latency_case(args.real_requests, args.real_concurrency, args.rounds, tmp))
+        if "rpm" in cases:
+            report.update(rpm_case(args.rpm_requests, args.rpm_limit, args.latency, args.rounds, tmp))
+        if "curator" in cases:
+            from curator_peer import curator_comparison  # benchmarks/curator_peer.py
+
+            report.update(curator_comparison(args, tmp, start_server, client_rate))
+    print(json.dumps(report, indent=2))
+    if "real" in cases:
+        print(f"1 s latency, concurrency {args.real_concurrency}: {report['real_req_per_s']:.0f} req/s = "
+              f"{100 * report['real_share_of_ideal']:.1f}% of the ideal {args.real_concurrency} req/s (target >= 95%)")
+    if "rpm" in cases:
+        print(f"server enforcing {args.rpm_limit} RPM: {report['rpm_achieved_per_min']} per minute sustained = "
+              f"{100 * report['rpm_share_of_limit']:.1f}% of the limit (target >= 95%), "
+              f"{report['rpm_server_429']} refused with 429 (target 0)")
     if load >= 2:
         print(f"warning: load average {load:.1f} at start; the machine was not quiet", file=sys.stderr)
 

@@ -1,9 +1,10 @@
 """A small, real, scriptable OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks.
 
 It speaks enough of the API for the real `openai` client: POST /v1/chat/completions (with `n` choices and usage
-token counts) and GET /v1/models. A test scripts it per request: latency, 429 bursts with Retry-After, 500s,
-hangs (client time-outs), malformed JSON, dropped connections, and reply texts computed from the request (a
-judge that answers [[A]]/[[B]]/[[C]], unparseable verdicts, a position-biased judge). It counts every request,
+token counts), GET /v1/models and GET /v1/stats (request and 429 counts, for a client in another process). A
+test scripts it per request: latency, 429 bursts with Retry-After, 500s, a per-minute limit enforced as a
+provider does, hangs (client time-outs), malformed JSON, dropped connections, and reply texts computed from the
+request (a judge that answers [[A]]/[[B]]/[[C]], unparseable verdicts, a position-biased judge). It counts every request,
 in total, per rendered prompt and per exact request body, so a test can assert that nothing was asked twice.
 
 It is a minimal asyncio HTTP/1.1 server (keep-alive, Content-Length bodies) running on its own event loop in a
@@ -130,6 +131,7 @@ class OpenAIServer:
     fault_fn: Callable[[dict, int], Fault | None] | None = None  # (body, request number) -> a fault or None
     usage_fn: Callable[[ChatRequest, list[str]], tuple[int, int]] | None = None
     faults: collections.deque = field(default_factory=collections.deque)  # consumed one per request, first
+    rpm_limit: float | None = None  # enforce a requests-per-minute limit as a provider does: 429 past it
 
     def __post_init__(self) -> None:
         self.total = 0  # every chat request received
@@ -145,6 +147,8 @@ class OpenAIServer:
         self._stopping: asyncio.Event | None = None
         self._lock = threading.Lock()
         self.keep_requests = True
+        self.rate_limited = 0  # requests refused with 429 by `rpm_limit`
+        self._bucket = (0.0, 0.0)  # (tokens, time) of the rpm_limit token bucket
 
     # ------------------------------------------------------------------------------------------ scripting
     @property
@@ -159,6 +163,7 @@ class OpenAIServer:
     def reset(self, **script: Any) -> None:
         """Forget counts and faults and restore the default script, then apply `script` (latency=..., reply=...)."""
         self.latency, self.reply, self.fault_fn, self.usage_fn = 0.0, echo_reply, None, None
+        self.rpm_limit = None
         self.faults.clear()
         if self._loop is not None and not self._loop.is_closed() and self._thread is not None:
             asyncio.run_coroutine_threadsafe(self._release_hangs(), self._loop).result(10)
@@ -183,6 +188,26 @@ class OpenAIServer:
         self.served_counts.clear()
         self.requests.clear()
         self.max_in_flight = 0
+        self.rate_limited = 0
+        self._bucket = (0.0, 0.0)
+
+    def _over_rpm_limit(self) -> float | None:
+        """A token bucket holding one second of the limit, refilled at limit/60 per second: a client that sends
+        at the limit's pace passes, one that bursts the minute's allowance is refused. Returns the seconds to
+        wait when the request is refused."""
+        if not self.rpm_limit:
+            return None
+        rate = self.rpm_limit / 60.0
+        capacity = max(1.0, rate)
+        now = time.monotonic()
+        tokens, last = self._bucket
+        tokens = capacity if last == 0.0 else min(capacity, tokens + (now - last) * rate)
+        if tokens >= 1.0:
+            self._bucket = (tokens - 1.0, now)
+            return None
+        self._bucket = (tokens, now)
+        self.rate_limited += 1
+        return (1.0 - tokens) / rate
 
     @property
     def repeated(self) -> int:
@@ -284,6 +309,11 @@ class OpenAIServer:
             self._send(writer, 200, json.dumps({"object": "list", "data": data}).encode())
             await writer.drain()
             return True
+        if method == "GET" and path.rstrip("/") == "/v1/stats":  # for a client in another process
+            stats = {"total": self.total, "served": self.served, "rate_limited": self.rate_limited}
+            self._send(writer, 200, json.dumps(stats).encode())
+            await writer.drain()
+            return True
         if method != "POST" or path.rstrip("/") != "/v1/chat/completions":
             self._send(writer, 404, self._error(f"no route {method} {path}", "invalid_request_error"))
             await writer.drain()
@@ -304,6 +334,10 @@ class OpenAIServer:
         fault = self.faults.popleft() if self.faults else None
         if fault is None and self.fault_fn is not None:
             fault = self.fault_fn(body, number)
+        if fault is None:
+            wait = self._over_rpm_limit()
+            if wait is not None:
+                fault = Fault("429", retry_after=round(wait, 3))
         self.in_flight += 1  # until its answer is written (not drained: the client may already be reading it)
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         done = False
@@ -385,8 +419,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--reply", choices=sorted(REPLIES), default="echo")
+    ap.add_argument("--rpm-limit", type=float, default=None, help="refuse requests past this per-minute pace (429)")
     args = ap.parse_args()
-    server = OpenAIServer(port=args.port, latency=args.latency, reply=REPLIES[args.reply])
+    server = OpenAIServer(port=args.port, latency=args.latency, reply=REPLIES[args.reply], rpm_limit=args.rpm_limit)
     server.keep_requests = False
     server.start()
     print(f"PORT {server.port}", flush=True)

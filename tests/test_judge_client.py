@@ -92,12 +92,16 @@ def test_concurrency_is_bounded(openai_server, tmp_path: Path) -> None:
     assert openai_server.max_in_flight == 5, openai_server.max_in_flight
 
 
-def test_requests_per_minute_limit(openai_server, tmp_path: Path) -> None:
-    # aiolimiter is a leaky bucket: 600/min lets a burst of 600 through, then one every 0.1 s
-    client = make_client(openai_server, tmp_path, requests_per_minute=60)
-    start = time.monotonic()
-    client.run(calls(63))
-    assert time.monotonic() - start >= 2.5  # three past the bucket, one per second
+def test_requests_per_minute_are_paced_not_burst(openai_server, tmp_path: Path) -> None:
+    """A 600 RPM limit sends about 10 requests a second from the start, not 600 in the first instant."""
+    arrivals: list[float] = []
+    openai_server.fault_fn = lambda body, number: arrivals.append(time.monotonic())
+    results = make_client(openai_server, tmp_path, requests_per_minute=600, concurrency=16).run(calls(16))
+    assert all(r.ok for r in results) and len(arrivals) == 16
+    arrivals.sort()
+    in_any_second = max(sum(1 for t in arrivals if a <= t < a + 1.0) for a in arrivals)
+    assert in_any_second <= 11, in_any_second  # 10 a second, plus the one that opens the window
+    assert sum(1 for t in arrivals if t < arrivals[0] + 0.25) <= 3
 
 
 def test_budget_stops_cleanly_and_keeps_finished_calls(openai_server, tmp_path: Path) -> None:

@@ -214,10 +214,13 @@ def test_budget_cap_stops_the_judge_cleanly_and_a_larger_budget_resumes(openai_s
     openai_server.usage_fn = lambda req, texts: (1000, 1000)  # $0.0125 a call at gpt-4o's $2.50 / $10 per 1M
     cat = workdir / "cat"
     sets = sets_for(openai_server, workdir, **{"judge.concurrency": 2, "judge.budget_usd": 0.1})
-    with pytest.raises(Exception, match=r"judge budget of \$0.1 reached: 8 of 36 calls answered"):
+    # the cap fits 8 calls; a call starts only if its expected cost (prompt tokens guessed from its length,
+    # corrected by the usage seen so far) still fits, so a longer prompt near the cap may stop it at 7 (87.5%)
+    with pytest.raises(Exception, match=r"judge budget of \$0.1 reached: [78] of 36 calls answered") as err:
         xwin_data.build(RECIPE, cat, sets, show_progress=False)
-    assert len(judge_bodies(openai_server)) == 8 and Catalog(cat).current("xwin_pair") is None
+    answered = int(str(err.value).split("reached: ")[1].split(" of")[0])
+    assert len(judge_bodies(openai_server)) == answered and Catalog(cat).current("xwin_pair") is None
     sets[-1] = "judge.budget_usd=10"
     xwin_data.build(RECIPE, cat, sets, show_progress=False)
     assert len(judge_bodies(openai_server)) == 36 and openai_server.repeated == 0
-    assert Catalog(cat).current("xwin_pair").stats["spend_this_build"]["cached_calls"] == 8
+    assert Catalog(cat).current("xwin_pair").stats["spend_this_build"]["cached_calls"] == answered

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from xwin_data.core.progress import console
@@ -54,6 +55,8 @@ def build(
     force_all: bool = typer.Option(False, "--force-all", help="Rebuild every stage."),
     memory_limit: str = typer.Option("4GB", help="DuckDB memory limit per stage; larger work spills to disk."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verify: bool = typer.Option(False, "--verify", help="Check the checksums of the catalog parts the build "
+                                "relies on (sizes are always checked); damaged outputs are rebuilt."),
 ) -> None:
     """Build a recipe: run every stage whose fingerprint is not yet in the catalog, validate, publish."""
     from xwin_data.core.catalog import Catalog, CatalogBusy
@@ -64,7 +67,7 @@ def build(
     cat = Catalog(catalog)
     try:
         report = run_build(rec, cat, wait=wait, force=True if force_all else (force or []), overrides=sets or [],
-                           memory_limit=memory_limit, show_progress=not quiet)
+                           memory_limit=memory_limit, show_progress=not quiet, verify=verify)
     except (RecipeError, CatalogBusy) as err:
         _fail(str(err))
     except BuildError as err:
@@ -104,7 +107,7 @@ def plan(
     """Show the stages of a recipe, which are already built (same fingerprint) and which would run, with
     estimates of model calls, tokens and cost where a stage can tell."""
     from xwin_data.core.catalog import Catalog
-    from xwin_data.core.engine import describe_plan, plan as make_plan
+    from xwin_data.core.engine import BuildError, describe_plan, plan as make_plan
     from xwin_data.core.yaml_lines import RecipeError
 
     rec = _load(recipe, sets or [])
@@ -112,6 +115,8 @@ def plan(
         rows = describe_plan(make_plan(rec, Catalog(catalog)))
     except RecipeError as err:
         _fail(str(err))
+    except BuildError as err:
+        _fail(str(err), code=1)
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
@@ -154,7 +159,9 @@ def sql(
     query: Optional[str] = typer.Argument(None, help="SQL to run; omit for an interactive shell."),
     catalog: Path = CatalogOpt,
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
-    write: bool = typer.Option(False, "--write", help="Allow writes to the catalog's DuckDB file."),
+    write: bool = typer.Option(False, "--write", help="Allow writes: attach the catalog's DuckDB file as "
+                               "catalog_db and lift the file-access limits. Without it only the current tables' "
+                               "parts can be read, one statement at a time, and nothing is written."),
     limit: int = typer.Option(1000, help="Rows shown in table format."),
 ) -> None:
     """Query the catalog with DuckDB SQL; every current table is a view. Read-only unless --write."""
@@ -168,16 +175,20 @@ def sql(
         _fail(f"no catalog at {cat.root}; build a recipe first")
     if fmt not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, not {fmt!r}")
-    con = connect(cat)
+    from xwin_data.core.sql_guard import SqlRefused, check_read_only
+
+    con = connect(cat, read_only=not write)
     if write:
         con.execute(f"ATTACH '{cat.meta_path}' AS catalog_db")
     if query is None:
         from xwin_data.cli.shell import interactive_shell
 
-        interactive_shell(con, cat, fmt)
+        interactive_shell(con, cat, fmt, read_only=not write)
         return
     try:
-        cur = con.execute(query)
+        cur = con.execute(query if write else check_read_only(query))
+    except SqlRefused as err:
+        _fail(f"refused: {err}")
     except duckdb.Error as err:
         _fail(str(err).strip())
     if cur.description is None:
@@ -212,15 +223,23 @@ def _cell(v) -> str:
 
 @app.command()
 def validate(
-    table: str = typer.Argument(..., help="Current table to check."),
+    table: Optional[str] = typer.Argument(None, help="Current table to check (omit with --files for all)."),
     schema: Optional[str] = typer.Option(None, help="Schema name (default: the one it was built with)."),
+    files: bool = typer.Option(False, "--files", help="Check the Parquet parts of every current table (or of "
+                               "TABLE) against the sizes and checksums recorded at publish."),
     catalog: Path = CatalogOpt,
 ) -> None:
-    """Re-run a table's great-expectations suite and print each expectation's result."""
+    """Re-run a table's great-expectations suite and print each expectation's result; with --files, check
+    that the tables' files are those that were published."""
     from xwin_data.core.catalog import Catalog
     from xwin_data.core.validate import validate_parquet
 
     cat = Catalog(catalog)
+    if files:
+        _check_files(cat, table)
+        return
+    if table is None:
+        _fail("name a table, or pass --files to check the files of every table")
     tv = cat.current(table)
     if tv is None:
         _fail(f"no table {table!r} in catalog {cat.root}")
@@ -234,6 +253,31 @@ def validate(
         for ex in c.get("examples", [])[:3]:
             console.print(f"    e.g. {ex}")
     if not res.success:
+        raise typer.Exit(1)
+
+
+def _check_files(cat, table: str | None) -> None:
+    if not cat.exists():
+        _fail(f"no catalog at {cat.root}")
+    tables = cat.current_tables()
+    if table is not None:
+        tables = [tv for tv in tables if tv.name == table]
+        if not tables:
+            _fail(f"no table {table!r} in catalog {cat.root}")
+    bad = 0
+    for tv in tables:
+        problems = cat.check_files(tv, verify=True)
+        n = len(cat.part_records(tv))
+        if problems:
+            bad += 1
+            console.print(f"[red]✗[/] {tv.name} v{tv.version}: " + escape("; ".join(problems)))
+        else:
+            console.print(f"[green]✓[/] {tv.name} v{tv.version}: "
+                          + (f"{n} parts match their sizes and checksums" if n else "no parts recorded (published "
+                             "before parts were recorded); folder present"))
+    console.print(f"{len(tables) - bad} of {len(tables)} tables sound" + (f", {bad} damaged: rebuild them with "
+                  "`xwin-data build RECIPE` (a damaged output is rebuilt)" if bad else ""))
+    if bad:
         raise typer.Exit(1)
 
 

@@ -49,7 +49,10 @@ def dot_command(con: duckdb.DuckDBPyConnection, catalog: Catalog, line: str, sta
     return True
 
 
-def interactive_shell(con: duckdb.DuckDBPyConnection, catalog: Catalog, fmt: str = "table") -> None:
+def interactive_shell(con: duckdb.DuckDBPyConnection, catalog: Catalog, fmt: str = "table",
+                      read_only: bool = False) -> None:
+    from xwin_data.core.sql_guard import SqlRefused, check_read_only
+
     try:
         import readline
     except ImportError:  # pragma: no cover - platforms without readline
@@ -88,11 +91,13 @@ def interactive_shell(con: duckdb.DuckDBPyConnection, catalog: Catalog, fmt: str
             # one history entry per statement (also when input is piped and readline is not in the loop)
             readline.add_history(" ".join(text.split()))
         try:
-            cur = con.execute(text)
+            cur = con.execute(check_read_only(text) if read_only else text)
             if cur.description:
                 print_rows([d[0] for d in cur.description], cur.fetchall(), state["format"])
+        except SqlRefused as err:
+            console.print(f"refused: {err}", style="red", markup=False)
         except duckdb.Error as err:
-            console.print(f"[red]{str(err).strip()}[/]")
+            console.print(str(err).strip(), style="red", markup=False)
     if readline is not None:
         try:
             readline.write_history_file(str(history))

@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 
 from xwin_data.core.errors import CatalogBusy
 from xwin_data.core.records import PublishEntry, ValidationRecord
+from xwin_data.core.checksums import PartRecord, check_parts, record_parts
 
 DEFAULT_CATALOG = "xwin-catalog"
 META_FILE = "catalog.duckdb"
@@ -61,6 +62,14 @@ CREATE TABLE IF NOT EXISTS builds (
     stages_run JSON,
     stages_skipped JSON,
     error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS table_files (
+    name VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    file VARCHAR NOT NULL,
+    bytes BIGINT,
+    checksum VARCHAR,
+    PRIMARY KEY (name, version, file)
 );
 CREATE TABLE IF NOT EXISTS validations (
     build_id VARCHAR,
@@ -113,6 +122,7 @@ class Catalog:
         self.cache_dir = self.root / "cache"
         self.work_dir = self.root / "work"
         self.tmp_dir = self.root / "tmp"
+        self._verified: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------------------------- setup & locking
     def exists(self) -> bool:
@@ -208,7 +218,55 @@ class Catalog:
         if not rows:
             return None
         tv = self._to_version(rows[0])
-        return tv if (self.root / tv.path).exists() else None
+        return tv if not self.check_files(tv) else None
+
+    # ------------------------------------------------------------------------------------- file integrity
+    def part_records(self, tv: TableVersion) -> list[PartRecord]:
+        try:
+            rows = self._rows("SELECT file, bytes, checksum FROM table_files WHERE name = ? AND version = ? "
+                              "ORDER BY file", [tv.name, tv.version])
+        except duckdb.CatalogException:  # a catalog from before parts were recorded, not yet built again
+            return []
+        return [PartRecord(r["file"], r["bytes"], r["checksum"]) for r in rows]
+
+    def current_part_records(self) -> dict[str, list[PartRecord]]:
+        """The recorded parts of every current table, in one metadata read."""
+        try:
+            rows = self._rows("SELECT f.name, f.file, f.bytes, f.checksum FROM table_files f JOIN table_versions v "
+                              "ON f.name = v.name AND f.version = v.version WHERE v.is_current ORDER BY f.name, f.file")
+        except duckdb.CatalogException:
+            return {}
+        out: dict[str, list[PartRecord]] = {}
+        for r in rows:
+            out.setdefault(r["name"], []).append(PartRecord(r["file"], r["bytes"], r["checksum"]))
+        return out
+
+    def check_files(self, tv: TableVersion, verify: bool = False,
+                    records: list[PartRecord] | None = None) -> list[str]:
+        """Problems with a version's files (one line each, naming the file); [] when they match what was
+        published. Versions published before parts were recorded are checked for their folder only."""
+        folder = self.root / tv.path
+        records = self.part_records(tv) if records is None else records
+        if not records:
+            return [] if (folder / "data").is_dir() else [f"{folder / 'data'}: folder is missing"]
+        key = (tv.name, tv.version)
+        problems = check_parts(folder, records, verify and key not in self._verified)
+        if verify and not problems:
+            self._verified.add(key)  # read in full once per process; sizes are still checked every time
+        return problems
+
+    def data_files(self, tv: TableVersion, records: list[PartRecord] | None = None) -> list[str]:
+        """The data parts of a version, as recorded at publish (or as found, for older versions)."""
+        return self._files(tv, "data", records)
+
+    def drops_files(self, tv: TableVersion, records: list[PartRecord] | None = None) -> list[str]:
+        return self._files(tv, "drops", records)
+
+    def _files(self, tv: TableVersion, kind: str, records: list[PartRecord] | None) -> list[str]:
+        records = self.part_records(tv) if records is None else records
+        if records:
+            return [str(self.root / tv.path / r.file) for r in records if r.file.startswith(kind + "/")]
+        return sorted(str(p) for p in (self.root / tv.path / kind).glob("*.parquet"))
 
     def data_glob(self, tv: TableVersion) -> str:
         return str(self.root / tv.path / "data" / "*.parquet")
@@ -267,11 +325,16 @@ class Catalog:
                 if target.exists():  # left by a publish killed before its metadata commit
                     shutil.rmtree(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
+                parts = record_parts(Path(e.staged))
                 os.replace(e.staged, target)
-                plan.append((e, version, rel))
+                plan.append((e, version, rel, parts))
             con.execute("BEGIN TRANSACTION")
             try:
-                for e, version, rel in plan:
+                for e, version, rel, parts in plan:
+                    con.execute("DELETE FROM table_files WHERE name = ? AND version = ?", [e.name, version])
+                    if parts:
+                        con.executemany("INSERT INTO table_files VALUES (?,?,?,?,?)",
+                                        [[e.name, version, p.file, p.bytes, p.checksum] for p in parts])
                     con.execute("UPDATE table_versions SET is_current = false WHERE name = ?", [e.name])
                     con.execute(
                         "INSERT INTO table_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,true)",
@@ -281,7 +344,7 @@ class Catalog:
                          json.dumps(e.library_versions), json.dumps(e.stats, default=str), e.seconds, utcnow()],
                     )
                 for v in validations:
-                    version = next(ver for e, ver, _ in plan if e.name == v.table_name)
+                    version = next(ver for e, ver, _, _ in plan if e.name == v.table_name)
                     self._insert_validation(con, v, version)
                 con.execute("COMMIT")
             except BaseException:

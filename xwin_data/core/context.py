@@ -63,6 +63,7 @@ class StageContext:
     stats: dict[str, Any] = field(default_factory=dict)
     _con: duckdb.DuckDBPyConnection | None = None
     passed_through: dict[str, InputTable] = field(default_factory=dict)  # output -> the input published as it is
+    allowed: tuple[list[str], list[str]] | None = None  # (folders, files) the connection is confined to, if set
     _rows: dict[str, int] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)  # output -> what one of its rows is (conversations, pairs…)
     rows_in: dict[str, int] = field(default_factory=dict)  # output -> records that went in, counted in its unit
@@ -85,6 +86,10 @@ class StageContext:
                 con.execute(f"CREATE VIEW {quote_ident(inp.name)} AS SELECT * FROM read_parquet({sql_str(inp.glob)})")
                 if i == 0 and inp.name != "input":
                     con.execute(f"CREATE VIEW input AS SELECT * FROM {quote_ident(inp.name)}")
+            if self.allowed is not None:
+                from xwin_data.core.sql_guard import confine
+
+                confine(con, dirs=self.allowed[0], files=self.allowed[1])
             self._con = con
         return self._con
 
@@ -120,7 +125,7 @@ class StageContext:
                   total_rows: int | None = None) -> int:
         """Stream a query's result into the output table's Parquet (bounded memory), with a progress bar."""
         out = self._out_dir(table) / f"part-{len(list(self._out_dir(table).glob('*.parquet'))):05d}.parquet"
-        copy = f"COPY ({sql}) TO {sql_str(str(out))} ({PARQUET_COPY_OPTIONS})"
+        copy = f"COPY (\n{sql}\n) TO {sql_str(str(out))} ({PARQUET_COPY_OPTIONS})"
         total = total_rows if total_rows is not None else (self.inputs[0].rows if self.inputs else None)
         n = self._run_with_progress(copy, description or f"{self.stage_id} → {table or self.table}", total)
         key = table or self.table
@@ -252,7 +257,7 @@ class StageContext:
         full = (f"SELECT {sql_str(self.stage_id)} AS stage, {sql_str(table)} AS table_name, "
                 f"CAST(source_id AS VARCHAR) AS source_id, CAST(reason AS VARCHAR) AS reason, "
                 f"left(CAST(detail AS VARCHAR), {DETAIL_MAX}) AS detail, {sql_str(self.build_id)} AS build_id, "
-                f"{unit_expr} AS unit FROM ({sql})")
+                f"{unit_expr} AS unit FROM (\n{sql}\n)")
         n = int(self.con.execute(f"COPY ({full}) TO {sql_str(str(out))} (FORMAT parquet)").fetchone()[0])
         self._n_drops[table] = self._n_drops.get(table, 0) + n
         return n

@@ -26,6 +26,7 @@ from xwin_data.core.recipe import Recipe, validate_params
 from xwin_data.core.secrets import redact
 from xwin_data.core.records import PublishEntry, StageStats, TableInput, ValidationRecord
 from xwin_data.core.registry import all_ops, get_op
+from xwin_data.core.sql_guard import SqlRefused, access_for, check_expression, check_select, named_paths
 from xwin_data.core.validate import ValidationResult, load_schema, validate_source
 from xwin_data.core.validate import warm_up as warm_up_validation
 from xwin_data.core.workers import cancel_warm_ups, warm_up_after_fork
@@ -100,8 +101,15 @@ def _toposort(recipe: Recipe, deps: dict[str, list[str]]) -> list[str]:
     return order
 
 
-def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> list[PlannedStage]:
-    """Resolve ops, params, inputs and fingerprints; decide for each stage whether it must run."""
+class DamagedInput(BuildError):
+    """A catalog table this recipe reads (and does not build) has missing or damaged files."""
+
+
+def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False, verify: bool = False) -> list[PlannedStage]:
+    """Resolve ops, params, inputs and fingerprints; decide for each stage whether it must run.
+
+    The files of every table the plan relies on are checked against what was published (sizes; checksums too
+    with `verify`): a damaged output of this recipe is rebuilt, a damaged table from elsewhere stops the plan."""
     now = {tv.name: tv for tv in catalog.current_tables()}  # one read of the catalog for the whole plan
     planned: dict[str, PlannedStage] = {}
     produced: dict[str, tuple[str, str]] = {}  # table name -> (stage id, table)
@@ -112,6 +120,7 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
                               line=recipe.line_of("stages", i, "op"), key=f"{st.id}.op")
         op = op_cls()
         params = validate_params(recipe, i, op_cls.Params)
+        _check_sql_params(recipe, i, op_cls, params)
         n_in = len(st.inputs)
         if n_in < op.min_inputs or (op.max_inputs is not None and n_in > op.max_inputs):
             want = f"{op.min_inputs}" + ("" if op.max_inputs == op.min_inputs else
@@ -152,6 +161,10 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
                         " (build the recipe that makes it first)", file=recipe.source,
                         line=recipe.line_of("stages", i, "inputs", j) or recipe.line_of("stages", i, "inputs"),
                         key=f"{st.id}.inputs")
+                problems = catalog.check_files(tv, verify)
+                if problems:
+                    raise DamagedInput(f"input table {name!r} (version {tv.version}) is damaged, rebuild the recipe "
+                                       f"that makes it ({tv.recipe}): " + "; ".join(problems[:3]))
                 refs.append(InputRef(name, name, tv.fingerprint, None))
         planned[st.id].inputs = refs
         deps[st.id] = [r.producer for r in refs if r.producer]
@@ -177,12 +190,18 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
             "inputs": [(r.name, r.fingerprint) for r in ps.inputs], "outputs": ps.outputs, "schemas": ps.schemas,
         }))
         ps.table_fingerprints = {t: stable_hash([ps.fingerprint, t]) for t in ps.outputs}
-        upstream_runs = any(r.producer and planned[r.producer].status != "built" for r in ps.inputs)
+        upstream_runs = any(r.producer and planned[r.producer].status != "built"
+                            and not planned[r.producer].reason.startswith("output damaged") for r in ps.inputs)
         current = {t: now.get(t) for t in ps.outputs}
         if ps.stage_id in forced:
             ps.status, ps.reason = "run", "forced"
         elif all(cv is not None and cv.fingerprint == ps.table_fingerprints[t] for t, cv in current.items()):
-            ps.status, ps.reason = "built", "same fingerprint"
+            damaged = [p for cv in current.values() for p in catalog.check_files(cv, verify)]  # type: ignore[union-attr]
+            if damaged:
+                ps.status, ps.reason = "run", "output damaged: " + damaged[0] + (
+                    f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else "")
+            else:
+                ps.status, ps.reason = "built", "same fingerprint"
         elif all(catalog.find_version(t, ps.table_fingerprints[t]) for t in ps.outputs):
             ps.status, ps.reason = "restore", "an earlier version has this fingerprint"
         else:
@@ -236,6 +255,39 @@ def _columns_of(glob: str) -> set[str] | None:
             return {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_str(glob)})").fetchall()}
         except duckdb.IOException:
             return None
+
+
+def _sql_texts(op_cls: type[Op], params: BaseModel) -> list[tuple[str, str, str]]:
+    """(param name, kind, SQL text) for every SQL text in the params an op declares as SQL."""
+    out = []
+    for name, kind in (op_cls.sql_params or {}).items():
+        value = getattr(params, name, None)
+        texts = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, text in texts:
+            if isinstance(text, str):
+                out.append((name if key is None else f"{name}.{key}", kind, text))
+    return out
+
+
+def _check_sql_params(recipe: Recipe, index: int, op_cls: type[Op], params: BaseModel) -> None:
+    """Recipe SQL is one SELECT (or one expression), refused before any work otherwise."""
+    for name, kind, text in _sql_texts(op_cls, params):
+        try:
+            (check_select if kind == "select" else check_expression)(text, name)
+        except SqlRefused as err:
+            raise RecipeError(str(err), file=recipe.source,
+                              line=recipe.line_of("stages", index, "params", *name.split(".", 1)[:1])
+                              or recipe.line_of("stages", index, "params"),
+                              key=f"{recipe.stages[index].id}.params.{name}") from None
+
+
+def _sql_access(ps: PlannedStage, catalog: Catalog, inputs: list[InputTable], ctx_dirs: list[Path]) -> tuple[list, list]:
+    """What a stage running recipe SQL may open: its inputs, the catalog's tables, its own scratch and output
+    folders, and the files its SQL names."""
+    named = [p for _, _, text in _sql_texts(type(ps.op), ps.params) for p in named_paths(text)]
+    dirs, files = access_for(named)
+    dirs += [str(Path(i.glob).parent) for i in inputs] + [str(catalog.tables_dir)] + [str(d) for d in ctx_dirs]
+    return dirs, files
 
 
 @dataclass
@@ -312,8 +364,15 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
                        work_dir=work_dir, cache_dir=catalog.cache_dir, tmp_dir=catalog.tmp_dir / build_id,
                        build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit,
                        units=_output_units(ps, catalog))
+    if type(ps.op).sql_params:
+        ctx.allowed = _sql_access(ps, catalog, inputs, [staging, work_dir, catalog.tmp_dir / build_id])
     try:
         ps.op.run(ctx, ps.params)
+    except duckdb.PermissionException as err:
+        if ctx.allowed is None:
+            raise
+        raise BuildError(f"stage {ps.stage_id}: recipe SQL may read only its inputs, the catalog's tables and the "
+                         f"files its params name: {str(err).strip().splitlines()[0]}") from None
     finally:
         ctx.close()
     seconds = round(time.monotonic() - start, 3)
@@ -392,16 +451,18 @@ def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, tab
 
 
 def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[str] | bool = False,
-          overrides: list[str] | None = None, memory_limit: str = "4GB", show_progress: bool = True) -> BuildReport:
-    """Build every stage that is not already built; publish stage by stage."""
+          overrides: list[str] | None = None, memory_limit: str = "4GB", show_progress: bool = True,
+          verify: bool = False) -> BuildReport:
+    """Build every stage that is not already built; publish stage by stage. `verify` checks the checksums of
+    the parts a build relies on, not only their sizes."""
     catalog.init()
-    stages = plan(recipe, catalog, force)  # fails on any recipe problem before work or spend
+    stages = plan(recipe, catalog, force, verify)  # fails on any recipe problem before work or spend
     overrides = redact(overrides or [])
     info = {"recipe": recipe.name, "started_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     with catalog.build_lock(wait=wait, info=info):
         catalog.mark_abandoned_builds()
         catalog.clean_staging()
-        stages = plan(recipe, catalog, force)  # again under the lock: another build may have finished meanwhile
+        stages = plan(recipe, catalog, force, verify)  # again under the lock: another build may have finished meanwhile
         _clean_leftovers(catalog, stages)
         build_id = catalog.start_build(recipe.name, recipe.source or "", recipe_sha(recipe), overrides)
         info["build_id"] = build_id

@@ -134,13 +134,7 @@ def interpolate(value: Any, variables: dict[str, Any], where: str = "", _chain: 
         if top in _chain:
             cycle = " → ".join(f"${{{n}}}" for n in (*_chain[_chain.index(top):], top))
             raise RecipeError(f"variables refer to each other in a cycle: {cycle}", key=where)
-        node: Any = variables
-        for part in name.split("."):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                raise RecipeError(f"unknown variable ${{{name}}} (variables: {', '.join(sorted(variables))})", key=where)
-        return interpolate(node, variables, where, (*_chain, top))
+        return interpolate(_lookup(name, variables, where), variables, where, (*_chain, top))
 
     whole = _VAR.fullmatch(value)
     if whole:
@@ -163,6 +157,43 @@ def interpolate_vars(vars_: dict[str, Any], builtins: dict[str, Any], source: st
             raise RecipeError(str(err).split(": ", 1)[-1], file=source, line=lines.line_of(("vars", name)),
                               key=f"vars.{name}") from None
     return out
+
+
+def _lookup(name: str, variables: dict[str, Any], where: str) -> Any:
+    node: Any = variables
+    for part in name.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise RecipeError(f"unknown variable ${{{name}}} (variables: {', '.join(sorted(variables))})", key=where)
+    return node
+
+
+def interpolate_sql(value: Any, variables: dict[str, Any], where: str = "") -> Any:
+    """`${var}` inside recipe SQL: typed literals (see `sql_guard.render_sql`), never pasted text. A value that
+    is only `${x}` is SQL kept in a variable and is taken as written; a mapping holds one SQL text per key."""
+    from xwin_data.core.sql_guard import SqlRefused, render_sql
+
+    if isinstance(value, dict):
+        return {k: interpolate_sql(v, variables, where) for k, v in value.items()}
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    if _VAR.fullmatch(value):
+        return interpolate(value, variables, where)
+    try:
+        return render_sql(value, lambda name: interpolate(_lookup(name, variables, where), variables, where), where)
+    except SqlRefused as err:
+        raise RecipeError(str(err), key=where) from None
+
+
+def interpolate_params(op: str, params: dict[str, Any], variables: dict[str, Any], where: str = "") -> dict:
+    """Interpolate a stage's params; those its op declares as SQL get typed substitution."""
+    from xwin_data.core.registry import get_op
+
+    op_cls = get_op(op) if isinstance(op, str) else None
+    sql_keys = getattr(op_cls, "sql_params", {}) or {}
+    return {k: (interpolate_sql(v, variables, f"{where}.{k}") if k in sql_keys else interpolate(v, variables, where))
+            for k, v in params.items()}
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -217,7 +248,7 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
     variables = interpolate_vars(recipe.vars, builtins, source, lines)
     for i, st in enumerate(recipe.stages):
         try:
-            st.params = interpolate(st.params, variables, f"stages[{i}].params")
+            st.params = interpolate_params(st.op, st.params, variables, f"stages[{i}].params")
         except RecipeError as err:
             raise RecipeError(str(err).split(": ", 1)[-1], file=source, line=recipe.line_of("stages", i, "params"),
                               key=f"{st.id}.params") from None

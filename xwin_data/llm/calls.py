@@ -21,13 +21,19 @@ class ClientSettings(BaseModel):
                                  "https://api.openai.com/v1 for OpenAI")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never stored)")
     concurrency: int = Field(16, ge=1, description="requests in flight at once")
-    requests_per_minute: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1, description="request starts are spaced 60/rpm seconds "
+                                            "apart (no burst), so a server's per-minute limit is never passed")
     tokens_per_minute: int | None = Field(None, ge=1, description="prompt + max completion tokens per minute")
     timeout_s: float = Field(120.0, gt=0, description="per-request time-out")
     max_retries: int = Field(6, ge=0, description="retries of a failed request (429, 5xx, time-out, bad JSON)")
     backoff_initial_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
-    budget_usd: float | None = Field(None, ge=0, description="stop making new calls past this many dollars")
+    retry_after_max_s: float = Field(60.0, ge=0, description="longest Retry-After honoured; a server asking "
+                                     "for more gets that call retried with backoff (or failed), not a stalled run")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGINT/SIGTERM no new call starts; calls in flight "
+                                   "get this long to finish and be cached before the run stops")
+    budget_usd: float | None = Field(None, ge=0, description="a hard cap on dollars of new calls: a call starts "
+                                     "only if the remaining budget covers its expected cost")
     prices: dict[str, list[float]] = Field(default_factory=dict,
                                            description="model -> [prompt $/1M tokens, completion $/1M tokens]")
     transport: Literal["auto", "aiohttp", "httpx"] = Field(

@@ -3,9 +3,11 @@
 Every call goes through the request cache first (keyed by the endpoint's model id, the rendered messages, the
 sampling parameters and whatever the caller adds, such as a template version and an attempt index) and is
 written to it durably as soon as it completes, so a killed run pays for nothing twice. New calls run with
-bounded concurrency under request-per-minute and token-per-minute limits, retried with jittered exponential
-backoff that honours `Retry-After` (the openai client's own retries are off), and are charged to a cost
-ledger with a budget cap. Failures surface as typed errors. The openai client runs on aiohttp (openai's
+bounded concurrency under request-per-minute and token-per-minute limits paced evenly (no first-second burst),
+retried with jittered exponential backoff that honours `Retry-After` up to `retry_after_max_s` (the openai
+client's own retries are off), and are charged to a cost ledger whose budget is a hard cap. SIGINT/SIGTERM
+stop new calls; calls in flight finish and are cached (for at most `drain_timeout_s`) before the run raises
+KeyboardInterrupt, so stopping a run never pays for a call twice. Failures surface as typed errors. The openai client runs on aiohttp (openai's
 `aiohttp` extra, less CPU per request) where installed, else on httpx; every connection pool is closed when a
 run ends.
 
@@ -20,6 +22,7 @@ import json
 import os
 import random
 import re
+import signal
 import time
 from typing import Any, Callable, Sequence
 
@@ -29,11 +32,11 @@ from xwin_data.llm.costs import BudgetExceeded, CostLedger, PriceTable
 from xwin_data.llm.errors import (AuthError, BadResponse, ConnectionFailed, LLMError, MissingKey, RateLimited, RequestRejected,
                      ServerError, Timeout)
 from xwin_data.llm.spec import endpoint
-from xwin_data.llm.transport import ClientPool, aiohttp_available, dropped_connection, retry_after_seconds
+from xwin_data.llm.transport import ClientPool, Pacer, aiohttp_available, dropped_connection, retry_after_seconds
 
 __all__ = ["ClientSettings", "ChatCall", "ChatResult", "ChatClient", "LLMError", "RateLimited", "ServerError",
            "Timeout", "BadResponse", "ConnectionFailed", "RequestRejected", "AuthError", "MissingKey",
-           "BudgetExceeded", "aiohttp_available"]
+           "BudgetExceeded", "Stopped", "aiohttp_available"]
 
 LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
 
@@ -69,6 +72,10 @@ def _request_body(model: str, call: ChatCall) -> dict:
     return body
 
 
+class Stopped(LLMError):
+    """The run was asked to stop (SIGINT/SIGTERM) before this call started; nothing was sent or paid."""
+
+
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*.]{4,})")
 
 
@@ -85,6 +92,9 @@ class ChatClient:
         self.retries = 0  # retried attempts, all causes
         self.errors_by_kind: dict[str, int] = {}
         self.transport = ""  # the HTTP transport of the last run that made calls (aiohttp or httpx)
+        self.stop_signal: int | None = None  # the signal that stopped the last run, if one did
+        self._stop: asyncio.Event | None = None
+        self._budget_moved: asyncio.Event | None = None
 
     # ------------------------------------------------------------------------------------------ keys
     def key(self, call: ChatCall) -> str:
@@ -139,13 +149,12 @@ class ChatClient:
                           choice_tokens=value.get("choice_tokens"))
 
     async def _call_all(self, calls, todo, results, on_done) -> None:
-        from aiolimiter import AsyncLimiter
-
         s = self.settings
         client = ClientPool(self._api_key(), s.base_url, s.timeout_s, s.concurrency, s.transport)
         self.transport = client.transport
-        rpm = AsyncLimiter(s.requests_per_minute, 60) if s.requests_per_minute else None
-        tpm = AsyncLimiter(s.tokens_per_minute, 60) if s.tokens_per_minute else None
+        rpm = Pacer(s.requests_per_minute) if s.requests_per_minute else None
+        tpm = Pacer(s.tokens_per_minute) if s.tokens_per_minute else None
+        self._stop, self._budget_moved, self.stop_signal = asyncio.Event(), asyncio.Event(), None
 
         async def one(key: str, idxs: list[int]) -> None:
             call = calls[idxs[0]]
@@ -161,15 +170,81 @@ class ChatClient:
                 if on_done:
                     on_done(results[i])
 
+        main = asyncio.ensure_future(asyncio.gather(*(one(k, idxs) for k, idxs in todo.items())))
+        installed = self._on_stop_signals(main)
         try:
-            await asyncio.gather(*(one(k, idxs) for k, idxs in todo.items()))
+            await main
+        except asyncio.CancelledError:
+            if self.stop_signal is None:
+                raise
         finally:
+            loop = asyncio.get_running_loop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
             await client.close()
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt(f"stopped by signal {self.stop_signal}: finished calls are cached")
+
+    def _on_stop_signals(self, main: asyncio.Future) -> list[int]:
+        """SIGINT/SIGTERM: no new call starts, calls in flight get `drain_timeout_s` to finish and be cached; a
+        second signal (or the time-out) cancels them. Only where the loop runs in the main thread."""
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if self.stop_signal is None:
+                self.stop_signal = signum
+                self._stop.set()  # type: ignore[union-attr]
+                self._budget_moved.set()  # type: ignore[union-attr]  # wake calls waiting for budget: they stop
+                loop.call_later(self.settings.drain_timeout_s, main.cancel)
+            else:
+                main.cancel()
+
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+                pass
+        return installed
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep, waking early when the run is asked to stop."""
+        if seconds <= 0:
+            return
+        if self._stop is None or self._sleep is not asyncio.sleep:
+            await self._sleep(seconds)
+            return
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    def _check_stop(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise Stopped("the run was asked to stop before this call started")
+
+    async def _reserve(self, estimate: Callable[[], float]) -> float:
+        """Hold the expected cost of a call; wait while in-flight calls may still free room."""
+        while True:
+            self._check_stop()
+            usd = estimate()
+            if self.ledger.try_reserve(usd):
+                return usd
+            moved = self._budget_moved
+            if moved is None:  # pragma: no cover - only inside a run
+                raise BudgetExceeded("budget reached")
+            moved.clear()
+            await moved.wait()
+
+    def _budget_changed(self) -> None:
+        if self._budget_moved is not None:
+            self._budget_moved.set()
 
     # ------------------------------------------------------------------------------------------ one call
     def _wait_seconds(self, attempt: int, err: LLMError) -> float:
         s = self.settings
-        if isinstance(err, RateLimited) and err.retry_after is not None:
+        if isinstance(err, RateLimited) and err.retry_after is not None and err.retry_after <= s.retry_after_max_s:
             return err.retry_after + random.uniform(0, 0.1 * err.retry_after + 0.01)
         cap = min(s.backoff_max_s, s.backoff_initial_s * (2 ** (attempt - 1)))
         return random.uniform(cap / 2, cap)  # "equal jitter": never zero, never synchronised
@@ -186,7 +261,7 @@ class ChatClient:
                 if not err.retryable or attempts > self.settings.max_retries:
                     raise
                 self.retries += 1
-                await self._sleep(self._wait_seconds(attempts, err))
+                await self._nap(self._wait_seconds(attempts, err))
                 continue
             result.attempts = attempts
             return result
@@ -195,20 +270,25 @@ class ChatClient:
         import openai
 
         s = self.settings
-        max_tokens = int(call.params.get("max_tokens") or 1024) * int(call.params.get("n") or 1)
-        prompt_estimate = sum(len(str(m.get("content") or "")) for m in call.messages) // 4 + 8
+        max_tokens = int(call.params.get("max_tokens") or 1024)
+        n = int(call.params.get("n") or 1)
+        prompt_guess = sum(len(str(m.get("content") or "")) for m in call.messages) // 4 + 8
         reserved = 0.0
         shard = await client.acquire()
         try:
             api = client.clients[shard]
-            reserved = self.ledger.estimate(s.model, prompt_estimate, max_tokens)
-            self.ledger.reserve(reserved)  # raises BudgetExceeded before any spend
+            self._check_stop()
+            reserved = await self._reserve(lambda: self.ledger.estimate(
+                s.model, self.ledger.expected_prompt_tokens(prompt_guess),
+                self.ledger.expected_completion_tokens(max_tokens, n)))  # BudgetExceeded before any spend
             while (delay := self._pause_until - time.monotonic()) > 0:  # a 429 asked everyone to wait
-                await self._sleep(delay)
-            if rpm is not None:
-                await rpm.acquire()
+                await self._nap(delay)
+                self._check_stop()
             if tpm is not None:
-                await tpm.acquire(min(prompt_estimate + max_tokens, s.tokens_per_minute))
+                await self._nap(tpm.delay(min(prompt_guess + max_tokens * n, s.tokens_per_minute)))
+            if rpm is not None:
+                await self._nap(rpm.delay())
+            self._check_stop()
             try:
                 # the client's own POST: the same request, headers, time-out and typed status errors as
                 # `chat.completions.create`, without re-walking the messages through its TypedDict transform
@@ -224,6 +304,9 @@ class ChatClient:
                 raise ConnectionFailed(self.redact(f"connection failed: {err}")) from err
             except openai.RateLimitError as err:
                 wait = retry_after_seconds(err.response.headers)
+                if wait and wait > s.retry_after_max_s:  # not honoured: this call backs off, the run goes on
+                    raise RateLimited(self.redact(f"429 rate limited: {err.message} (Retry-After {wait:g}s is more "
+                                                  f"than retry_after_max_s={s.retry_after_max_s:g})"), wait) from err
                 if wait:
                     self._pause_until = max(self._pause_until, time.monotonic() + wait)
                 raise RateLimited(self.redact(f"429 rate limited: {err.message}"), wait) from err
@@ -235,6 +318,7 @@ class ChatClient:
                 raise RequestRejected(self.redact(f"{err.status_code}: {err.message}")) from err
         except BaseException:
             self.ledger.release(reserved)
+            self._budget_changed()
             raise
         finally:
             client.release(shard)
@@ -249,12 +333,16 @@ class ChatClient:
             p_tok, c_tok = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         except (ValueError, KeyError, TypeError, IndexError) as err:
             self.ledger.release(reserved)
+            self._budget_changed()
             raise BadResponse(f"not a chat completion ({type(err).__name__}: {str(err)[:120]}): "
                               f"{body[:200]!r}") from err
         if not texts:
             self.ledger.release(reserved)
+            self._budget_changed()
             raise BadResponse("a chat completion with no choices")
+        self.ledger.observe(prompt_guess, p_tok, c_tok, len(texts))
         cost = self.ledger.settle(reserved, s.model, p_tok, c_tok)
+        self._budget_changed()
         if self.cache is not None:  # durable before the result is used
             self.cache.put(key, {"texts": texts, "finish_reasons": finish, "prompt_tokens": p_tok,
                                  "completion_tokens": c_tok, "cost_usd": cost, "model": s.model,

@@ -8,6 +8,7 @@ longest listed prefix (`gpt-4o`).
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -58,11 +59,15 @@ class PriceTable:
 
 
 class CostLedger:
-    """Tokens and dollars of one build's new calls, with an optional budget on new spend.
+    """Tokens and dollars of one build's new calls, with an optional budget on new spend that is a hard cap.
 
-    Before a call, `reserve(estimate)` fails with BudgetExceeded when spent + in-flight reservations + the
-    estimate would pass the budget; `settle` replaces the reservation by the real cost. Once the budget is hit,
-    every later `reserve` fails too, so the run stops cleanly while calls already in flight finish and are kept.
+    Before a call, `try_reserve(estimate)` holds the call's expected cost: the estimate uses the completion
+    length observed so far (`expected_completion_tokens`), not `max_tokens`, so a build with short answers is
+    not stopped at a fraction of its budget. When the estimate does not fit beside what is spent and in flight,
+    the caller waits for in-flight calls to settle (their real cost may be less than held); when it does not fit
+    beside what is spent alone, no call could ever start again and the ledger stops: every later reservation
+    fails with BudgetExceeded, calls already in flight finish and are kept. `settle` replaces a reservation by
+    the cost the endpoint's reported usage gives.
     """
 
     def __init__(self, prices: PriceTable | None = None, budget_usd: float | None = None):
@@ -77,18 +82,67 @@ class CostLedger:
         self.cached_usd = 0.0  # what cache hits cost when they were first made
         self.stopped = False
         self._lock = threading.Lock()
+        # what answers have been like, for reservations: completion tokens per choice, and reported prompt
+        # tokens against the character-based guess made before the call
+        self._choices = 0
+        self._completion_seen = 0
+        self._prompt_guessed = 0
+        self._prompt_seen = 0
 
     def estimate(self, model: str, prompt_tokens: int, max_completion_tokens: int) -> float:
         return self.prices.cost(model, prompt_tokens, max_completion_tokens)
 
+    def expected_prompt_tokens(self, guess: int) -> int:
+        """A character-based guess corrected by the ratio reported usage has shown so far."""
+        with self._lock:
+            if self._prompt_guessed <= 0 or self._prompt_seen <= 0:
+                return guess
+            return round(guess * self._prompt_seen / self._prompt_guessed)
+
+    def expected_completion_tokens(self, max_tokens: int, n: int = 1) -> int:
+        """The observed mean completion length per choice (at most `max_tokens`), times `n`; `max_tokens`
+        times `n` until a call has been seen."""
+        with self._lock:
+            if not self._choices:
+                return max_tokens * n
+            mean = self._completion_seen / self._choices
+        return math.ceil(min(max_tokens, mean) * n)
+
+    def observe(self, prompt_guess: int, prompt_tokens: int, completion_tokens: int, n: int) -> None:
+        with self._lock:
+            self._choices += max(1, n)
+            self._completion_seen += completion_tokens
+            if prompt_tokens > 0:
+                self._prompt_guessed += prompt_guess
+                self._prompt_seen += prompt_tokens
+
+    def _refuse(self) -> BudgetExceeded:
+        self.stopped = True
+        return BudgetExceeded(
+            f"budget of ${self.budget_usd:.4f} reached (spent ${self.spent_usd:.4f} in {self.calls} calls, "
+            f"${self.reserved_usd:.4f} in flight); finished calls are cached, raise the budget to go on")
+
+    def try_reserve(self, usd: float) -> bool:
+        """Hold `usd` for a call: True when held; False when it may fit once in-flight calls settle (wait and
+        try again); raises BudgetExceeded when the remaining budget cannot cover it."""
+        with self._lock:
+            if self.budget_usd is not None:
+                cap = self.budget_usd * (1 + 1e-9)  # sums of float prices that land on the cap fit it
+                if self.stopped or self.spent_usd + usd > cap:
+                    raise self._refuse()
+                if self.spent_usd + self.reserved_usd + usd > cap:
+                    if self.reserved_usd > 0:
+                        return False
+                    raise self._refuse()
+            self.reserved_usd += usd
+            return True
+
     def reserve(self, usd: float) -> None:
+        """Hold `usd` now or raise BudgetExceeded (no waiting for in-flight calls)."""
         with self._lock:
             if self.budget_usd is not None and (
                     self.stopped or self.spent_usd + self.reserved_usd + usd > self.budget_usd):
-                self.stopped = True
-                raise BudgetExceeded(
-                    f"budget of ${self.budget_usd:.4f} reached (spent ${self.spent_usd:.4f} in {self.calls} calls, "
-                    f"${self.reserved_usd:.4f} in flight); finished calls are cached, raise the budget to go on")
+                raise self._refuse()
             self.reserved_usd += usd
 
     def settle(self, reserved_usd: float, model: str, prompt_tokens: int, completion_tokens: int) -> float:

@@ -41,6 +41,8 @@ class JudgeSpec(ModelSpec):
     max_retries: int = Field(6, ge=0, description="transport retries (429, 5xx, time-outs, malformed JSON)")
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
+    retry_after_max_s: float = Field(60.0, ge=0, description="longest Retry-After honoured; longer asks are "
+                                     "retried with backoff or failed, never stalling the stage")
     budget_usd: float | None = Field(None, ge=0, description="dollars of new calls this build may spend")
     prices: dict[str, list[float]] = Field(default_factory=dict)
     max_failed_calls: int = Field(0, ge=0, description="calls that may still fail after retries before the "

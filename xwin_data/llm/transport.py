@@ -114,3 +114,23 @@ def retry_after_seconds(headers: Any) -> float | None:
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
+
+
+class Pacer:
+    """Requests (or tokens) per minute as an even pace: each start is 60/limit seconds (per unit) after the
+    previous one's theoretical time (GCRA), with no burst beyond `burst` units. A token bucket filled to the
+    whole minute's allowance would let a 240 RPM limit send 240 requests in its first second; this sends 4.
+    A late start does not earn a catch-up burst: the pace resumes from the time it actually started."""
+
+    def __init__(self, per_minute: float, burst: float = 1.0):
+        self.unit_s = 60.0 / float(per_minute)
+        self.tolerance_s = max(0.0, burst - 1.0) * self.unit_s
+        self._tat = 0.0  # theoretical arrival time of the next unit
+
+    def delay(self, amount: float = 1.0, now: float | None = None) -> float:
+        """Book `amount` units and return how long to wait before starting (the booking is made at once, so
+        concurrent callers on one event loop are spaced out, not raced)."""
+        now = time.monotonic() if now is None else now
+        start = max(self._tat - self.tolerance_s, now)
+        self._tat = max(self._tat, now) + amount * self.unit_s
+        return start - now

@@ -52,6 +52,10 @@ class Op:
         if not self.keeps:
             return set(self.adds)
         return None if input_columns is None else set(input_columns) | set(self.adds)
+    # Params that hold SQL written in the recipe: name -> "select" (one SELECT statement) or "expression" (one
+    # SQL expression, or a mapping of them). Their `${var}`s become typed literals, they are parsed before any
+    # work, and the stage's DuckDB connection is confined to its inputs, the catalog's tables and named files.
+    sql_params: ClassVar[dict[str, str]] = {}
 
     def output_tables(self, table: str, params: Any) -> list[str]:
         """Names of the tables this stage writes; the first is the main one."""

@@ -108,7 +108,8 @@ def _finish(reason: str | None) -> str:
 
 
 CLIENT_FIELDS = ("model", "base_url", "api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute",
-                 "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s", "budget_usd", "prices")
+                 "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s", "retry_after_max_s", "budget_usd",
+                 "prices")
 
 
 @register_backend("openai", kind="judge")

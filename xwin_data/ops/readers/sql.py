@@ -16,6 +16,7 @@ class SqlOp(Op):
 
     name = "sql"
     Params = SqlParams
+    sql_params = {"query": "select"}
     summary = "a SELECT over the inputs (named by input name; the first also as `input`)"
 
     def run(self, ctx, params: SqlParams) -> None:
@@ -35,6 +36,7 @@ class FilterOp(Op):
 
     name = "filter"
     Params = FilterParams
+    sql_params = {"where": "expression", "detail": "expression"}
     min_inputs = max_inputs = 1
     keeps, adds = True, set()
     summary = "SQL predicates, one per drop reason"
