@@ -47,6 +47,7 @@ class ClientPool:
         if transport == "aiohttp" and not aiohttp_available():
             raise RuntimeError('transport "aiohttp" needs openai\'s aiohttp extra: pip install "openai[aiohttp]"')
         self.transport = transport
+        base_url = without_credentials(base_url)
         shards = 1 if transport == "aiohttp" else -(-concurrency // self.PER_SHARD)
         per_shard = -(-concurrency // shards)
         limits = httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
@@ -76,6 +77,21 @@ class ClientPool:
                 errors.append(err)
         if errors:  # pragma: no cover
             raise errors[0]
+
+
+def without_credentials(base_url: str | None) -> str | None:
+    """The URL without a `user:password@` part: the key travels as the bearer token (from `api_key_env`), and
+    aiohttp refuses a URL with credentials beside an Authorization header."""
+    if not base_url or "@" not in base_url:
+        return base_url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base_url)
+    if parts.username is None and parts.password is None:
+        return base_url
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def dropped_connection(err: BaseException) -> bool:

@@ -49,7 +49,7 @@ class SplitLong(Op):
     """Split conversations over a token budget into pieces at turn boundaries (needs `turn_tokens`)."""
 
     name = "split_long_conversations"
-    needs, keeps, adds = {"id", "messages", "turn_tokens", "n_tokens"}, True, set()
+    needs, keeps, adds = {"id", "messages", "turn_tokens", "n_tokens"}, True, {"conversation_id"}
     Params = SplitParams
     schema = "conversations"
     min_inputs = max_inputs = 1
