@@ -15,13 +15,45 @@ from xwin_data.core.progress import console
 
 app = typer.Typer(
     name="xwin-data",
-    help="Build, validate and explore LLM alignment data (ShareGPT SFT subsets, Xwin-Pair, Xwin-Set) "
-         "with declarative YAML recipes on DuckDB/Parquet.\n\n"
-         "Start with: xwin-data build recipes/sharegpt_sft.yaml, then xwin-data show.",
+    help="Build, validate and explore LLM alignment data the Xwin-LM way, from declarative YAML recipes on "
+         "DuckDB/Parquet.\n\n"
+         "Start with the main job: xwin-data build recipes/xwin_set.yaml (64 reward-scored responses per prompt, "
+         "and the RS / DPO / WIND / best-of-n tables made from them), then xwin-data show. "
+         "Next: build recipes/sharegpt_sft.yaml and recipes/xwin_pair.yaml, then xwin-data train sft|rm|rs|dpo|wind.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+DEBUG = {"on": False}
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", envvar="XWIN_DATA_DEBUG",
+                               help="Show the full traceback of expected errors (env XWIN_DATA_DEBUG=1)."),
+) -> None:
+    """Options that apply to every command."""
+    DEBUG["on"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: run the app and print any expected error (an `XwinError`) as one line."""
+    from xwin_data.core.errors import XwinError
+
+    try:
+        app(args=argv, prog_name="xwin-data")
+    except XwinError as err:
+        if DEBUG["on"]:
+            raise
+        print_error(str(err))
+        sys.exit(err.exit_code)
+
+
+def print_error(message: str) -> None:
+    """`error: message` on stderr as one line, whatever the terminal's width (the message is not markup)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 CatalogOpt = typer.Option("xwin-catalog", "--catalog", "-c", envvar="XWIN_DATA_CATALOG",
                           help="Catalog folder where tables live (env XWIN_DATA_CATALOG).")
@@ -30,7 +62,7 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe field: key=va
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    print_error(message)
     raise typer.Exit(code)
 
 

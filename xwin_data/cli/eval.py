@@ -21,9 +21,9 @@ JudgePromptsOpt = typer.Option(None, "--judge-prompts", envvar="XWIN_JUDGE_PROMP
 
 
 def _fail(message: str) -> None:
-    from xwin_data.core.progress import console
+    from xwin_data.cli.app import print_error
 
-    console.print(f"[bold red]error:[/] {message}")
+    print_error(message)
     raise typer.Exit(2)
 
 

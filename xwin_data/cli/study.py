@@ -15,9 +15,9 @@ OutOpt = typer.Option(None, "--out", "-o", help="Output folder (default <catalog
 
 
 def _fail(message: str) -> None:
-    from xwin_data.core.progress import console
+    from xwin_data.cli.app import print_error
 
-    console.print(f"[bold red]error:[/] {message}")
+    print_error(message)
     raise typer.Exit(2)
 
 

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 import duckdb
 from filelock import FileLock, Timeout
 
+from xwin_data.core.errors import XwinError
+
 DEFAULT_CATALOG = "xwin-catalog"
 META_FILE = "catalog.duckdb"
 
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS validations (
 DROPS_COLUMNS = "stage VARCHAR, table_name VARCHAR, source_id VARCHAR, reason VARCHAR, detail VARCHAR, build_id VARCHAR"
 
 
-class CatalogBusy(RuntimeError):
+class CatalogBusy(XwinError, RuntimeError):
     """Another build holds the catalog."""
 
 

@@ -29,10 +29,13 @@ from xwin_data.core.validate import SchemaError, ValidationResult, load_schema, 
 from xwin_data.core.validate import warm_up as warm_up_validation
 from xwin_data.core.workers import cancel_warm_ups, warm_up_after_fork
 from xwin_data.core.yaml_lines import RecipeError
+from xwin_data.core.errors import XwinError
 
 
-class BuildError(RuntimeError):
+class BuildError(XwinError, RuntimeError):
     """A stage failed or its output failed validation; nothing of that stage was published."""
+
+    exit_code = 1
 
 
 @dataclass

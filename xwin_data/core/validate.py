@@ -15,6 +15,8 @@ from typing import Any
 import duckdb
 import yaml
 
+from xwin_data.core.errors import XwinError
+
 SCHEMAS_DIR = Path(os.environ.get("XWIN_DATA_SCHEMAS", Path(__file__).resolve().parents[2] / "schemas"))
 CHUNK_ROWS = 250_000
 
@@ -50,7 +52,7 @@ class ValidationResult:
         return "\n".join(lines)
 
 
-class SchemaError(ValueError):
+class SchemaError(XwinError, ValueError):
     pass
 
 

@@ -6,8 +6,10 @@ from typing import Any
 
 import yaml
 
+from xwin_data.core.errors import XwinError
 
-class RecipeError(ValueError):
+
+class RecipeError(XwinError, ValueError):
     """A recipe problem found before any work: names the file, the line and the key."""
 
     def __init__(self, message: str, file: str | None = None, line: int | None = None, key: str | None = None):

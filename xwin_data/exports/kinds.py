@@ -19,11 +19,12 @@ from typing import Any, Iterator
 
 from xwin_data.core.catalog import Catalog
 from xwin_data.core.connection import connect
+from xwin_data.core.errors import XwinError
 
 ROLES = ("system", "user", "assistant")
 
 
-class ExportError(ValueError):
+class ExportError(XwinError, ValueError):
     """A table this format cannot represent; the message says which columns were expected."""
 
 

@@ -30,13 +30,14 @@ from xwin_data.evals.stats import bootstrap_ci, cohen_kappa
 from xwin_data.evals.verdicts import parse_any_pair
 from xwin_data.studies.output import study_dir, write_results
 from xwin_data.studies.plots import bar_with_ci, confusion
+from xwin_data.core.errors import XwinError
 
 _GRADED = re.compile(r"^([AB])\s*(>>|>|<<|<|==|=)\s*([AB])$")
 _SCORES = re.compile(r"^(\d+(?:\.\d+)?)\s+(\d+(?:\.\d+)?)$")  # the scores template's label: "s_A s_B"
 VERDICT_ALIASES = {"a": "A", "b": "B", "c": "tie", "tie": "tie", "1": "A", "2": "B", "0": "tie"}
 
 
-class StudyError(ValueError):
+class StudyError(XwinError, ValueError):
     """The table lacks what the study needs; the message names the expected columns."""
 
 

@@ -14,10 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+from xwin_data.core.errors import XwinError
+
 Messages = list[dict[str, str]]
 
 
-class TableFormatError(ValueError):
+class TableFormatError(XwinError, ValueError):
     """A table whose columns do not fit the training stage."""
 
 
