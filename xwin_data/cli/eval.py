@@ -45,6 +45,16 @@ def _print_win_rate(s: dict, title: str) -> None:
                      if "lc_win_rate" in s else ""))
 
 
+def _check_judge(base_url: str, key_env: str) -> None:
+    """Fail in one line, before any answer is generated, when there is no judge to call."""
+    from xwin_data.evals.preflight import JudgeUnavailable, check_judge
+
+    try:
+        check_judge(base_url, key_env)
+    except JudgeUnavailable as err:
+        _fail(str(err))
+
+
 def _judge(judge_model, judge_base_url, judge_key_env, concurrency, budget):
     from xwin_data.evals.live import JudgeConfig
 
@@ -84,6 +94,7 @@ def alpaca(
     from xwin_data.evals.results import record_results, result_row, win_rate_png
     from xwin_data.llm.cache import RequestCache
 
+    _check_judge(judge_base_url, judge_key_env)
     cat = Catalog(catalog)
     cat.init()
     try:
@@ -131,6 +142,7 @@ def mtbench(
     from xwin_data.llm.cache import RequestCache
     from xwin_data.core.progress import console
 
+    _check_judge(judge_base_url, judge_key_env)
     cat = Catalog(catalog)
     cat.init()
     cache = RequestCache(cat.cache_dir / "eval_requests.sqlite")

@@ -88,7 +88,10 @@ def greedy_answers(model_path: str, items: list[dict], max_new_tokens: int, cach
 def judge_evaluator(spec: EvaluatorSpec, cache):
     from xwin_data.evals.live import JudgeConfig, run_alpaca
 
+    from xwin_data.evals.preflight import check_judge
+
     j = spec.judge
+    check_judge(j.base_url, j.api_key_env, url_flag="evaluator.judge.base_url", key_flag="evaluator.judge.api_key_env")
     cfg = JudgeConfig(model=j.model, base_url=j.base_url, api_key_env=j.api_key_env, concurrency=j.concurrency,
                       budget_usd=j.budget_usd)
 
