@@ -109,10 +109,12 @@ def build(
 
 def _print_report(report) -> None:
     table = Table(title=f"build {report.build_id}: {report.status}")
-    for col in ("stage", "status", "rows in", "rows out", "dropped", "seconds"):
-        table.add_column(col, justify="right" if col not in ("stage", "status") else "left")
+    table.add_column("stage", no_wrap=True, overflow="ignore")  # names in full; the counts wrap instead
+    for col in ("status", "rows in", "rows out", "dropped", "seconds"):
+        table.add_column(col, justify="right" if col != "status" else "left")
     for st in report.stages:
-        rows_out = ", ".join(f"{n:,}" for n in st.tables.values()) if st.tables else ""
+        rows_out = ", ".join(f"{n:,}" for n in st.tables.values()) if len(st.tables) == 1 else (
+            f"{sum(st.tables.values()):,} in {len(st.tables)} tables" if st.tables else "")
         table.add_row(st.stage_id, st.status, f"{st.rows_in:,}" if st.status == "built" else "", rows_out,
                       f"{sum(st.drops.values()):,}" if st.drops else "", f"{st.seconds:.1f}" if st.seconds else "")
     console.print(table)
@@ -147,14 +149,21 @@ def plan(
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
+    cat = Catalog(catalog)
     table = Table(title=f"plan for {rec.name} ({recipe})")
-    for col in ("stage", "op", "inputs", "outputs", "status", "why", "estimate"):
+    table.add_column("stage", no_wrap=True, overflow="ignore")  # names in full; the other columns wrap
+    table.add_column("op", no_wrap=True, overflow="ignore")
+    for col in ("tables", "status", "why", "estimate"):
         table.add_column(col)
     for r in rows:
         style = {"built": "green", "run": "yellow", "restore": "cyan"}[r["status"]]
         est = ", ".join(f"{k}={v}" for k, v in (r["estimate"] or {}).items())
-        table.add_row(r["stage"], r["op"], ", ".join(r["inputs"]), ", ".join(r["outputs"]),
-                      f"[{style}]{r['status']}[/]", r["reason"], est)
+        outputs = r["outputs"]
+        tables = "" if outputs == [r["stage"]] else outputs[0] if len(outputs) == 1 else f"{len(outputs)} tables"
+        why = r["reason"]
+        if r["status"] == "run" and not any(cat.current(t) is not None for t in outputs):
+            why = "not built yet"  # rather than "an input changed" for a stage that never ran
+        table.add_row(r["stage"], r["op"], tables, f"[{style}]{r['status']}[/]", why, est)
     console.print(table)
 
 
