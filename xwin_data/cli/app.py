@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     """The console script: run the app and print any expected error (an `XwinError`) as one line."""
     from xwin_data.core.errors import XwinError
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "export" in args:
+        _describe_exporters()
     try:
-        app(args=argv, prog_name="xwin-data")
+        app(args=args, prog_name="xwin-data")
     except XwinError as err:
         if DEBUG["on"]:
             raise
@@ -66,6 +69,13 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def fail_on(err: BaseException, code: int = 2) -> None:
+    """An expected error caught by a command: one line and exit `code`; with --debug, its traceback."""
+    if DEBUG["on"]:
+        raise err
+    _fail(str(err), code)
+
+
 def _load(recipe: Path, sets: list[str]):
     from xwin_data.core.recipe import load_recipe
     from xwin_data.core.yaml_lines import RecipeError
@@ -73,7 +83,7 @@ def _load(recipe: Path, sets: list[str]):
     try:
         return load_recipe(recipe, sets)
     except RecipeError as err:
-        _fail(str(err))
+        fail_on(err)
 
 
 @app.command()
@@ -98,9 +108,9 @@ def build(
         report = run_build(rec, cat, wait=wait, force=True if force_all else (force or []), overrides=sets or [],
                            memory_limit=memory_limit, show_progress=not quiet)
     except (RecipeError, CatalogBusy) as err:
-        _fail(str(err))
+        fail_on(err)
     except BuildError as err:
-        _fail(str(err), code=1)
+        fail_on(err, code=1)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished stages are kept; run the same command to resume.")
         raise typer.Exit(130)
@@ -145,7 +155,7 @@ def plan(
     try:
         rows = describe_plan(make_plan(rec, Catalog(catalog)))
     except RecipeError as err:
-        _fail(str(err))
+        fail_on(err)
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
@@ -180,7 +190,7 @@ def show(
 
     cat = Catalog(catalog)
     if not cat.exists():
-        _fail(f"no catalog at {cat.root}; build a recipe first (xwin-data build recipes/sharegpt_sft.yaml)")
+        _fail(f"no catalog at {cat.root}; build the main job first: xwin-data build recipes/xwin_set.yaml")
     if table:
         try:
             show_table(cat, table, rows)
@@ -206,7 +216,7 @@ def sql(
 
     cat = Catalog(catalog)
     if not cat.exists():
-        _fail(f"no catalog at {cat.root}; build a recipe first")
+        _fail(f"no catalog at {cat.root}; build the main job first: xwin-data build recipes/xwin_set.yaml")
     if fmt not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, not {fmt!r}")
     con = connect(cat)
@@ -282,11 +292,11 @@ def validate(
 def export(
     table: str = typer.Argument(..., help="Table to export."),
     out: Path = typer.Argument(..., help="Output folder."),
-    fmt: str = typer.Option("hf", "--format", "-f", help="Export format; see `xwin-data export --help`."),
+    fmt: str = typer.Option("hf", "--format", "-f", help="Export format (listed above)."),
     catalog: Path = CatalogOpt,
     card: bool = typer.Option(False, "--card", help="Also write a dataset card (README.md) where supported."),
 ) -> None:
-    """Export a table: hf (datasets.load_from_disk), jsonl, parquet, and the trainer formats that are installed."""
+    """Export a table to files other tools load (see the formats below)."""
     from xwin_data.core.catalog import Catalog
     from xwin_data.exports.base import EXPORTERS, export_table
 
@@ -302,6 +312,21 @@ def export(
             _fail("dataset cards are not available in this version")
         writer[0](cat, table, Path(out))
     console.print(f"exported {result.get('rows', 0):,} rows of {table} as {fmt} to {result.get('path', out)}")
+
+
+EXPORT_DOC = "Export a table to files other tools load (see the formats below)."
+
+
+def _describe_exporters() -> None:
+    """`export --help` lists every installed format with what it writes (loading the exporters costs ~0.4 s, so
+    only commands that export pay it)."""
+    from xwin_data.exports.base import EXPORTERS
+
+    _load_exporters()
+    lines = [f"{name}: {help_}" for name, (_, help_) in sorted(EXPORTERS.items()) if not name.startswith("__")]
+    export.__doc__ = (EXPORT_DOC + "\n\nFormats (--format):\n\n" + "\n\n".join(lines) +
+                      "\n\n--card also writes README.md: licence, sources, the funnel of every upstream stage, "
+                      "lineage, stage parameters and recorded model cost.")
 
 
 def _load_exporters() -> None:

@@ -20,6 +20,12 @@ JudgePromptsOpt = typer.Option(None, "--judge-prompts", envvar="XWIN_JUDGE_PROMP
                                     "(env XWIN_JUDGE_PROMPTS).")
 
 
+def _fail_on(err: BaseException) -> None:
+    from xwin_data.cli.app import fail_on
+
+    fail_on(err)
+
+
 def _fail(message: str) -> None:
     from xwin_data.cli.app import print_error
 
@@ -107,7 +113,7 @@ def alpaca(
     try:
         ref = load_reference(reference, cat)
     except ValueError as err:
-        _fail(str(err))
+        _fail_on(err)
     cache = RequestCache(cat.cache_dir / "eval_requests.sqlite")
     try:
         records, summary = run_alpaca(model, ref, _judge(judge_model, judge_base_url, judge_key_env, concurrency,
@@ -115,7 +121,7 @@ def alpaca(
                                       judge_prompts=judge_prompts, backend=backend, max_new_tokens=max_new_tokens,
                                       limit=limit, model_base_url=model_base_url)
     except ValueError as err:
-        _fail(str(err))
+        _fail_on(err)
     folder = Path(out or cat.root / "evals" / f"alpaca_{Path(model).name}")
     _write(folder, records, summary)
     png = win_rate_png(folder / "alpaca.png", [(f"{Path(model).name} vs reference", summary)],
@@ -160,7 +166,7 @@ def mtbench(
                                        baseline=baseline, backend=backend, max_new_tokens=max_new_tokens,
                                        limit=limit, model_base_url=model_base_url)
     except ValueError as err:
-        _fail(str(err))
+        _fail_on(err)
     folder = Path(out or cat.root / "evals" / f"mtbench_{Path(model).name}")
     _write(folder, records, summary)
     png = mtbench_png(folder / "mtbench.png", summary, f"MT-bench: {model} (judge {judge_model})")
