@@ -48,9 +48,9 @@ def test_newcomer_path_from_the_readme(home: Path, cli) -> None:
     catalog = home / "xwin-catalog"
 
     # Before anything is built, every next step says what to build (one line, exit 2, nothing generated).
-    one_line_error(run("train", "sft", check=False), "sft_sharegpt_2k", "xwin-data build recipes/sharegpt_sft.yaml")
-    one_line_error(run("show", check=False), "build")
-    plan = run("plan", str(RECIPES / "xwin_set.yaml"), env={"COLUMNS": "80"})
+    one_line_error(run("train", "sft", check=False), "no catalog", "xwin-data build recipes/xwin_set.yaml")
+    one_line_error(run("show", check=False), "xwin-data build recipes/xwin_set.yaml")
+    plan = run("plan", str(RECIPES / "xwin_set.yaml"), env={"COLUMNS": "120"})
     assert plan.stderr.count("not built yet") + plan.stdout.count("not built yet") == 8  # every stage
 
     # The main job and the recipes the training defaults read.
@@ -143,16 +143,21 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path, c
 def test_non_editable_install_builds_and_trains_outside_the_checkout(tmp_path: Path) -> None:
     """`pip install --no-deps .` into a fresh venv that sees the suite's packages; from a folder outside the
     checkout, the installed command validates against the shipped schemas and trains with a shipped config."""
+    import shutil
     import subprocess
-    import sys
     import venv
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=True).create(env_dir)
     py = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_REQUIRE_VIRTUALENV")}
+    src = tmp_path / "src"  # what a build needs, copied, so the build leaves nothing in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PROJECT / name, src / name)
+    shutil.copytree(PROJECT / "xwin_data", src / "xwin_data", ignore=shutil.ignore_patterns("__pycache__"))
     install = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                              "--quiet", str(PROJECT)], capture_output=True, text=True, env=env, timeout=300,
+                              "--quiet", str(src)], capture_output=True, text=True, env=env, timeout=300,
                              cwd=tmp_path)
     assert install.returncode == 0, install.stdout + install.stderr
     work = tmp_path / "elsewhere"
