@@ -5,13 +5,13 @@
 - win rate: 100 · mean(preference − 1), the continuous preference as AlpacaEval reports it;
 - discrete win rate: preference > 1.5 a win, < 1.5 a loss, exactly 1.5 (or 0, alpaca_eval's older draw code) a
   tie counted half;
-- length-controlled win rate: the published GLM (Dubois et al. 2024, arXiv 2404.04475) without its
-  `not_gamed_baseline` indicator. Per model, logit P(model preferred on instruction i) =
-  θ + φ·tanh(Δlen_i / sd(Δlen)) + ψ·γ_i, fitted on the continuous preferences, where γ_i is instruction i's
-  difficulty; LC = 100 · mean_i σ(θ + ψ·γ_i), the win rate predicted with the length term at zero. AlpacaEval
-  ships γ pre-fitted on its leaderboard's models; here γ is fitted on the preferences given — jointly over every
-  evaluated model in the files, logit p_{m,i} = θ_m + γ_i with an L2 penalty on γ — so with one model's file it
-  rests on that model's preferences alone (see the README).
+- length-controlled win rate: the published GLM (Dubois et al. 2024, arXiv 2404.04475), length term plus
+  instruction-difficulty term, without its `not_gamed_baseline` indicator: logit P(model m preferred on
+  instruction i) = θ_m + φ_m·tanh(Δlen_i / sd(Δlen)) + γ_i, fitted on the continuous preferences jointly over
+  every evaluated model in the files (an L2 penalty on the difficulties γ); LC = 100 · mean_i σ(θ_m + γ_i), the
+  win rate predicted with the length term at zero. AlpacaEval ships γ pre-fitted on its leaderboard's models
+  and weights it per model; here γ comes from the preferences given and enters with weight 1, so with one
+  model's file it rests on that model's preferences alone (see the README).
 A record without a numeric preference is invalid: counted, never silently dropped.
 """
 from __future__ import annotations
@@ -87,37 +87,55 @@ def load_annotations(paths: list[Path]) -> list[dict]:
     return out
 
 
-def instruction_difficulty(records: list[dict]) -> dict[str, float]:
-    """γ_i from logit p_{m,i} = θ_m + γ_i over every valid record (L2 `DIFFICULTY_L2` on γ, none on θ)."""
+def fit_glm(records: list[dict]) -> tuple[dict[str, dict], dict[str, float]]:
+    """The GLM over every valid record: logit p_{m,i} = θ_m + φ_m·tanh(Δlen / sd_m) + γ_i, an L2 penalty
+    `DIFFICULTY_L2` on the instruction difficulties γ (tiny ones on θ, φ) -> ({model: θ, φ, sd}, {instruction: γ}).
+    γ enters with weight 1: fitted on these same preferences, a free per-model weight would let it re-fit each
+    preference (one model's file has one record per instruction)."""
     valid = [r for r in records if r["p"] is not None]
     models = sorted({r["model"] for r in valid})
     instructions = sorted({r["instruction"] for r in valid})
-    mi = {m: k for k, m in enumerate(models)}
-    ii = {s: len(models) + k for k, s in enumerate(instructions)}
-    x = np.zeros((len(valid), len(models) + len(instructions)))
+    m = len(models)
+    x = np.zeros((len(valid), 2 * m + len(instructions)))
+    sds = {}
+    for k, model in enumerate(models):
+        rows = [j for j, r in enumerate(valid) if r["model"] == model]
+        d = np.array([valid[j]["len_model"] - valid[j]["len_baseline"] for j in rows], dtype=float)
+        sds[model] = float(np.std(d)) or 1.0
+        x[rows, k] = 1.0
+        x[rows, m + k] = np.tanh(d / sds[model])
+    ii = {s: 2 * m + k for k, s in enumerate(instructions)}
     for row, r in enumerate(valid):
-        x[row, mi[r["model"]]] = 1.0
         x[row, ii[r["instruction"]]] = 1.0
-    lam = np.r_[np.full(len(models), 1e-6), np.full(len(instructions), DIFFICULTY_L2)]
+    lam = np.r_[np.full(m, 1e-6), np.full(m, 1e-3), np.full(len(instructions), DIFFICULTY_L2)]
     w = fit_logistic(x, np.array([r["p"] for r in valid]), l2=lam)
-    return {s: float(w[ii[s]]) for s in instructions}
+    coefs = {model: {"theta": float(w[k]), "length_coef": float(w[m + k]), "len_diff_sd": sds[model]}
+             for k, model in enumerate(models)}
+    return coefs, {s: float(w[ii[s]]) for s in instructions}
 
 
-def lc_glm(p: np.ndarray, len_model: np.ndarray, len_baseline: np.ndarray, difficulty: np.ndarray) -> dict:
-    """The per-model GLM: θ, φ (length), ψ (difficulty), and LC = 100·mean σ(θ + ψγ)."""
-    d = len_model - len_baseline
-    sd = float(np.std(d)) or 1.0
-    x = np.column_stack([np.ones_like(d), np.tanh(d / sd), difficulty])
-    theta, phi, psi = fit_logistic(x, p, l2=np.array([1e-6, 1e-3, 1e-3]))
-    lc = 100 * float(np.mean(_sigmoid(theta + psi * difficulty)))
-    return {"lc_win_rate": lc, "theta": float(theta), "length_coef": float(phi), "difficulty_coef": float(psi),
-            "len_diff_sd": sd}
+def _fit_with_offset(x: np.ndarray, y: np.ndarray, offset: np.ndarray, iters: int = 50) -> np.ndarray:
+    """Logistic regression of fractional targets on x with a fixed offset (Newton; a tiny ridge keeps it finite)."""
+    w = np.zeros(x.shape[1])
+    for _ in range(iters):
+        p = _sigmoid(x @ w + offset)
+        step = np.linalg.solve((x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(len(w)), x.T @ (p - y) + 1e-6 * w)
+        w -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return w
+
+
+def lc_rate(p: np.ndarray, tanh_len: np.ndarray, gamma: np.ndarray) -> float:
+    """θ and φ of one model with its instructions' γ fixed -> 100 · mean σ(θ + γ), the length term at zero."""
+    theta, _ = _fit_with_offset(np.column_stack([np.ones_like(p), tanh_len]), p, gamma)
+    return 100 * float(np.mean(_sigmoid(theta + gamma)))
 
 
 def summarize_annotations(records: list[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """One summary per evaluated model: counts, win rate and discrete win rate (with bootstrap CIs over
     instructions), the length-controlled win rate (with a bootstrap CI over the model's instructions, γ fixed)."""
-    gamma = instruction_difficulty(records)
+    coefs, gamma = fit_glm(records)
     out = []
     for model in sorted({r["model"] for r in records}):
         mine = [r for r in records if r["model"] == model]
@@ -135,15 +153,17 @@ def summarize_annotations(records: list[dict], n_boot: int = 1000, seed: int = 0
         s["shares"] = outcome_shares([{1.0: "win", 0.5: "tie", 0.0: "loss"}[o] for o in outcome], n_boot=n_boot,
                                      seed=seed)
         if len(valid) >= 5:
+            c = coefs[model]
             lm = np.array([r["len_model"] for r in valid], dtype=float)
             lb = np.array([r["len_baseline"] for r in valid], dtype=float)
+            t = np.tanh((lm - lb) / c["len_diff_sd"])
             g = np.array([gamma[r["instruction"]] for r in valid])
-            s.update(lc_glm(p, lm, lb, g))
+            s.update(c, lc_win_rate=100 * float(np.mean(_sigmoid(c["theta"] + g))))
             rng = np.random.default_rng(seed)
             boots = []
-            for _ in range(min(n_boot, 300)):
+            for _ in range(min(n_boot, 300)):  # instructions resampled; γ held at the full fit
                 i = rng.integers(0, len(p), len(p))
-                boots.append(lc_glm(p[i], lm[i], lb[i], g[i])["lc_win_rate"])
+                boots.append(lc_rate(p[i], t[i], g[i]))
             s["lc_ci_low"], s["lc_ci_high"] = (float(v) for v in np.quantile(boots, [0.025, 0.975]))
             s["mean_len_model"], s["mean_len_reference"] = float(lm.mean()), float(lb.mean())
         out.append(s)
