@@ -16,7 +16,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 RECIPES = PROJECT / "recipes"
 SET_SMALL = ["--set", "max_prompts=8", "--set", "n_unique=8", "--set", "max_samples=16"]
 EVAL_SMALL = ["bon_eval_max_prompts=2", "bon_eval_n=[1,4]", "bon_eval_max_new_tokens=6"]
-TRAIN_SMALL = {"sft": ["max_steps=3", *EVAL_SMALL], "rm": ["max_steps=3"],
+TRAIN_SMALL = {"sft": ["max_steps=3", "max_rows=64", *EVAL_SMALL], "rm": ["max_steps=3"],
                "rs": ["max_steps=3", *EVAL_SMALL], "dpo": ["max_steps=3", *EVAL_SMALL],
                "wind": ["max_steps=2", "steps_per_iteration=1", "group_size=2", "per_device_train_batch_size=2",
                         "max_completion_length=6", *EVAL_SMALL]}
@@ -82,7 +82,8 @@ def test_newcomer_path_from_the_readme(home: Path, cli) -> None:
     # The scaling study after the default builds: held-out prompts set aside before the cut; sizes past the
     # data are named and only one of them is trained.
     proc = run("study", "scaling", str(RECIPES / "scaling.yaml"), "--set", "sizes=[2000,16000,32000]",
-               "--set", "train.overrides.max_steps=1", "--set", "evaluator.max_prompts=3",
+               "--set", "train.overrides.max_steps=1", "--set", "train.overrides.max_rows=32",
+               "--set", "evaluator.max_prompts=3",
                "--set", "evaluator.max_new_tokens=6", "--set", "evaluator.n_boot=50")
     out = proc.stdout + proc.stderr
     assert "sizes [32000] are larger than the data" in out and "kept sizes [2000, 16000]" in out
@@ -117,7 +118,8 @@ def test_newcomer_path_from_the_readme(home: Path, cli) -> None:
     assert len(load_from_disk(str(home / "out" / "hf"))) > 0
 
     # `show` at 80 columns: no line wider, every table name in full.
-    shown = run("show", env={"COLUMNS": "80"}).stderr + run("show", env={"COLUMNS": "80"}).stdout
+    proc = run("show", env={"COLUMNS": "80"})
+    shown = proc.stdout + proc.stderr
     assert max(len(line) for line in shown.splitlines()) <= 80
     for name in ("sft_sharegpt_heldout", "dpo_pairs_mean_minus_2sd", "xwin_responses_shortfall", "xwin_pair_candidates"):
         assert name in shown
