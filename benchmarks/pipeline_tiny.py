@@ -184,10 +184,10 @@ def main() -> None:
         return rec
 
     log("SFT")
-    stage("sft", f"output_dir={runs / 'sft'}", f"max_steps={s(400)}", "per_device_train_batch_size=8",
+    stage("sft", "table=hh_sft", f"output_dir={runs / 'sft'}", f"max_steps={s(400)}", "per_device_train_batch_size=8",
           "learning_rate=3e-3")
     log("proxy and gold reward models")
-    stage("rm", "stage_name=rm_proxy", f"output_dir={runs / 'rm'}", f"max_steps={s(400)}",
+    stage("rm", "stage_name=rm_proxy", "table=hh_pairs", f"output_dir={runs / 'rm'}", f"max_steps={s(400)}",
           "per_device_train_batch_size=8", "learning_rate=1e-3")
     stage("rm", "stage_name=rm_gold", "table=hh_gold_pairs", f"output_dir={runs / 'rm_gold'}",
           f"max_steps={s(400)}", "per_device_train_batch_size=8", "learning_rate=1e-3")

@@ -39,9 +39,9 @@ def test_sft_rm_xwin_set_rs_dpo_wind(tmp_path, shared_data, project_dir, cli):
              f"bon_eval_reward_model={runs / 'rm'}"]
     cfg = lambda name: str(project_dir / "train" / "configs" / f"{name}.yaml")  # noqa: E731
 
-    run_script("rm", [cfg("rm"), f"catalog={cat}", f"output_dir={runs / 'rm'}", "max_rows=64", "max_steps=10",
+    run_script("rm", [cfg("rm"), f"catalog={cat}", "table=hh_pairs", f"output_dir={runs / 'rm'}", "max_rows=64", "max_steps=10",
                       *FAST])
-    run_script("sft", [cfg("sft"), f"catalog={cat}", f"output_dir={runs / 'sft'}", "max_rows=64", "max_steps=10",
+    run_script("sft", [cfg("sft"), f"catalog={cat}", "table=hh_sft", f"output_dir={runs / 'sft'}", "max_rows=64", "max_steps=10",
                        *FAST, *evals])
 
     report = xwin_data.build(project_dir / "recipes" / "xwin_set.yaml", cat, show_progress=False, sets=[

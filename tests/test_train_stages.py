@@ -33,7 +33,7 @@ def test_sft_loss_drops_saved_model_generates_and_run_is_recorded(hh_catalog, pr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "sft"
-    rec = run_script("sft", [str(project_dir / "train/configs/sft.yaml"), f"catalog={hh_catalog}",
+    rec = run_script("sft", [str(project_dir / "train/configs/sft.yaml"), f"catalog={hh_catalog}", "table=hh_sft",
                              f"output_dir={out}", "max_rows=16", "max_steps=24", "learning_rate=3e-3", *COMMON,
                              "bon_eval_prompts_table=hh_prompts", "bon_eval_max_prompts=2",
                              "bon_eval_max_new_tokens=8"])
@@ -70,7 +70,8 @@ def test_reward_model_loss_drops_and_reloaded_model_scores_like_trl(hh_catalog, 
     from xwin_data.training.models import load_tokenizer
 
     out = tmp_path / "rm"
-    rec = run_script("rm", [str(project_dir / "train/configs/rm.yaml"), f"catalog={hh_catalog}", f"output_dir={out}",
+    rec = run_script("rm", [str(project_dir / "train/configs/rm.yaml"), f"catalog={hh_catalog}", "table=hh_pairs",
+                            f"output_dir={out}",
                             "max_rows=16", "max_steps=30", "learning_rate=2e-3", "center_rewards_coefficient=null",
                             *COMMON])
     m = rec["metrics"]
@@ -109,12 +110,13 @@ def test_config_errors_name_the_problem(hh_catalog, project_dir, tmp_path):
     from xwin_data.training.data import TableFormatError
 
     cfg = str(project_dir / "train/configs/sft.yaml")
+    no_eval = "bon_eval_prompts_table=null"
     with pytest.raises(ValueError, match="unknown config key.*learnin_rate"):
         run_script("sft", [cfg, f"catalog={hh_catalog}", "learnin_rate=1"])
     with pytest.raises(TableFormatError, match="not in catalog"):
-        run_script("sft", [cfg, f"catalog={hh_catalog}", "table=no_such_table", f"output_dir={tmp_path}"])
+        run_script("sft", [cfg, f"catalog={hh_catalog}", "table=no_such_table", f"output_dir={tmp_path}", no_eval])
     with pytest.raises(TableFormatError, match="needs columns"):
-        run_script("sft", [cfg, f"catalog={hh_catalog}", "table=hh_prompts", f"output_dir={tmp_path}"])
+        run_script("sft", [cfg, f"catalog={hh_catalog}", "table=hh_prompts", f"output_dir={tmp_path}", no_eval])
 
 
 def test_hh_ids_are_line_numbers_in_their_file(hh_catalog, shared_data):

@@ -1,23 +1,11 @@
-"""Rejection-sampling finetuning: SFT on the best-of-n responses of the Xwin-Set (`rs_best_of_<n>` tables).
+"""Rejection-sampling finetuning on an rs_best_of_<n> table of the Xwin-Set (TRL SFTTrainer).
 
-    xwin-data train rs train/configs/rs.yaml [table=rs_best_of_16 ...]
-    accelerate launch train/rs.py train/configs/rs.yaml
+    accelerate launch train/rs.py train/configs/rs.yaml [key=value ...]
+    xwin-data train rs [train/configs/rs.yaml] [key=value ...]     # the same, in-process
 
-Same trainer and config as `train/sft.py` (TRL's SFTTrainer with assistant-only loss); the run is recorded as
-kind `rs` so `runs` / `evals` keep the stages apart.
+The script itself is `xwin_data/training/scripts/rs.py`, shipped with the package.
 """
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-
-def main(argv: list[str] | None = None) -> dict:
-    import runpy
-
-    sft = runpy.run_path(str(Path(__file__).with_name("sft.py")), run_name="xwin_train_sft")
-    return sft["main"](list(sys.argv[1:] if argv is None else argv), kind="rs")
-
+from xwin_data.training.scripts.rs import main
 
 if __name__ == "__main__":
     main()

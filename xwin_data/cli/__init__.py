@@ -2,6 +2,6 @@
 
 Nothing below this package imports it: the library works without the CLI.
 """
-from xwin_data.cli.app import app
+from xwin_data.cli.app import app, main
 
-__all__ = ["app"]
+__all__ = ["app", "main"]

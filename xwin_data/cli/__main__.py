@@ -1,4 +1,4 @@
 """`python -m xwin_data.cli`: the same command as the `xwin-data` console script."""
-from xwin_data.cli.app import app
+from xwin_data.cli.app import main
 
-app()
+main()

@@ -16,13 +16,48 @@ from xwin_data.core.progress import console
 
 app = typer.Typer(
     name="xwin-data",
-    help="Build, validate and explore LLM alignment data (ShareGPT SFT subsets, Xwin-Pair, Xwin-Set) "
-         "with declarative YAML recipes on DuckDB/Parquet.\n\n"
-         "Start with: xwin-data build recipes/sharegpt_sft.yaml, then xwin-data show.",
+    help="Build, validate and explore LLM alignment data the Xwin-LM way, from declarative YAML recipes on "
+         "DuckDB/Parquet.\n\n"
+         "Start with the main job: xwin-data build recipes/xwin_set.yaml (64 reward-scored responses per prompt, "
+         "and the RS / DPO / WIND / best-of-n tables made from them), then xwin-data show. "
+         "Next: build recipes/sharegpt_sft.yaml and recipes/xwin_pair.yaml, then xwin-data train sft|rm|rs|dpo|wind.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+DEBUG = {"on": False}
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", envvar="XWIN_DATA_DEBUG",
+                               help="Show the full traceback of expected errors (env XWIN_DATA_DEBUG=1)."),
+) -> None:
+    """Options that apply to every command."""
+    DEBUG["on"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: run the app and print any expected error (an `XwinError`) as one line."""
+    from xwin_data.core.errors import XwinError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "export" in args:
+        _describe_exporters()
+    try:
+        app(args=args, prog_name="xwin-data")
+    except XwinError as err:
+        if DEBUG["on"]:
+            raise
+        print_error(str(err))
+        sys.exit(err.exit_code)
+
+
+def print_error(message: str) -> None:
+    """`error: message` on stderr as one line, whatever the terminal's width (the message is not markup)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 CatalogOpt = typer.Option("xwin-catalog", "--catalog", "-c", envvar="XWIN_DATA_CATALOG",
                           help="Catalog folder where tables live (env XWIN_DATA_CATALOG).")
@@ -31,8 +66,15 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe field: key=va
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    print_error(message)
     raise typer.Exit(code)
+
+
+def fail_on(err: BaseException, code: int = 2) -> None:
+    """An expected error caught by a command: one line and exit `code`; with --debug, its traceback."""
+    if DEBUG["on"]:
+        raise err
+    _fail(str(err), code)
 
 
 def _load(recipe: Path, sets: list[str]):
@@ -42,7 +84,7 @@ def _load(recipe: Path, sets: list[str]):
     try:
         return load_recipe(recipe, sets)
     except RecipeError as err:
-        _fail(str(err))
+        fail_on(err)
 
 
 @app.command()
@@ -69,9 +111,9 @@ def build(
         report = run_build(rec, cat, wait=wait, force=True if force_all else (force or []), overrides=sets or [],
                            memory_limit=memory_limit, show_progress=not quiet, verify=verify)
     except (RecipeError, CatalogBusy) as err:
-        _fail(str(err))
+        fail_on(err)
     except BuildError as err:
-        _fail(str(err), code=1)
+        fail_on(err, code=1)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished stages are kept; run the same command to resume.")
         raise typer.Exit(130)
@@ -80,10 +122,12 @@ def build(
 
 def _print_report(report) -> None:
     table = Table(title=f"build {report.build_id}: {report.status}")
-    for col in ("stage", "status", "rows in", "rows out", "dropped", "seconds"):
-        table.add_column(col, justify="right" if col not in ("stage", "status") else "left")
+    table.add_column("stage", no_wrap=True, overflow="ignore")  # names in full; the counts wrap instead
+    for col in ("status", "rows in", "rows out", "dropped", "seconds"):
+        table.add_column(col, justify="right" if col != "status" else "left")
     for st in report.stages:
-        rows_out = ", ".join(f"{n:,}" for n in st.tables.values()) if st.tables else ""
+        rows_out = ", ".join(f"{n:,}" for n in st.tables.values()) if len(st.tables) == 1 else (
+            f"{sum(st.tables.values()):,} in {len(st.tables)} tables" if st.tables else "")
         table.add_row(st.stage_id, st.status, f"{st.rows_in:,}" if st.status == "built" else "", rows_out,
                       f"{sum(st.drops.values()):,}" if st.drops else "", f"{st.seconds:.1f}" if st.seconds else "")
     console.print(table)
@@ -114,20 +158,27 @@ def plan(
     try:
         rows = describe_plan(make_plan(rec, Catalog(catalog)))
     except RecipeError as err:
-        _fail(str(err))
+        fail_on(err)
     except BuildError as err:
-        _fail(str(err), code=1)
+        fail_on(err, code=1)
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
+    cat = Catalog(catalog)
     table = Table(title=f"plan for {rec.name} ({recipe})")
-    for col in ("stage", "op", "inputs", "outputs", "status", "why", "estimate"):
+    table.add_column("stage", no_wrap=True, overflow="ignore")  # names in full; the other columns wrap
+    table.add_column("op", no_wrap=True, overflow="ignore")
+    for col in ("tables", "status", "why", "estimate"):
         table.add_column(col)
     for r in rows:
         style = {"built": "green", "run": "yellow", "restore": "cyan"}[r["status"]]
         est = ", ".join(f"{k}={v}" for k, v in (r["estimate"] or {}).items())
-        table.add_row(r["stage"], r["op"], ", ".join(r["inputs"]), ", ".join(r["outputs"]),
-                      f"[{style}]{r['status']}[/]", r["reason"], est)
+        outputs = r["outputs"]
+        tables = "" if outputs == [r["stage"]] else outputs[0] if len(outputs) == 1 else f"{len(outputs)} tables"
+        why = r["reason"]
+        if r["status"] == "run" and not any(cat.current(t) is not None for t in outputs):
+            why = "not built yet"  # rather than "an input changed" for a stage that never ran
+        table.add_row(r["stage"], r["op"], tables, f"[{style}]{r['status']}[/]", why, est)
     console.print(table)
 
 
@@ -144,7 +195,7 @@ def show(
 
     cat = Catalog(catalog)
     if not cat.exists():
-        _fail(f"no catalog at {cat.root}; build a recipe first (xwin-data build recipes/sharegpt_sft.yaml)")
+        _fail(f"no catalog at {cat.root}; build the main job first: xwin-data build recipes/xwin_set.yaml")
     if table:
         try:
             show_table(cat, table, rows)
@@ -172,7 +223,7 @@ def sql(
 
     cat = Catalog(catalog)
     if not cat.exists():
-        _fail(f"no catalog at {cat.root}; build a recipe first")
+        _fail(f"no catalog at {cat.root}; build the main job first: xwin-data build recipes/xwin_set.yaml")
     if fmt not in ("table", "csv", "json"):
         _fail(f"--format must be table, csv or json, not {fmt!r}")
     from xwin_data.core.sql_guard import SqlRefused, check_read_only
@@ -285,11 +336,11 @@ def _check_files(cat, table: str | None) -> None:
 def export(
     table: str = typer.Argument(..., help="Table to export."),
     out: Path = typer.Argument(..., help="Output folder."),
-    fmt: str = typer.Option("hf", "--format", "-f", help="Export format; see `xwin-data export --help`."),
+    fmt: str = typer.Option("hf", "--format", "-f", help="Export format (listed above)."),
     catalog: Path = CatalogOpt,
     card: bool = typer.Option(False, "--card", help="Also write a dataset card (README.md) where supported."),
 ) -> None:
-    """Export a table: hf (datasets.load_from_disk), jsonl, parquet, and the trainer formats that are installed."""
+    """Export a table to files other tools load (see the formats below)."""
     from xwin_data.core.catalog import Catalog
     from xwin_data.exports.base import EXPORTERS, export_table
 
@@ -305,6 +356,21 @@ def export(
             _fail("dataset cards are not available in this version")
         writer[0](cat, table, Path(out))
     console.print(f"exported {result.get('rows', 0):,} rows of {table} as {fmt} to {result.get('path', out)}")
+
+
+EXPORT_DOC = "Export a table to files other tools load (see the formats below)."
+
+
+def _describe_exporters() -> None:
+    """`export --help` lists every installed format with what it writes (loading the exporters costs ~0.4 s, so
+    only commands that export pay it)."""
+    from xwin_data.exports.base import EXPORTERS
+
+    _load_exporters()
+    lines = [f"{name}: {help_}" for name, (_, help_) in sorted(EXPORTERS.items()) if not name.startswith("__")]
+    export.__doc__ = (EXPORT_DOC + "\n\nFormats (--format):\n\n" + "\n\n".join(lines) +
+                      "\n\n--card also writes README.md: licence, sources, the funnel of every upstream stage, "
+                      "lineage, stage parameters and recorded model cost.")
 
 
 def _load_exporters() -> None:

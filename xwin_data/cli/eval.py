@@ -20,10 +20,16 @@ JudgePromptsOpt = typer.Option(None, "--judge-prompts", envvar="XWIN_JUDGE_PROMP
                                     "(env XWIN_JUDGE_PROMPTS).")
 
 
-def _fail(message: str) -> None:
-    from xwin_data.core.progress import console
+def _fail_on(err: BaseException) -> None:
+    from xwin_data.cli.app import fail_on
 
-    console.print(f"[bold red]error:[/] {message}")
+    fail_on(err)
+
+
+def _fail(message: str) -> None:
+    from xwin_data.cli.app import print_error
+
+    print_error(message)
     raise typer.Exit(2)
 
 
@@ -45,6 +51,16 @@ def _print_win_rate(s: dict, title: str) -> None:
                      if "lc_win_rate" in s else ""))
 
 
+def _check_judge(base_url: str, key_env: str) -> None:
+    """Fail in one line, before any answer is generated, when there is no judge to call."""
+    from xwin_data.evals.preflight import JudgeUnavailable, check_judge
+
+    try:
+        check_judge(base_url, key_env)
+    except JudgeUnavailable as err:
+        _fail(str(err))
+
+
 def _judge(judge_model, judge_base_url, judge_key_env, concurrency, budget):
     from xwin_data.evals.live import JudgeConfig
 
@@ -63,9 +79,11 @@ ModelURL = typer.Option(None, "--model-base-url", help="Server URL when --backen
 
 @app.command()
 def alpaca(
-    model: str = typer.Option(..., "--model", help="Model under test: local path, hub id or tiny-policy."),
-    reference: str = typer.Option(..., "--reference", help="Reference answers: a JSON/JSONL file "
-                                  "(instruction/output or prompt/response) or a catalog table."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model under test: local path, hub id or tiny-policy."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference answers: a JSON/JSONL file "
+                                            "(instruction/output or prompt/response) or a catalog table."),
+    annotations: Optional[List[Path]] = typer.Option(None, "--annotations", help="alpaca_eval annotations.json "
+                                                     "files instead of a live judge (repeatable); no model is run."),
     template: str = typer.Option("pairwise-abc", "--template", help="Pairwise judge template: a shipped one "
                                  "(xwin_data/templates/judge: pairwise-abc, pairwise-graded, ...), pair-v2 "
                                  "(FastChat's MT-bench prompt), or a YAML path."),
@@ -78,18 +96,24 @@ def alpaca(
     limit: Optional[int] = typer.Option(None, help="Evaluate the first N instructions only."),
 ) -> None:
     """AlpacaEval-style win rate against reference answers (both orders judged), with a length-controlled
-    variant and bootstrap CIs."""
+    variant and bootstrap CIs; or, with --annotations, the win rates of recorded alpaca_eval annotations."""
     from xwin_data.core.catalog import Catalog
     from xwin_data.evals.live import load_reference, run_alpaca
     from xwin_data.evals.results import record_results, result_row, win_rate_png
     from xwin_data.llm.cache import RequestCache
 
+    if annotations:
+        _annotations(list(annotations), out, catalog, n_boot=1000)
+        return
+    if not model or not reference:
+        _fail("eval alpaca needs --model and --reference (a live judge), or --annotations FILE (recorded)")
+    _check_judge(judge_base_url, judge_key_env)
     cat = Catalog(catalog)
     cat.init()
     try:
         ref = load_reference(reference, cat)
     except ValueError as err:
-        _fail(str(err))
+        _fail_on(err)
     cache = RequestCache(cat.cache_dir / "eval_requests.sqlite")
     try:
         records, summary = run_alpaca(model, ref, _judge(judge_model, judge_base_url, judge_key_env, concurrency,
@@ -97,7 +121,7 @@ def alpaca(
                                       judge_prompts=judge_prompts, backend=backend, max_new_tokens=max_new_tokens,
                                       limit=limit, model_base_url=model_base_url)
     except ValueError as err:
-        _fail(str(err))
+        _fail_on(err)
     folder = Path(out or cat.root / "evals" / f"alpaca_{Path(model).name}")
     _write(folder, records, summary)
     png = win_rate_png(folder / "alpaca.png", [(f"{Path(model).name} vs reference", summary)],
@@ -131,6 +155,7 @@ def mtbench(
     from xwin_data.llm.cache import RequestCache
     from xwin_data.core.progress import console
 
+    _check_judge(judge_base_url, judge_key_env)
     cat = Catalog(catalog)
     cat.init()
     cache = RequestCache(cat.cache_dir / "eval_requests.sqlite")
@@ -141,7 +166,7 @@ def mtbench(
                                        baseline=baseline, backend=backend, max_new_tokens=max_new_tokens,
                                        limit=limit, model_base_url=model_base_url)
     except ValueError as err:
-        _fail(str(err))
+        _fail_on(err)
     folder = Path(out or cat.root / "evals" / f"mtbench_{Path(model).name}")
     _write(folder, records, summary)
     png = mtbench_png(folder / "mtbench.png", summary, f"MT-bench: {model} (judge {judge_model})")
@@ -157,7 +182,8 @@ def mtbench(
 
 @app.command()
 def recorded(
-    reviews: List[Path] = typer.Argument(..., help="FastChat Vicuna-eval review_*.jsonl files."),
+    reviews: List[Path] = typer.Argument(..., help="FastChat Vicuna-eval review_*.jsonl files, or alpaca_eval "
+                                         "annotations.json files."),
     answers: Optional[Path] = typer.Option(None, help="The answer/ folder (names and lengths; enables LC)."),
     position: int = typer.Option(2, help="Which answer is the evaluated model's: 1 or 2 (Vicuna-eval: 2)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write records.parquet, summary.json and "
@@ -166,11 +192,19 @@ def recorded(
                                            "review file to this catalog."),
     n_boot: int = typer.Option(2000, help="Bootstrap resamples."),
 ) -> None:
-    """Aggregate recorded pairwise judgments (parsed from the judge's text) into win/tie/loss with CIs."""
+    """Aggregate recorded pairwise judgments into win/tie/loss with CIs: FastChat reviews (parsed from the judge's
+    text) or alpaca_eval annotations.json files (continuous and discrete win rates, length-controlled GLM)."""
     from xwin_data.evals.alpaca import summarize
+    from xwin_data.evals.annotations import is_annotations_file
     from xwin_data.evals.recorded import load_answers, load_vicuna_reviews, outcome_for
     from xwin_data.evals.results import record_results, win_rate_png
 
+    missing = [str(p) for p in reviews if not p.is_file()]
+    if missing:
+        _fail(f"no such file: {', '.join(missing)}")
+    if all(is_annotations_file(p) for p in reviews):
+        _annotations(list(reviews), out, catalog, n_boot=n_boot)
+        return
     ans = load_answers(answers)
     results, all_records = [], []
     for path in reviews:
@@ -198,4 +232,31 @@ def recorded(
         record_results(cat, [result_row("recorded", r | {"judge": "recorded:" + r["review"]}, model=r["model"],
                                         reference_model=r["reference_model"], items=r["n"] + r["invalid"],
                                         folder=out, png=png) for r in results])
+    print(json.dumps(results, default=str))
+
+
+def _annotations(paths: list[Path], out: Optional[Path], catalog: Optional[Path], n_boot: int) -> None:
+    """alpaca_eval annotations -> per model: win rate, discrete win rate, length-controlled (GLM) win rate."""
+    from xwin_data.core.progress import console
+    from xwin_data.evals.annotations import load_annotations, summarize_annotations
+    from xwin_data.evals.results import record_results, result_row, win_rate_png
+
+    records = load_annotations(paths)
+    results = summarize_annotations(records, n_boot=n_boot)
+    for r in results:
+        _print_win_rate(r, f"{r['model']} vs {r['reference_model']} ({r['n']} annotations)")
+        console.print(f"  discrete win rate {r['discrete_win_rate']:.1f}% "
+                      f"[{r['discrete_ci_low']:.1f}, {r['discrete_ci_high']:.1f}]", highlight=False)
+    png = None
+    if out:
+        _write(Path(out), records, {"results": results})
+        png = win_rate_png(Path(out) / "alpaca_annotations.png", [(r["model"], r) for r in results],
+                           "recorded alpaca_eval annotations (model vs baseline)")
+    if catalog is not None:
+        from xwin_data.core.catalog import Catalog
+
+        cat = Catalog(catalog)
+        cat.init()
+        record_results(cat, [result_row("alpaca_recorded", r, model=r["model"], reference_model=r["reference_model"],
+                                        items=r["n"] + r["invalid"], folder=out, png=png) for r in results])
     print(json.dumps(results, default=str))

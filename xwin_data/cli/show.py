@@ -23,25 +23,43 @@ def funnel_rows(catalog: Catalog) -> list[dict]:
     return out
 
 
+def _names(table: Table, *columns: str) -> None:
+    """Columns of names: never abbreviated (the other columns wrap instead)."""
+    for col in columns:
+        table.add_column(col, no_wrap=True, overflow="ignore")
+
+
 def show_catalog(catalog: Catalog) -> None:
+    """One table per recipe (names in full, counts), the drop reasons below it, then the recent builds: readable
+    at 80 columns."""
     rows = funnel_rows(catalog)
-    table = Table(title=f"catalog {catalog.root}")
-    for col in ("table", "version", "recipe", "stage", "rows in", "rows out", "dropped", "drop reasons", "built"):
-        table.add_column(col, justify="right" if col in ("version", "rows in", "rows out", "dropped") else "left")
-    for r in sorted(rows, key=lambda r: (r["recipe"] or "", str(r["created_at"]))):
-        reasons = ", ".join(f"{k} {v:,}" for k, v in r["reasons"].items())
-        table.add_row(r["table"], str(r["version"]), r["recipe"] or "", r["stage"] or "",
-                      f"{r['rows_in']:,}" if r["rows_in"] is not None else "", f"{r['rows_out']:,}",
-                      f"{r['dropped']:,}" if r["dropped"] else "", reasons, str(r["created_at"])[:19])
-    console.print(table)
-    builds = Table(title="recent builds")
-    for col in ("build", "recipe", "status", "started", "finished", "ran", "skipped"):
+    console.print(f"[bold]catalog {catalog.root}[/]")
+    by_recipe: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: str(r["created_at"])):
+        by_recipe.setdefault(r["recipe"] or "(made by commands)", []).append(r)
+    for recipe, group in by_recipe.items():
+        table = Table(title=f"{recipe}, built {str(group[-1]['created_at'])[:16]}", title_justify="left")
+        _names(table, "table")
+        for col in ("v", "rows in", "rows out", "dropped"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for r in group:
+            table.add_row(r["table"], str(r["version"]), f"{r['rows_in']:,}" if r["rows_in"] is not None else "",
+                          f"{r['rows_out']:,}", f"{r['dropped']:,}" if r["dropped"] else "")
+        console.print(table)
+        for r in group:
+            if r["reasons"]:
+                console.print(f"  dropped in {r['table']}: " + ", ".join(f"{k} {v:,}" for k, v in r["reasons"].items()),
+                              highlight=False)
+    builds = Table(title="recent builds", title_justify="left")
+    _names(builds, "build", "recipe")
+    for col in ("status", "started", "stages"):
         builds.add_column(col)
     for b in catalog.builds(5):
-        builds.add_row(b["build_id"], b["recipe"] or "", b["status"], str(b["started_at"])[:19],
-                       str(b["finished_at"] or "")[:19], ", ".join(json.loads(b["stages_run"] or "[]")),
-                       ", ".join(json.loads(b["stages_skipped"] or "[]")))
+        ran, skipped = json.loads(b["stages_run"] or "[]"), json.loads(b["stages_skipped"] or "[]")
+        builds.add_row(b["build_id"], b["recipe"] or "", b["status"], str(b["started_at"])[:16],
+                       f"{len(ran)} ran, {len(skipped)} skipped")
     console.print(builds)
+    console.print("one table in depth: xwin-data show TABLE", highlight=False)
 
 
 def show_table(catalog: Catalog, name: str, sample_rows: int = 3) -> None:

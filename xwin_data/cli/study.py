@@ -14,10 +14,16 @@ CatalogOpt = typer.Option("xwin-catalog", "--catalog", "-c", envvar="XWIN_DATA_C
 OutOpt = typer.Option(None, "--out", "-o", help="Output folder (default <catalog>/studies/<study>).")
 
 
-def _fail(message: str) -> None:
-    from xwin_data.core.progress import console
+def _fail_on(err: BaseException) -> None:
+    from xwin_data.cli.app import fail_on
 
-    console.print(f"[bold red]error:[/] {message}")
+    fail_on(err)
+
+
+def _fail(message: str) -> None:
+    from xwin_data.cli.app import print_error
+
+    print_error(message)
     raise typer.Exit(2)
 
 
@@ -56,7 +62,7 @@ def judge(
     try:
         summary = run_judge_study(Catalog(catalog), table, out, n_boot=n_boot, invalid_as_wrong=invalid_as_wrong)
     except StudyError as err:
-        _fail(str(err))
+        _fail_on(err)
     rows = pq.read_table(Path(summary["folder"]) / "results.parquet").to_pylist()
     _print_metrics(rows, f"judge study on {table}: {summary['pairs']} pairs, {summary['calls']} judge calls")
     for k in ("label_kappa", "rm_judge_kappa"):
@@ -84,7 +90,7 @@ def bon(
     try:
         summary = run_bon_study(Catalog(catalog), tables or None, out, n_max=n_max, n_boot=n_boot)
     except StudyError as err:
-        _fail(str(err))
+        _fail_on(err)
     for p in summary["policies"]:
         console.print(f"{p}: best-of-1 {summary['best_of_1'][p]:.4f} → best-of-max {summary['best_of_max'][p]:.4f}")
     console.print(f"wrote {summary['folder']}")

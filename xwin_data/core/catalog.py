@@ -158,17 +158,31 @@ class Catalog:
         self.root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.root / ".build.lock"))
         info_path = self.root / ".build.lock.json"
-        try:
-            lock.acquire(timeout=wait)
-        except Timeout:
-            holder = ""
+
+        def holder() -> str:
             try:
                 h = json.loads(info_path.read_text())
-                holder = f" by build {h.get('build_id')} (pid {h.get('pid')}, recipe {h.get('recipe')}, " \
-                         f"started {h.get('started_at')})"
+                return f" by build {h.get('build_id')} (pid {h.get('pid')}, recipe {h.get('recipe')}, " \
+                       f"started {h.get('started_at')})"
             except (OSError, ValueError):
-                pass
-            raise CatalogBusy(f"catalog {self.root} is locked{holder}; wait with --wait SECONDS or try later") from None
+                return ""
+
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if wait <= 0:
+                raise CatalogBusy(f"catalog {self.root} is locked{holder()}; wait with --wait SECONDS or try "
+                                  "later") from None
+            from xwin_data.core.progress import console
+
+            started = time.monotonic()
+            console.print(f"waiting up to {wait:g} s: catalog {self.root} is locked{holder()}", highlight=False)
+            try:
+                lock.acquire(timeout=wait)
+            except Timeout:
+                raise CatalogBusy(f"catalog {self.root} is still locked{holder()} after waiting {wait:g} s; "
+                                  "wait longer with --wait SECONDS or try later") from None
+            console.print(f"catalog lock taken after waiting {time.monotonic() - started:.1f} s", highlight=False)
         try:
             info_path.write_text(json.dumps({**(info or {}), "pid": os.getpid()}, default=str))
             yield

@@ -1,4 +1,8 @@
-"""The toolkit's error family: one base class, so a caller (the CLI above all) can report any of them as one line.
+"""One base class for the errors a user can cause and fix: the command line prints them as one line.
+
+Anything that is an `XwinError` is an expected failure (a missing table, a bad config, no judge key): the CLI
+prints its message and exits with its `exit_code` (2 unless the class says otherwise). Any other exception is a
+bug and keeps its traceback. `xwin-data --debug ...` shows the traceback of expected errors too.
 
 Each class also keeps the built-in base it always had (ValueError, RuntimeError), so existing
 `except ValueError` handlers keep working.
@@ -8,6 +12,8 @@ from __future__ import annotations
 
 class XwinError(Exception):
     """Base of every error the toolkit raises on purpose; its message is meant to be shown as is, on one line."""
+
+    exit_code = 2
 
 
 class RecipeError(XwinError, ValueError):
@@ -26,6 +32,8 @@ class RecipeError(XwinError, ValueError):
 class BuildError(XwinError, RuntimeError):
     """A stage failed or its output failed validation; nothing of that stage was published."""
 
+    exit_code = 1
+
 
 class SchemaError(XwinError, ValueError):
     """A table contract is missing or malformed."""
@@ -37,3 +45,17 @@ class CatalogBusy(XwinError, RuntimeError):
 
 class OverrideError(XwinError, ValueError):
     """A `--set key=value` override that cannot be parsed or applied."""
+
+
+class MissingTableError(XwinError, KeyError):
+    """A table the command needs is not in the catalog; the message names the recipe or command that makes it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingModelError(XwinError, FileNotFoundError):
+    """A model folder the command needs does not exist; the message names the command that makes it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

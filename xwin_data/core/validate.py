@@ -17,7 +17,9 @@ import yaml
 
 from xwin_data.core.errors import SchemaError
 
-SCHEMAS_DIR = Path(os.environ.get("XWIN_DATA_SCHEMAS", Path(__file__).resolve().parents[2] / "schemas"))
+# The contracts ship inside the package (`schemas/` in the project is a link to them), so an installed toolkit
+# validates without a checkout; XWIN_DATA_SCHEMAS points elsewhere.
+SCHEMAS_DIR = Path(os.environ.get("XWIN_DATA_SCHEMAS", Path(__file__).resolve().parents[1] / "schemas"))
 CHUNK_ROWS = 250_000
 
 

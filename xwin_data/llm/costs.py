@@ -12,6 +12,8 @@ import math
 import threading
 from dataclasses import dataclass, field
 
+from xwin_data.core.errors import XwinError
+
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o": (2.50, 10.00),
     "gpt-4o-mini": (0.15, 0.60),
@@ -27,7 +29,7 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 }
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(XwinError, RuntimeError):
     """The next call would pass the budget: no new calls are made; finished ones stay cached."""
 
 

@@ -2,13 +2,14 @@
 attempt may help)."""
 from __future__ import annotations
 
+from xwin_data.core.errors import XwinError
 from xwin_data.llm.costs import BudgetExceeded
 
 __all__ = ["LLMError", "RateLimited", "ServerError", "Timeout", "ConnectionFailed", "BadResponse",
            "RequestRejected", "AuthError", "MissingKey", "BudgetExceeded"]
 
 
-class LLMError(RuntimeError):
+class LLMError(XwinError, RuntimeError):
     """A model call failed; `retryable` says whether trying again may help."""
 
     retryable = False

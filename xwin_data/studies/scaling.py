@@ -40,7 +40,8 @@ NOT_IN_TRAIN_KEY = {"output_dir", "catalog", "stage_name", "record_run", "loggin
 class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str = Field("sft", pattern="^(sft|rs)$", description="training script of train/ (sft or rs)")
-    config: str = Field("${project_dir}/train/configs/sft.yaml", description="base training config (YAML)")
+    config: str | None = Field(None, description="base training config (YAML); null: the shipped "
+                               "train/configs/<kind>.yaml")
     overrides: dict[str, Any] = Field(default_factory=dict, description="fields of the training config to change")
 
 
@@ -53,6 +54,9 @@ class ScalingConfig(BaseModel):
     tables: list[str] | None = Field(None, description="explicit subset tables (size = their assistant turns)")
     sizes: list[int] | None = Field(None, description="only these sizes of the manifest")
     source_table: str = Field("sft_sharegpt", description="the table the subsets were cut from (holdout prompts)")
+    heldout_table: str | None = Field("sft_sharegpt_heldout", description="conversations the recipe set aside "
+                                      "before cutting the subsets: the held-out prompts when the table exists "
+                                      "(else: conversations of source_table in no subset)")
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
 
@@ -81,8 +85,25 @@ def load_scaling_config(path: str | Path, sets: list[str] | None = None) -> Scal
         raise StudyError(f"{path}: {msg}") from None
 
 
-def subset_plan(catalog: Catalog, cfg: ScalingConfig) -> list[dict]:
-    """[{size, table, fingerprint, conversations}] in increasing size, every table present in the catalog."""
+def _distinct_sizes(rows: list[dict], manifest: str, log) -> list[dict]:
+    """Sizes larger than the data all hold the same conversations (the whole data, `complete = false`): train
+    the smallest of them once and say which sizes were kept and which were not."""
+    kept, dropped = [], []
+    for r in rows:
+        if r["complete"] or not any(not k["complete"] for k in kept):
+            kept.append(r)
+        else:
+            dropped.append(r["size"])
+    if dropped:
+        whole = next(r for r in kept if not r["complete"])
+        log(f"sizes {dropped} are larger than the data ({manifest}: {whole['table']} already holds all "
+            f"{whole['conversations']:,} conversations); kept sizes {[r['size'] for r in kept]}")
+    return kept
+
+
+def subset_plan(catalog: Catalog, cfg: ScalingConfig, log=print) -> list[dict]:
+    """[{size, table, fingerprint, conversations}] in increasing size, every table present in the catalog; of the
+    sizes larger than the data only the first is kept (the others are the same table)."""
     from xwin_data.core.connection import connect
 
     con = connect(catalog, canned_views=False)
@@ -100,14 +121,18 @@ def subset_plan(catalog: Catalog, cfg: ScalingConfig) -> list[dict]:
             if catalog.current(cfg.subsets) is None:
                 raise StudyError(f"no manifest table {cfg.subsets!r} in catalog {catalog.root}: build "
                                  "recipes/sharegpt_sft.yaml first, or list subset tables under `tables:`")
-            rows = [{"size": int(s), "table": t, "conversations": int(c)} for s, t, c in con.execute(
-                f'SELECT size, table_name, conversations FROM "{cfg.subsets}" ORDER BY size').fetchall()]
+            cols = {r[0] for r in con.execute(f'DESCRIBE SELECT * FROM "{cfg.subsets}"').fetchall()}
+            complete = "complete" if "complete" in cols else "true"
+            rows = [{"size": int(s), "table": t, "conversations": int(c), "complete": bool(k)}
+                    for s, t, c, k in con.execute(f'SELECT size, table_name, conversations, {complete} '
+                                                  f'FROM "{cfg.subsets}" ORDER BY size').fetchall()]
             if cfg.sizes:
                 missing = sorted(set(cfg.sizes) - {r["size"] for r in rows})
                 if missing:
                     raise StudyError(f"sizes {missing} are not in {cfg.subsets} (it has "
                                      f"{[r['size'] for r in rows]})")
                 rows = [r for r in rows if r["size"] in cfg.sizes]
+            rows = _distinct_sizes(rows, cfg.subsets, log)
     finally:
         con.close()
     if not rows:
@@ -122,7 +147,9 @@ def subset_plan(catalog: Catalog, cfg: ScalingConfig) -> list[dict]:
 
 def training_settings(cfg: ScalingConfig) -> dict:
     """The base config file with the study's overrides applied (what gets hashed into each size's key)."""
-    path = Path(cfg.train.config)
+    from xwin_data.cli.train import default_config
+
+    path = Path(cfg.train.config) if cfg.train.config else default_config(cfg.train.kind)
     if not path.is_file():
         raise StudyError(f"train.config {path} does not exist")
     base = load_yaml_file(path) or {}
@@ -166,12 +193,16 @@ def train_size(catalog: Catalog, cfg: ScalingConfig, settings: dict, sub: dict, 
 def run_scaling_study(catalog: Catalog, cfg: ScalingConfig, out: Path | None = None, log=print) -> dict:
     from xwin_data.llm.cache import RequestCache
 
-    subsets = subset_plan(catalog, cfg)
+    subsets = subset_plan(catalog, cfg, log)
     settings = training_settings(cfg)
     folder = study_dir(catalog, cfg.name, out)
     state = folder / "state"
     state.mkdir(exist_ok=True)
-    items, ref_ident = reference_items(catalog, cfg.evaluator, cfg.source_table, [s["table"] for s in subsets])
+    heldout = cfg.heldout_table if cfg.heldout_table and catalog.current(cfg.heldout_table) is not None else None
+    items, ref_ident = reference_items(catalog, cfg.evaluator, cfg.source_table, [s["table"] for s in subsets],
+                                       heldout_table=heldout)
+    log(f"held-out prompts: {len(items)} from " + (heldout or f"{cfg.source_table} (conversations in no subset)"
+                                                     if cfg.evaluator.reference == "holdout" else cfg.evaluator.reference))
     eval_ident = evaluator_identity(cfg.evaluator)
     cache = RequestCache(catalog.cache_dir / "scaling_eval.sqlite")
     evaluator = None

@@ -88,7 +88,10 @@ def greedy_answers(model_path: str, items: list[dict], max_new_tokens: int, cach
 def judge_evaluator(spec: EvaluatorSpec, cache):
     from xwin_data.evals.live import JudgeConfig, run_alpaca
 
+    from xwin_data.evals.preflight import check_judge
+
     j = spec.judge
+    check_judge(j.base_url, j.api_key_env, url_flag="evaluator.judge.base_url", key_flag="evaluator.judge.api_key_env")
     cfg = JudgeConfig(model=j.model, base_url=j.base_url, api_key_env=j.api_key_env, concurrency=j.concurrency,
                       budget_usd=j.budget_usd)
 
@@ -158,18 +161,30 @@ def holdout_items(catalog, source_table: str, exclude_tables: list[str], limit: 
     return items
 
 
-def reference_items(catalog, spec: EvaluatorSpec, source_table: str, subset_tables: list[str]) -> tuple[list[dict], dict]:
-    """(items, identity of the reference data for the evaluation key)."""
+def reference_items(catalog, spec: EvaluatorSpec, source_table: str, subset_tables: list[str],
+                    heldout_table: str | None = None) -> tuple[list[dict], dict]:
+    """(items, identity of the reference data for the evaluation key). With `heldout_table` (conversations set
+    aside before the subsets were cut) the held-out prompts are its conversations; else those of `source_table`
+    in no subset."""
     from xwin_data.core.fingerprint import path_fingerprint
+    from xwin_data.studies.judge import StudyError
 
-    if spec.reference == "holdout":
+    if spec.reference == "holdout" and heldout_table:
+        items = holdout_items(catalog, heldout_table, [], spec.max_prompts)
+        ident = {"heldout": heldout_table, "fingerprint": catalog.current(heldout_table).fingerprint}
+    elif spec.reference == "holdout":
         tv = catalog.current(source_table)
         if tv is None:
-            raise ValueError(f"evaluator.reference holdout needs table {source_table!r} (the table the subsets "
-                             f"were cut from) in catalog {catalog.root}; set source_table or evaluator.reference")
+            raise StudyError(f"evaluator.reference holdout needs table {source_table!r} (the table the subsets "
+                             f"were cut from) in catalog {catalog.root}; build recipes/sharegpt_sft.yaml, or set "
+                             "source_table or evaluator.reference")
         items = holdout_items(catalog, source_table, subset_tables, spec.max_prompts)
         ident = {"holdout": source_table, "fingerprint": tv.fingerprint,
                  "excluded": {t: catalog.current(t).fingerprint for t in subset_tables}}
+        if not items:
+            raise StudyError(f"no held-out prompts: every conversation of {source_table} is in a subset; rebuild "
+                             "recipes/sharegpt_sft.yaml (it sets aside `heldout` conversations before cutting the "
+                             "subsets) or set evaluator.reference to a table or file of reference answers")
     else:
         from xwin_data.evals.live import load_reference
 
@@ -178,5 +193,5 @@ def reference_items(catalog, spec: EvaluatorSpec, source_table: str, subset_tabl
         ident = {"file": path_fingerprint(path)} if path.is_file() else {
             "table": spec.reference, "fingerprint": catalog.current(spec.reference).fingerprint}
     if not items:
-        raise ValueError(f"no evaluation prompts from evaluator.reference={spec.reference!r}")
+        raise StudyError(f"no evaluation prompts from evaluator.reference={spec.reference!r}")
     return items, ident

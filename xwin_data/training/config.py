@@ -17,9 +17,15 @@ from trl import DPOConfig, RewardConfig, SFTConfig, TrlParser
 
 from xwin_data.core.overrides import load_yaml_file, parse_override
 
+from xwin_data.core.errors import XwinError
+
 T = TypeVar("T")
 _WORDS = {"yes": True, "on": True, "no": False, "off": False}
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ConfigError(XwinError, ValueError):
+    """A training config that cannot be read: names the file and the key."""
 
 
 @dataclass
@@ -49,20 +55,32 @@ class StageArgs:
     bon_eval_batch_size: int = field(default=64, metadata={"help": "Sequences per generation / scoring batch."})
 
 
-def _cpu_friendly_defaults(cfg: Any) -> None:
-    """Called before the TRL `__post_init__`: bf16 only on a bf16-capable CUDA device unless set."""
-    if getattr(cfg, "bf16", None) is None:
-        try:
-            import torch
+def gpu_supports_bf16() -> bool:
+    """Whether this process sees a CUDA device that computes in bf16."""
+    try:
+        import torch
 
-            cfg.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported() and not cfg.use_cpu)
-        except Exception:  # noqa: BLE001 - no torch build info: stay in fp32
-            cfg.bf16 = False
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    except Exception:  # noqa: BLE001 - no torch build info: stay in fp32
+        return False
+
+
+def bf16_default(use_cpu: bool = False) -> bool:
+    """Every stage's bf16 default (SFT, RM, DPO and WIND alike): on a bf16-capable GPU, off on CPU."""
+    return gpu_supports_bf16() and not use_cpu
+
+
+def _cpu_friendly_defaults(cfg: Any) -> None:
+    """Called before the base config's `__post_init__`: bf16 unless set is `bf16_default()`."""
+    if getattr(cfg, "bf16", None) is None:
+        cfg.bf16 = bf16_default(bool(getattr(cfg, "use_cpu", False)))
 
 
 def _stage_defaults(**overrides: Any) -> dict:
+    """Defaults every stage shares; `bf16: None` means "decide by the device" (`bf16_default`), the same for the
+    TRL configs (whose own default is None) and for WIND's plain TrainingArguments (whose default is False)."""
     return {"gradient_checkpointing": None, "report_to": "none", "save_strategy": "no", "logging_steps": 1,
-            "dataloader_num_workers": 0, **overrides}
+            "dataloader_num_workers": 0, "bf16": None, **overrides}
 
 
 def _stage_config(name: str, base: type, mixins: tuple = (StageArgs,), module: str = __name__,
@@ -73,7 +91,7 @@ def _stage_config(name: str, base: type, mixins: tuple = (StageArgs,), module: s
                           "__doc__": f"{base.__name__} plus the catalog / model / evaluation fields of StageArgs."}
     for f in dataclasses.fields(base):
         if f.name in defaults:
-            ns["__annotations__"][f.name] = f.type
+            ns["__annotations__"][f.name] = Optional[bool] if f.name == "bf16" else f.type
             ns[f.name] = field(default=defaults[f.name], metadata=f.metadata)
 
     def __post_init__(self):
@@ -118,7 +136,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     if path is not None:
         data = load_yaml_file(path) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a training config is a YAML mapping of field: value")
+            raise ConfigError(f"{path}: a training config is a YAML mapping of field: value")
     data.update(parse_overrides(overrides))
     if data.get("report_to") == []:
         data["report_to"] = "none"
@@ -136,11 +154,11 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
                 data[key] = _WORDS[value.lower()]
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{path or 'overrides'}: unknown config key(s) {', '.join(unknown)} for {cls.__name__}")
+        raise ConfigError(f"{path or 'overrides'}: unknown config key(s) {', '.join(unknown)} for {cls.__name__}")
     if not data.get("table"):
-        raise ValueError(f"{path or 'overrides'}: `table` (the catalog table to train on) is required")
+        raise ConfigError(f"{path or 'overrides'}: `table` (the catalog table to train on) is required")
     if not data.get("output_dir"):
-        raise ValueError(f"{path or 'overrides'}: `output_dir` (where the trained model is saved) is required")
+        raise ConfigError(f"{path or 'overrides'}: `output_dir` (where the trained model is saved) is required")
     (cfg,) = TrlParser(cls).parse_dict(data)
     return cfg
 

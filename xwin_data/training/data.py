@@ -30,7 +30,9 @@ def read_rows(catalog: str | Path, table: str, max_rows: int | None = None) -> l
     try:
         names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if table not in names:
-            raise TableFormatError(f"table {table!r} is not in catalog {catalog}")
+            from xwin_data.core.origins import missing_table_message
+
+            raise TableFormatError(missing_table_message(table, catalog))
         quoted = '"' + table.replace('"', '""') + '"'
         cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {quoted}").fetchall()]
         order = next((c for c in ("id", "prompt_id", "response_id") if c in cols), None)

@@ -5,7 +5,18 @@ for a model already loaded), shared with the Xwin-Set `score_responses` op.
 """
 from __future__ import annotations
 
-from xwin_data.llm.tiny import resolve_model
+from pathlib import Path
+
+from xwin_data.core.errors import MissingModelError
+from xwin_data.core.origins import looks_local, missing_model_message
+from xwin_data.llm.tiny import resolve_model as _resolve
+
+
+def resolve_model(name: str):
+    """`_resolve` (tiny models, folders, hub ids), failing in one line for a local folder that is not there."""
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise MissingModelError(missing_model_message(name))
+    return _resolve(name)
 
 
 def load_tokenizer(name: str, fallback: str | None = None):

@@ -32,6 +32,37 @@ def split_argv(argv: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
+def preflight(cfg, tables: tuple[str, ...] = ()) -> None:
+    """Before any model is loaded: every table and local model folder the run will read exists, else one error
+    that names the recipe or command that makes it (so a run does not train and then fail in its evaluation)."""
+    from xwin_data.core.catalog import Catalog
+    from xwin_data.core.connection import connect
+    from xwin_data.core.errors import MissingModelError
+    from xwin_data.core.origins import looks_local, missing_model_message
+    from xwin_data.training.data import TableFormatError
+
+    evaluates = bool(getattr(cfg, "bon_eval_prompts_table", None))
+    models = [cfg.model_name_or_path, getattr(cfg, "reward_model", None),
+              cfg.bon_eval_reward_model if evaluates else None]
+    for name in models:
+        if name and looks_local(name) and not Path(name).expanduser().exists():
+            raise MissingModelError(missing_model_message(name))
+    wanted = [cfg.table, *tables, cfg.bon_eval_prompts_table if evaluates else None]
+    if not Catalog(cfg.catalog).exists():
+        raise TableFormatError(f"no catalog at {cfg.catalog}; build the main job first: "
+                               "`xwin-data build recipes/xwin_set.yaml` (see the README for the order)")
+    con = connect(cfg.catalog, canned_views=False)
+    try:
+        names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    finally:
+        con.close()
+    for table in wanted:
+        if table and table not in names:
+            from xwin_data.core.origins import missing_table_message
+
+            raise TableFormatError(missing_table_message(table, cfg.catalog))
+
+
 def fixed_batch_loss(trainer, n: int = 8) -> float | None:
     """The trainer's own loss on its first n training examples, in order, without gradients."""
     import torch
