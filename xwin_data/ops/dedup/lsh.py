@@ -8,8 +8,6 @@ keeps the candidate count linear.
 """
 from __future__ import annotations
 
-from itertools import combinations
-
 import numpy as np
 
 from xwin_data.text.minhash import sorted_unique
@@ -29,18 +27,14 @@ def bucket_pairs(keys: np.ndarray) -> np.ndarray:
     starts = np.flatnonzero(np.concatenate([[True], ~same]))
     sizes = np.diff(np.concatenate([starts, [len(k)]]))
     codes = []
-    pairs2 = starts[sizes == 2]  # the common case, vectorised
-    a, b = order[pairs2].astype(np.int64), order[pairs2 + 1].astype(np.int64)
-    codes.append((a << 32) | b)
-    for s, n in zip(starts[sizes > 2], sizes[sizes > 2]):
+    for size in sorted_unique(sizes[(sizes >= 2) & (sizes <= ALL_PAIRS_UP_TO)]).tolist():
+        members = order[starts[sizes == size][:, None] + np.arange(size)].astype(np.int64)  # (buckets, size)
+        i, j = np.triu_indices(size, 1)
+        codes.append(((members[:, i] << 32) | members[:, j]).ravel())
+    for s, n in zip(starts[sizes > ALL_PAIRS_UP_TO], sizes[sizes > ALL_PAIRS_UP_TO]):
         members = order[s:s + n].astype(np.int64)
-        if n <= ALL_PAIRS_UP_TO:
-            pa_, pb_ = zip(*combinations(members.tolist(), 2))
-            codes.append((np.array(pa_, np.int64) << 32) | np.array(pb_, np.int64))
-        else:
-            rest = members[1:]
-            codes.append((members[0] << 32) | rest)
-            codes.append((members[1:-1] << 32) | members[2:])
+        codes.append((members[0] << 32) | members[1:])
+        codes.append((members[1:-1] << 32) | members[2:])
     return sorted_unique(np.concatenate(codes))
 
 

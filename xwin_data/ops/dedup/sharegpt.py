@@ -8,6 +8,7 @@ whose detail names the kept id.
 from __future__ import annotations
 
 import re
+import time
 from typing import Literal
 
 import numpy as np
@@ -156,34 +157,26 @@ class NearParams(Params):
         return self
 
 
-def minhash_batch(batch: pa.RecordBatch, params: NearParams, a: np.ndarray, b: np.ndarray) -> tuple[None, tuple]:
-    """One batch's (ids, signatures, band keys); runs in the stage's worker processes."""
-    from xwin_data.text.minhash import band_keys, conversation_text, shingles, signatures, word_hashes
+def minhash_batch(batch: pa.RecordBatch, params: NearParams, a: np.ndarray, b: np.ndarray,
+                  scratch: str) -> tuple[None, tuple]:
+    """One batch's (ids, signatures, band keys, file of its shingle sets); runs in the stage's worker processes,
+    which also write the shingle sets (sorted 32-bit hashes, for the exact check) to a scratch file of their own."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    from xwin_data.text.minhash import band_keys, conversation_text, shingle_sets, shingles, signatures, word_hashes
 
     words, offsets = word_hashes(conversation_text(batch.column("messages"), params.on), params.max_words)
     hashes, sh_off = shingles(words, offsets, params.shingle_words)
     sig = signatures(hashes, sh_off, a, b)
-    return None, (batch.column("id"), sig, band_keys(sig, params.bands, params.seed))
-
-
-def read_rows(globbed: str, ords: np.ndarray, column: str = "messages") -> pa.Array:
-    """One column of the input rows at the given (sorted) ordinals, reading only the row groups that hold them."""
-    import glob
-
-    import pyarrow.parquet as pq
-
-    parts, start = [], 0
-    for source in sorted(glob.glob(globbed)):
-        pf = pq.ParquetFile(source)
-        for g in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(g).num_rows
-            lo, hi = np.searchsorted(ords, [start, start + n])
-            if hi > lo:
-                col = pf.read_row_group(g, columns=[column], use_threads=False).column(0).combine_chunks()
-                parts.append(col.take(pa.array(ords[lo:hi] - start)))
-            start += n
-    return pa.concat_arrays(parts) if parts else pa.array([], pa.list_(pa.struct([("role", pa.string()),
-                                                                                    ("content", pa.string())])))
+    sets_file = None
+    if params.verify:
+        flat, set_off = shingle_sets(hashes, sh_off)
+        sets_file = f"{scratch}/sets-{uuid.uuid4().hex}.parquet"
+        column = pa.LargeListArray.from_arrays(pa.array(set_off.astype(np.int64)), pa.array(flat))
+        pq.write_table(pa.table({"shingles": column}), sets_file, compression="none")
+    return None, (batch.column("id"), sig, band_keys(sig, params.bands, params.seed), sets_file)
 
 
 @register
@@ -218,8 +211,11 @@ class DedupNear(Op):
         sig_path, band_path = scratch / "sigs.parquet", scratch / "bands.parquet"
         writers: dict[str, pq.ParquetWriter] = {}
 
+        set_files: list[tuple[str, int]] = []
+
         def keep(extra: tuple) -> None:  # in the calling process, in input order: row i of the files is ordinal i
-            ids, sig, keys = extra
+            ids, sig, keys, sets_file = extra
+            set_files.append((sets_file, len(ids)))
             tables = {sig_path: pa.table({"id": ids, "sig": pa.FixedSizeListArray.from_arrays(sig.ravel(),
                                                                                                params.num_perm)}),
                       band_path: pa.table({f"b{j}": keys[:, j] for j in range(params.bands)})}
@@ -228,15 +224,18 @@ class DedupNear(Op):
                     writers[path] = pq.ParquetWriter(path, table.schema)
                 writers[path].write_table(table)
 
+        clock = time.perf_counter()
         a, b = permutations(params.num_perm, params.seed)
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-        map_input_parallel(ctx, partial(minhash_batch, params=params, a=a, b=b), schema, keep,
+        map_input_parallel(ctx, partial(minhash_batch, params=params, a=a, b=b, scratch=str(scratch)), schema, keep,
                            batch_size=params.batch_size, processes=True, description="minhash signatures")
         for w in writers.values():
             w.close()
         for leftover in glob.glob(ctx.output_glob()):  # the signing pass writes no rows, only an empty part
             os.remove(leftover)
 
+        seconds = {"sign": time.perf_counter() - clock}
+        clock = time.perf_counter()
         found = np.zeros(0, np.int64)
         if band_path in writers:
             bands = pq.ParquetFile(band_path)
@@ -247,39 +246,50 @@ class DedupNear(Op):
         floor = params.threshold - params.estimate_margin if params.verify else params.threshold
         sel = estimated >= floor
         first, second, estimated = first[sel], second[sel], estimated[sel]
+        seconds["candidates"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         exact = np.full(len(first), np.nan)
         if params.verify and len(first):
-            exact = _verify(ctx.inputs[0].glob, params, first, second, estimated)
+            exact = _verify(set_files, params, first, second, estimated)
         decided = exact if params.verify else estimated
         ok = decided >= params.threshold
         dropped = _dropped_rows(first[ok], second[ok], estimated[ok], exact[ok],
                                 pq.read_table(sig_path, columns=["id"]).column(0) if band_path in writers else None)
+        seconds["verify"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         ctx.con.register("__near", dropped)
         _write_except(ctx, "__near")
         ctx.drop_sql("SELECT id AS source_id, 'near_duplicate' AS reason, detail FROM __near")
+        seconds["write"] = time.perf_counter() - clock
         ctx.stats.update({"candidate_pairs": int(len(found)), "verified_pairs": int(np.sum(~np.isnan(exact))),
-                          "near_duplicates": dropped.num_rows})
+                          "near_duplicates": dropped.num_rows,
+                          "seconds": {k: round(v, 2) for k, v in seconds.items()}})
 
 
-def _verify(globbed: str, params: NearParams, first: np.ndarray, second: np.ndarray,
+def _verify(set_files: list[tuple[str, int]], params: NearParams, first: np.ndarray, second: np.ndarray,
             estimated: np.ndarray) -> np.ndarray:
     """Exact shingle Jaccard of the candidate pairs that decide the clusters (NaN for the others).
 
     Pairs are taken by estimate, highest first; a pair whose two members are already joined by verified pairs
     is not checked (it cannot change a cluster), so a dump full of copies costs about one check per copy. The
-    shingle sets of the documents involved are computed in chunks of `batch_size` and held at 4 bytes a shingle:
+    shingle sets the workers wrote are read back for the documents involved only and held at 4 bytes a shingle:
     that, the signatures of candidates and the candidate list are what this step holds beyond one batch."""
-    from xwin_data.text.minhash import conversation_text, jaccard, shingle_sets, shingles, word_hashes
+    import pyarrow.parquet as pq
+
+    from xwin_data.text.minhash import jaccard
 
     need = sorted_unique(np.concatenate([first, second]))
-    flats, offs, base = [], [np.zeros(1, np.int64)], 0
-    for c in range(0, len(need), params.batch_size):
-        chunk = need[c:c + params.batch_size]
-        words, offsets = word_hashes(conversation_text(read_rows(globbed, chunk), params.on), params.max_words)
-        flat, sh_off = shingle_sets(*shingles(words, offsets, params.shingle_words))
-        flats.append(flat)
-        offs.append(sh_off[1:].astype(np.int64) + base)
-        base += len(flat)
+    flats, offs, base, start = [], [np.zeros(1, np.int64)], 0, 0
+    for path, n in set_files:
+        lo, hi = np.searchsorted(need, [start, start + n])
+        if hi > lo:
+            sets = pq.read_table(path).column(0).combine_chunks().take(pa.array(need[lo:hi] - start))
+            values = sets.flatten().to_numpy()
+            offsets = np.asarray(sets.offsets.to_numpy(), dtype=np.int64)
+            flats.append(values)
+            offs.append(offsets[1:] - offsets[0] + base)
+            base += len(values)
+        start += n
     flat, off = np.concatenate(flats), np.concatenate(offs)
     ia, ib = np.searchsorted(need, first), np.searchsorted(need, second)
     parent = np.arange(len(need))
