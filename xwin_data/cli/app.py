@@ -25,6 +25,11 @@ app = typer.Typer(
 
 CatalogOpt = typer.Option("xwin-catalog", "--catalog", "-c", envvar="XWIN_DATA_CATALOG",
                           help="Catalog folder where tables live (env XWIN_DATA_CATALOG).")
+ExecutorOpt = typer.Option(None, "--executor", "-x", help="Where batch and model work runs: local (default) or ray "
+                           "(overrides the recipe's `executor:`).")
+RayAddressOpt = typer.Option(None, "--ray-address", envvar="XWIN_DATA_RAY_ADDRESS",
+                             help="Ray cluster to run on (auto, ray://host:10001, host:6379); without it "
+                                  "--executor ray starts a Ray for the build.")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe field: key=value (a variable such as "
                       "input=path.jsonl, or stage.params.key=value). Repeatable.")
 
@@ -54,6 +59,8 @@ def build(
     force_all: bool = typer.Option(False, "--force-all", help="Rebuild every stage."),
     memory_limit: str = typer.Option("4GB", help="DuckDB memory limit per stage; larger work spills to disk."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    executor: Optional[str] = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Build a recipe: run every stage whose fingerprint is not yet in the catalog, validate, publish."""
     from xwin_data.core.catalog import Catalog, CatalogBusy
@@ -64,7 +71,8 @@ def build(
     cat = Catalog(catalog)
     try:
         report = run_build(rec, cat, wait=wait, force=True if force_all else (force or []), overrides=sets or [],
-                           memory_limit=memory_limit, show_progress=not quiet)
+                           memory_limit=memory_limit, show_progress=not quiet, executor=executor,
+                           ray_address=ray_address)
     except (RecipeError, CatalogBusy) as err:
         _fail(str(err))
     except BuildError as err:
@@ -100,29 +108,31 @@ def plan(
     sets: Optional[List[str]] = SetOpt,
     catalog: Path = CatalogOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    executor: Optional[str] = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Show the stages of a recipe, which are already built (same fingerprint) and which would run, with
     estimates of model calls, tokens and cost where a stage can tell."""
     from xwin_data.core.catalog import Catalog
-    from xwin_data.core.engine import describe_plan, plan as make_plan
+    from xwin_data.core.engine import choose_executor, describe_plan, plan as make_plan
     from xwin_data.core.yaml_lines import RecipeError
 
     rec = _load(recipe, sets or [])
     try:
-        rows = describe_plan(make_plan(rec, Catalog(catalog)))
+        rows = describe_plan(make_plan(rec, Catalog(catalog)), choose_executor(rec, executor, ray_address))
     except RecipeError as err:
         _fail(str(err))
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=f"plan for {rec.name} ({recipe})")
-    for col in ("stage", "op", "inputs", "outputs", "status", "why", "estimate"):
+    for col in ("stage", "op", "inputs", "outputs", "status", "why", "runs on", "estimate"):
         table.add_column(col)
     for r in rows:
         style = {"built": "green", "run": "yellow", "restore": "cyan"}[r["status"]]
         est = ", ".join(f"{k}={v}" for k, v in (r["estimate"] or {}).items())
         table.add_row(r["stage"], r["op"], ", ".join(r["inputs"]), ", ".join(r["outputs"]),
-                      f"[{style}]{r['status']}[/]", r["reason"], est)
+                      f"[{style}]{r['status']}[/]", r["reason"], r["runs_on"], est)
     console.print(table)
 
 

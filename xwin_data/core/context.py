@@ -61,6 +61,8 @@ class StageContext:
     progress: Progress | None = None
     memory_limit: str = "4GB"
     threads: int | None = None
+    executor: Any = None  # where batch work runs (xwin_data.core.executors); local when not given
+    resources: dict[str, Any] = field(default_factory=dict)  # the stage's `resources:` (cpus, gpus, replicas)
     stats: dict[str, Any] = field(default_factory=dict)
     _con: duckdb.DuckDBPyConnection | None = None
     passed_through: dict[str, InputTable] = field(default_factory=dict)  # output -> the input published as it is
@@ -68,6 +70,12 @@ class StageContext:
     _drop_buffer: list[dict] = field(default_factory=list)
     _drop_parts: int = 0
     _n_drops: int = 0
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            from xwin_data.core.executors import make_executor
+
+            self.executor = make_executor("local")
 
     # ------------------------------------------------------------------------------------------------ inputs
     @property

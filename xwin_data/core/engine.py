@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from xwin_data import __version__
 from xwin_data.core.catalog import Catalog, TableVersion
 from xwin_data.core.context import InputTable, StageContext, sql_str
+from xwin_data.core.executors import Executor, Resources, make_executor
 from xwin_data.core.fingerprint import library_versions, stable_hash
 from xwin_data.ops import get_op, all_ops
 from xwin_data.ops.base import Op
@@ -57,6 +58,7 @@ class PlannedStage:
     status: str = "run"  # built | restore | run
     reason: str = ""
     estimate: dict | None = None
+    resources: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -134,7 +136,8 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False) -> l
                 raise RecipeError(f"table {t!r} is written by both {produced[t][0]} and {st.id}", file=recipe.source,
                                   line=recipe.line_of("stages", i, "id"), key=f"{st.id}")
             produced[t] = (st.id, t)
-        planned[st.id] = PlannedStage(i, st.id, op, params, outputs, schemas, [])
+        planned[st.id] = PlannedStage(i, st.id, op, params, outputs, schemas, [],
+                                      resources=st.resources.model_dump())
 
     deps: dict[str, list[str]] = {}
     for i, st in enumerate(recipe.stages):
@@ -231,7 +234,8 @@ def _drops_by_reason(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, 
 
 
 def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str, progress: Any,
-               memory_limit: str, overrides: list[str], validated: dict[str, ValidationResult]) -> StageReport:
+               memory_limit: str, overrides: list[str], validated: dict[str, ValidationResult],
+               executor: Executor) -> StageReport:
     start = time.monotonic()
     inputs = []
     for ref in ps.inputs:
@@ -243,7 +247,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     work_dir.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(stage_id=ps.stage_id, table=ps.outputs[0], outputs=ps.outputs, inputs=inputs, staging=staging,
                        work_dir=work_dir, cache_dir=catalog.cache_dir, tmp_dir=catalog.tmp_dir / build_id,
-                       build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit)
+                       build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit,
+                       executor=executor, resources=ps.resources)
     try:
         ps.op.run(ctx, ps.params)
     finally:
@@ -307,10 +312,22 @@ def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, tab
     return validate_source(con, source, schema_name, table)
 
 
+def choose_executor(recipe: Recipe, executor: str | None = None, ray_address: str | None = None) -> Executor:
+    """The recipe's `executor:`, overridden by `--executor` / `--ray-address` (an address alone means ray)."""
+    name = executor or ("ray" if ray_address else recipe.executor.name)
+    try:
+        return make_executor(name, ray_address or (recipe.executor.address if name == recipe.executor.name else None))
+    except ValueError as err:
+        raise RecipeError(str(err), file=recipe.source, key="executor") from None
+
+
 def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[str] | bool = False,
-          overrides: list[str] | None = None, memory_limit: str = "4GB", show_progress: bool = True) -> BuildReport:
-    """Build every stage that is not already built; publish stage by stage."""
+          overrides: list[str] | None = None, memory_limit: str = "4GB", show_progress: bool = True,
+          executor: str | None = None, ray_address: str | None = None) -> BuildReport:
+    """Build every stage that is not already built; publish stage by stage. The executor decides where batch work
+    runs; it is not part of any fingerprint, so a table built on one executor is built for every other."""
     catalog.init()
+    runner = choose_executor(recipe, executor, ray_address)
     stages = plan(recipe, catalog, force)  # fails on any recipe problem before work or spend
     overrides = overrides or []
     info = {"recipe": recipe.name, "started_at": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -340,7 +357,8 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
                         reports.append(StageReport(ps.stage_id, "restored", {}, 0, {}, 0.0))
                         continue
                     console.print(f"[bold cyan]▶ {ps.stage_id}[/] ({type(ps.op).name}): {ps.reason}")
-                    rep = _run_stage(ps, recipe, catalog, build_id, progress, memory_limit, overrides, validated)
+                    rep = _run_stage(ps, recipe, catalog, build_id, progress, memory_limit, overrides, validated,
+                                     runner)
                     ran.append(ps.stage_id)
                     reports.append(rep)
                     drops = sum(rep.drops.values())
@@ -357,6 +375,7 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
             raise
         finally:
             cancel_warm_ups()
+            runner.close()
             catalog.finish_build(build_id, status, ran, skipped, error)
             catalog.clean_staging(build_id)
             if status == "ok":
@@ -372,10 +391,18 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def describe_plan(stages: list[PlannedStage]) -> list[dict[str, Any]]:
+def describe_plan(stages: list[PlannedStage], executor: Executor | None = None) -> list[dict[str, Any]]:
+    executor = executor or make_executor("local")
     return [{"stage": ps.stage_id, "op": type(ps.op).name, "inputs": [r.name for r in ps.inputs],
              "outputs": ps.outputs, "status": ps.status, "reason": ps.reason, "fingerprint": ps.fingerprint[:12],
-             "estimate": ps.estimate} for ps in stages]
+             "estimate": ps.estimate, "runs_on": where_it_runs(ps, executor)} for ps in stages]
+
+
+def where_it_runs(ps: PlannedStage, executor: Executor) -> str:
+    """Where a stage's work would run: SQL stages in DuckDB on the driver, the others on the executor."""
+    if ps.op.runs == "driver":
+        return "driver: DuckDB (set-oriented SQL)"
+    return executor.describe(Resources.of(ps.resources), ps.op.runs == "model")
 
 
 def _jsonable(obj: Any) -> Any:

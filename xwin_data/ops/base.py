@@ -29,6 +29,10 @@ class Op:
     min_inputs: ClassVar[int] = 0
     max_inputs: ClassVar[int | None] = None
     summary: ClassVar[str] = ""
+    # Where the op's work runs: "driver" (SQL in DuckDB on the build's machine), "batches" (row batches through an
+    # executor) or "model" (units on replicas that each hold a model). Only the plan reads it: the executor is chosen
+    # by the build, never by the op.
+    runs: ClassVar[str] = "driver"
 
     def output_tables(self, table: str, params: Any) -> list[str]:
         """Names of the tables this stage writes; the first is the main one."""
