@@ -175,6 +175,7 @@ class Executor:
     """Runs a stage's units. Subclasses implement `_execute`; `run` adds resume, ordering and publishing."""
 
     name = "base"
+    distributes = False  # True where units run on other machines: ops then split work that is cheap to keep here
 
     def describe(self, resources: Resources, model: bool) -> str:
         return self.name
@@ -247,11 +248,11 @@ class Executor:
                 self.publish_parts(ctx, part_dir, [keys[i] for i in range(len(units))], name, schema)
         return done
 
-    def parts(self, ctx, units: Sequence[Unit], table: str) -> list[str]:
-        """The committed part files of `table` for these units, in unit order."""
+    def parts(self, ctx, units: Sequence[Unit], table: str) -> list[str | None]:
+        """The committed part file of `table` for each unit, in unit order (None: the unit wrote no rows)."""
         part_dir = ctx.work_dir / "batches"
         paths = (part_path(part_dir, unit_key(ctx.fingerprint, u.identity), table) for u in units)
-        return [str(p) for p in paths if p.exists()]
+        return [str(p) if p.exists() else None for p in paths]
 
     @staticmethod
     def publish_parts(ctx, part_dir: Path, keys: list[str], table: str, schema: pa.Schema) -> int:

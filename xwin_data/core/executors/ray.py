@@ -63,6 +63,7 @@ class _Replica:
 
 class RayExecutor(Executor):
     name = "ray"
+    distributes = True
 
     def __init__(self, address: str | None = None):
         self.address = address

@@ -31,6 +31,8 @@ class ReadParams(Params):
     model_field: str | None = Field(None, description="field naming the answering model (default: model, model_id)")
     source: str | None = Field(None, description="value of the `source` column (default: the file name)")
     limit: int | None = Field(None, ge=1, description="read at most this many records")
+    block_bytes: int | None = Field(None, ge=256, description="JSONL is parsed in parallel (forked workers, a "
+                                    f"cluster) in blocks of about this many bytes (default {BLOCK_BYTES >> 20} MiB)")
 
 
 @register
@@ -42,6 +44,7 @@ class ReadConversations(Op):
     schema = "conversations"
     min_inputs = max_inputs = 0
     version = "1"
+    runs = "batches"
     summary = "ShareGPT / OpenAI messages / Alpaca in JSONL, JSON, Parquet or HF datasets → canonical messages"
 
     def external_fingerprint(self, params: ReadParams) -> dict:
@@ -64,8 +67,8 @@ class ReadConversations(Op):
         kind = detect_file_type(params.path) if params.file_type == "auto" else params.file_type
         ids = _Ids(ctx)
         with ctx.track(f"reading {source}", None, "records") as bar:
-            if kind == "jsonl" and not params.limit and _worth_forking(params.path):
-                _read_jsonl_in_workers(ctx, params.path, options, source, ids, bar)
+            if kind == "jsonl" and not params.limit and _worth_splitting(ctx, params.path, params.block_bytes or BLOCK_BYTES):
+                _read_jsonl_in_units(ctx, params, options, source, ids, bar)
             else:
                 _read_here(ctx, params, options, source, ids, bar)
         ctx.stats.update(ids.stats)
@@ -117,57 +120,80 @@ def _read_here(ctx, params: ReadParams, options, source: str, ids: _Ids, bar) ->
         flush()
 
 
-def _worth_forking(path: str) -> bool:
+def _worth_splitting(ctx, path: str, block_bytes: int) -> bool:
+    """Blocks of lines as units where they pay: on a distributing executor always, here when forked workers exist
+    and the file has a few blocks."""
     from xwin_data.core.workers import available_workers
 
-    return available_workers() > 1 and Path(path).stat().st_size > 4 * BLOCK_BYTES
+    if ctx.executor.distributes:
+        return True
+    return available_workers() > 1 and Path(path).stat().st_size > 4 * block_bytes
 
 
-def parse_to_part(block: bytes, first_line: int, options, source: str, path: str) -> tuple[list, list, list, int]:
-    """In a worker: one block of JSONL lines converted and written as a Parquet part; ids, positions, drops and the
-    number of records go back."""
-    import pyarrow.parquet as pq
-
-    from xwin_data.text.conversation_rows import parse_jsonl_block
-
-    rows = parse_jsonl_block(block, first_line, options)
-    if rows.table.num_rows:
-        pq.write_table(_raw_table(rows.table, source), path, compression="zstd")
-    return rows.table.column("id").to_pylist(), rows.positions, rows.drops, rows.records
-
-
-def _read_jsonl_in_workers(ctx, path: str, options, source: str, ids: _Ids, bar) -> None:
-    """Blocks of lines parsed, converted and written by worker processes; ids are made unique here, in file order
-    (a part with a repeated id, which is rare, is rewritten with the new ids)."""
-    from collections import deque
-
-    import pyarrow.parquet as pq
-
-    from xwin_data.text.conversation_rows import parse_jsonl_block  # noqa: F401 - imported before the fork
+def jsonl_block_bounds(path: str, block_bytes: int) -> list[tuple[int, int, int]]:
+    """(byte offset, byte length, number of the first line) of each block of whole lines, about `block_bytes`
+    each, in the file's (decompressed) bytes; the blocks themselves are read by whoever parses them."""
     from xwin_data.text.sources import jsonl_blocks
-    from xwin_data.core.workers import available_workers, pool
 
-    workers = available_workers()
-    pending: deque = deque()
+    bounds, offset = [], 0
+    for first_line, block in jsonl_blocks(path, block_bytes):
+        bounds.append((offset, len(block), first_line))
+        offset += len(block)
+    return bounds
 
-    def finish_one() -> None:
-        part, future = pending.popleft()
-        unique, renamed = ids.take(*future.result())
-        if renamed:
-            pq.write_table(pq.read_table(part).set_column(0, "id", pa.array(unique, pa.string())), part,
-                           compression="zstd")
-        ctx.add_rows(len(unique))
+
+def parse_block(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
+    """A unit of the reader, wherever it runs: one block of JSONL lines read from the file and converted; ids,
+    positions, drops and the number of records go back."""
+    from xwin_data.text.conversation_rows import parse_jsonl_block
+    from xwin_data.text.sources import _open_binary
+
+    path, offset, length, first_line, options, source = payload
+    with _open_binary(Path(path)) as fh:
+        fh.seek(offset)
+        block = fh.read(length)
+    rows = parse_jsonl_block(block, first_line, options)
+    ids = rows.table.column("id").to_pylist()
+    return _raw_table(rows.table, source), (ids, rows.positions, rows.drops, rows.records)
+
+
+def _read_jsonl_in_units(ctx, params: ReadParams, options, source: str, ids: _Ids, bar) -> None:
+    """Blocks of lines parsed and converted as executor units; ids are made unique here, in file order (a part
+    with a repeated id, which is rare, is published with the new ids; its committed part stays as parsed)."""
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from xwin_data.core.executors import Unit
+    from xwin_data.text.conversation_rows import parse_jsonl_block  # noqa: F401 - imported before any fork
+
+    path = str(Path(params.path).resolve())
+    units = [Unit(("jsonl", offset, length, first_line), (path, offset, length, first_line, options, source), length)
+             for offset, length, first_line in jsonl_block_bounds(path, params.block_bytes or BLOCK_BYTES)]
+    renames: list[list[str] | None] = []
+
+    def take(extra: tuple) -> None:
+        unique, renamed = ids.take(*extra)
+        renames.append(unique if renamed else None)
         bar.advance(len(unique))
 
-    with pool(workers) as executor:
-        parts = ctx.part_paths()
-        for first_line, block in jsonl_blocks(path, BLOCK_BYTES):
-            part = str(next(parts))
-            pending.append((part, executor.submit(parse_to_part, block, first_line, options, source, part)))
-            while len(pending) >= 2 * workers:
-                finish_one()
-        while pending:
-            finish_one()
+    ctx.executor.run(ctx, parse_block, units, {ctx.table: RAW_SCHEMA}, on_result=take, publish=False,
+                     description=f"parsing {source}", unit="bytes", processes=True, fork_above_rows=0)
+    out = ctx.part_paths()
+    for part, unique in zip(ctx.executor.parts(ctx, units, ctx.table), renames):
+        if part is None:
+            continue
+        dst = next(out)
+        if unique is not None:
+            pq.write_table(pq.read_table(part).set_column(0, "id", pa.array(unique, pa.string())), dst,
+                           compression="zstd")
+        else:
+            try:
+                os.link(part, dst)
+            except OSError:
+                shutil.copyfile(part, dst)
+        ctx.add_rows(pq.ParquetFile(dst).metadata.num_rows)
     if not ctx.rows_written():
         with ctx.writer(RAW_SCHEMA):  # an empty table still has its file and schema
             pass

@@ -394,7 +394,7 @@ class ScoreResponses(Op):
                                         "rows_per_chunk": params.rows_per_chunk})
         ctx.executor.run(ctx, worker, units, {"scores": SCORED_SCHEMA}, on_result=record, publish=False,
                          description="reward-model scores", unit="responses")
-        parts = ctx.executor.parts(ctx, units, "scores")
+        parts = [p for p in ctx.executor.parts(ctx, units, "scores") if p]
         scored_path = ctx.work_dir / "scores-none.parquet"
         if not parts:
             pq.write_table(SCORED_SCHEMA.empty_table(), scored_path)
