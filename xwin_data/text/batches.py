@@ -16,4 +16,4 @@ def map_input_parallel(ctx, fn: BatchFn, schema: pa.Schema, on_result: Callable[
                        **options: Any) -> int:
     """`fn(batch) -> (table, extra)` over all rows of an input table on the local executor (forked workers or
     threads), the tables in input order, `on_result(extra)` in input order on this thread."""
-    return LocalExecutor().map_input(ctx, fn, schema, on_result, **options)
+    return LocalExecutor().map_input(ctx, fn, schema, on_result, record=False, **options)

@@ -72,6 +72,10 @@ class UnitResult:
     extra: Any
     resumed: bool
     seconds: float = 0.0
+    parts: dict[str, str | None] = field(default_factory=dict)  # output -> its committed part (None: no rows)
+
+    def part(self, table: str) -> str | None:
+        return self.parts.get(table)
 
 
 def unit_key(fingerprint: str, identity: Any) -> str:
@@ -204,7 +208,8 @@ class Executor:
         main = next(iter(schemas))
         part_dir = ctx.work_dir / "batches"
         part_dir.mkdir(parents=True, exist_ok=True)
-        keys = [unit_key(ctx.fingerprint, u.identity) for u in units]
+        step = "+".join(schemas)  # one stage may run several kinds of unit over the same input
+        keys = [unit_key(ctx.fingerprint, [step, u.identity]) for u in units]
         results: list[UnitResult | None] = [None] * len(units)
         todo = []
         for i, (key, u) in enumerate(zip(keys, units)):
@@ -237,9 +242,12 @@ class Executor:
         if missing:
             raise RuntimeError(f"{len(missing)} batch(es) of {ctx.stage_id} did not finish")
         done = [r for r in results if r is not None]
-        stats = ctx.stats.setdefault("executor", {})
+        for r in done:
+            r.parts = {name: str(part_path(part_dir, keys[r.index], name)) if r.rows.get(name) else None
+                       for name in schemas}
+        stats = ctx.stats.setdefault("executor", {}) if options.get("record", True) else {}
         stats.update({"name": self.name, "workers": self.workers(resources, isinstance(fn, Model), len(todo)),
-                      "resources": resources.describe(), "batches": len(units),
+                      "resources": resources.describe(), "batches": stats.get("batches", 0) + len(units),
                       "batches_run": stats.get("batches_run", 0) + len(todo),
                       "batches_resumed": stats.get("batches_resumed", 0) + sum(r.resumed for r in done),
                       "seconds": round(stats.get("seconds", 0.0) + time.monotonic() - start, 3)})
@@ -247,12 +255,6 @@ class Executor:
             for name, schema in schemas.items():
                 self.publish_parts(ctx, part_dir, [keys[i] for i in range(len(units))], name, schema)
         return done
-
-    def parts(self, ctx, units: Sequence[Unit], table: str) -> list[str | None]:
-        """The committed part file of `table` for each unit, in unit order (None: the unit wrote no rows)."""
-        part_dir = ctx.work_dir / "batches"
-        paths = (part_path(part_dir, unit_key(ctx.fingerprint, u.identity), table) for u in units)
-        return [str(p) if p.exists() else None for p in paths]
 
     @staticmethod
     def publish_parts(ctx, part_dir: Path, keys: list[str], table: str, schema: pa.Schema) -> int:
@@ -284,7 +286,7 @@ class Executor:
     def map_input(self, ctx, fn: Callable[[pa.RecordBatch], tuple[Any, Any]], schema: pa.Schema,
                   on_result: Callable[[Any], None] | None = None, *, index: int = 0, table: str | None = None,
                   batch_size: int = 20_000, description: str = "", threads: int | None = None,
-                  processes: bool = False) -> int:
+                  processes: bool = False, record: bool = True) -> int:
         """`fn(batch) -> (table, extra)` over every row of an input table, one row group per unit; the tables land
         in input order and `on_result(extra)` runs here, in input order."""
         units = row_group_units(ctx.inputs[index].glob)
@@ -295,5 +297,5 @@ class Executor:
 
         self.run(ctx, partial(read_row_group, fn, batch_size), units, {table or ctx.table: schema},
                  on_result=each, description=description, unit="rows", threads=threads, processes=processes,
-                 fork_above_rows=2 * batch_size)
+                 fork_above_rows=2 * batch_size, record=record)
         return ctx.rows_written(table)

@@ -149,57 +149,40 @@ class DedupNear(Op):
     Params = NearParams
     schema = "conversations"
     min_inputs = max_inputs = 1
+    runs = "batches"
     summary = "near-duplicates by MinHash LSH (numpy signatures, SQL band joins); keeps the smallest id"
 
     def run(self, ctx, params: NearParams) -> None:
-        import pyarrow.parquet as pq
-
-        from xwin_data.text.minhash import band_keys, permutations, shingles, signatures
-
         con = ctx.con
         if not params.enabled:
             ctx.pass_through()
             ctx.stats["near_duplicates"] = "disabled"
             return
-        scratch = ctx.tmp_dir / f"{ctx.stage_id}-minhash"
-        scratch.mkdir(parents=True, exist_ok=True)
-        a, b = permutations(params.num_perm, params.seed)
-        words_sql = (f"list_transform(string_split_regex(trim(regexp_replace(lower({TEXT_SQL[params.on]}), "
-                     f"'[^\\p{{L}}\\p{{N}}_]+', ' ', 'g')), ' ')[1:{params.max_words}], lambda w: hash(w))")
-        reader = con.cursor().sql(f"SELECT id, {words_sql} AS words FROM {ctx.input()}").to_arrow_reader(params.batch_size)
-        sig_path, band_path = scratch / "sigs.parquet", scratch / "bands.parquet"
-        sig_writer = band_writer = None
-        with ctx.track("minhash signatures", ctx.input_rows(), "rows") as bar:
-            for batch in reader:
-                words_col = batch.column(1)
-                offsets = np.asarray(words_col.offsets.to_numpy(), dtype=np.int64)
-                offsets = offsets - offsets[0]
-                flat = words_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
-                hashes, sh_off = shingles(flat, offsets, params.shingle_words)
-                sig = signatures(hashes, sh_off, a, b)
-                keys = band_keys(sig, params.bands, params.seed)
-                ids = batch.column(0)
-                sig_table = pa.table({"id": ids, "sig": pa.FixedSizeListArray.from_arrays(sig.ravel(), params.num_perm)})
-                n = len(ids)
-                band_table = pa.table({"id": pa.array(np.repeat(ids.to_numpy(zero_copy_only=False), params.bands)),
-                                       "band": pa.array(np.tile(np.arange(params.bands, dtype=np.int16), n)),
-                                       "bucket": pa.array(keys.ravel())})
-                sig_writer = sig_writer or pq.ParquetWriter(sig_path, sig_table.schema)
-                band_writer = band_writer or pq.ParquetWriter(band_path, band_table.schema)
-                sig_writer.write_table(sig_table)
-                band_writer.write_table(band_table)
-                bar.advance(n)
-        for w in (sig_writer, band_writer):
-            if w is not None:
-                w.close()
+        from functools import partial
+
+        from xwin_data.core.executors.base import row_group_units
+
+        # Signatures and band keys per row group, as executor units; grouping and the choice of what to keep stay
+        # here, exact and deterministic, in SQL over the units' parts.
+        units = row_group_units(ctx.inputs[0].glob)
+        schemas = {"sigs": pa.schema([("id", pa.string()), ("sig", pa.list_(pa.uint32(), params.num_perm))]),
+                   "bands": pa.schema([("id", pa.string()), ("band", pa.int16()), ("bucket", pa.uint64())])}
+        results = ctx.executor.run(ctx, partial(signature_unit, params.model_dump()), units, schemas, publish=False,
+                                   description="minhash signatures", unit="rows", processes=True,
+                                   fork_above_rows=2 * params.batch_size)
+        sig_parts = [r.part("sigs") for r in results if r.part("sigs")]
+        band_parts = [r.part("bands") for r in results if r.part("bands")]
+        band_path = "[" + ", ".join(f"'{p}'" for p in band_parts) + "]"
+        sig_path = "[" + ", ".join(f"'{p}'" for p in sig_parts) + "]"
+        band_writer = band_parts or None
         dropped = []
         if band_writer is not None:
             # Star edges from each bucket's smallest id keep the candidate list linear in the table size.
             edges = con.execute(f"""
                 WITH b AS (SELECT id, band, bucket, min(id) OVER (PARTITION BY band, bucket) AS head
-                           FROM read_parquet('{band_path}')),
+                           FROM read_parquet({band_path})),
                      pairs AS (SELECT DISTINCT head, id FROM b WHERE id <> head),
-                     s AS (SELECT id, sig::UINTEGER[] AS sig FROM read_parquet('{sig_path}'))
+                     s AS (SELECT id, sig::UINTEGER[] AS sig FROM read_parquet({sig_path}))
                 SELECT pairs.head, pairs.id,
                        len(list_filter(range(1, {params.num_perm} + 1), lambda i: s1.sig[i] = s2.sig[i])) / {params.num_perm} AS j
                 FROM pairs JOIN s s1 ON s1.id = pairs.head JOIN s s2 ON s2.id = pairs.id
@@ -213,6 +196,46 @@ class DedupNear(Op):
         ctx.drop_sql("SELECT id AS source_id, 'near_duplicate' AS reason, "
                      "'near duplicate of ' || kept || ' (estimated jaccard ' || round(jaccard, 3) || ')' AS detail FROM __near")
         ctx.stats["near_duplicates"] = len(dropped)
+
+
+def signature_unit(params: dict, payload: tuple[str, int]) -> tuple[dict, None]:
+    """A unit of near-dedup, wherever it runs: MinHash signatures and LSH band keys of one row group's rows."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from xwin_data.text.minhash import band_keys, permutations, shingles, signatures
+
+    p = NearParams.model_validate(params)
+    source, row_group = payload
+    group = pq.ParquetFile(source).read_row_group(row_group, columns=["id", "messages"], use_threads=False)
+    words_sql = (f"list_transform(string_split_regex(trim(regexp_replace(lower({TEXT_SQL[p.on]}), "
+                 f"'[^\\p{{L}}\\p{{N}}_]+', ' ', 'g')), ' ')[1:{p.max_words}], lambda w: hash(w))")
+    a, b = permutations(p.num_perm, p.seed)
+    sig_tables, band_tables = [], []
+    con = duckdb.connect(":memory:", config={"threads": 1})
+    try:
+        for chunk in group.to_batches(max_chunksize=p.batch_size):
+            con.register("grp", pa.Table.from_batches([chunk]))
+            batch = con.sql(f"SELECT id, {words_sql} AS words FROM grp").to_arrow_table()
+            con.unregister("grp")
+            words_col = batch.column(1).combine_chunks()
+            offsets = np.asarray(words_col.offsets.to_numpy(), dtype=np.int64)
+            offsets = offsets - offsets[0]
+            flat = words_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
+            hashes, sh_off = shingles(flat, offsets, p.shingle_words)
+            sig = signatures(hashes, sh_off, a, b)
+            keys = band_keys(sig, p.bands, p.seed)
+            ids = batch.column(0).combine_chunks()
+            sig_tables.append(pa.table({"id": ids, "sig": pa.FixedSizeListArray.from_arrays(sig.ravel(), p.num_perm)}))
+            band_tables.append(pa.table({"id": pa.array(np.repeat(ids.to_numpy(zero_copy_only=False), p.bands)),
+                                         "band": pa.array(np.tile(np.arange(p.bands, dtype=np.int16), len(ids))),
+                                         "bucket": pa.array(keys.ravel())}))
+    finally:
+        con.close()
+    if not sig_tables:
+        return {}, None
+    sig_table, band_table = pa.concat_tables(sig_tables), pa.concat_tables(band_tables)
+    return {"sigs": sig_table, "bands": band_table}, None
 
 
 def _clusters(edges: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:

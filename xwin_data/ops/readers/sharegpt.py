@@ -178,10 +178,10 @@ def _read_jsonl_in_units(ctx, params: ReadParams, options, source: str, ids: _Id
         renames.append(unique if renamed else None)
         bar.advance(len(unique))
 
-    ctx.executor.run(ctx, parse_block, units, {ctx.table: RAW_SCHEMA}, on_result=take, publish=False,
-                     description=f"parsing {source}", unit="bytes", processes=True, fork_above_rows=0)
+    results = ctx.executor.run(ctx, parse_block, units, {ctx.table: RAW_SCHEMA}, on_result=take, publish=False,
+                               description=f"parsing {source}", unit="bytes", processes=True, fork_above_rows=0)
     out = ctx.part_paths()
-    for part, unique in zip(ctx.executor.parts(ctx, units, ctx.table), renames):
+    for part, unique in zip((r.part(ctx.table) for r in results), renames):
         if part is None:
             continue
         dst = next(out)

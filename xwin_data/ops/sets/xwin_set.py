@@ -392,9 +392,9 @@ class ScoreResponses(Op):
 
         worker = Model(RowGroupScorer, {"rm": params.rm, "cache_path": str(ctx.cache_dir / "reward.sqlite"),
                                         "rows_per_chunk": params.rows_per_chunk})
-        ctx.executor.run(ctx, worker, units, {"scores": SCORED_SCHEMA}, on_result=record, publish=False,
-                         description="reward-model scores", unit="responses")
-        parts = [p for p in ctx.executor.parts(ctx, units, "scores") if p]
+        results = ctx.executor.run(ctx, worker, units, {"scores": SCORED_SCHEMA}, on_result=record, publish=False,
+                                   description="reward-model scores", unit="responses")
+        parts = [r.part("scores") for r in results if r.part("scores")]
         scored_path = ctx.work_dir / "scores-none.parquet"
         if not parts:
             pq.write_table(SCORED_SCHEMA.empty_table(), scored_path)
