@@ -30,15 +30,25 @@ def connect(address: str | None = None):
     except ImportError:
         raise RuntimeError("the ray executor needs Ray Data: pip install 'xwin-data[ray]'") from None
     if not ray.is_initialized():
-        logging.getLogger("ray").setLevel(logging.WARNING)
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         else:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    quiet_console()
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False  # the build's own progress display counts rows across the cluster
     data_context.print_on_execution_start = False
     return ray
+
+
+def quiet_console() -> None:
+    """Ray Data's INFO lines stay in its session log file: the build's own display reports progress."""
+    import ray.data  # noqa: F401 - configures the ray.data logger, which is adjusted here
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+            handler.setLevel(logging.WARNING)
 
 
 def _run_units(batch: pa.Table, fn: BatchFn, part_dir: str, schemas: dict[str, pa.Schema], main: str) -> pa.Table:
@@ -128,5 +138,6 @@ class RayExecutor(Executor):
                 args["compute"] = ray.data.TaskPoolStrategy(size=replicas)
             ds = ds.map_batches(_run_units, fn_kwargs={"fn": fn, "part_dir": part_dir, "schemas": schemas,
                                                        "main": main}, max_retries=TASK_RETRIES, **args)
+        quiet_console()
         for row in ds.iter_rows():
             yield int(row["index"]), pickle.loads(row["record"])
