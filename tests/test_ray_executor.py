@@ -175,9 +175,8 @@ def test_driver_killed_mid_stage_repeats_no_finished_batch(cluster, tmp_path) ->
             time.sleep(0.2)
         finished = done_units(catalog, "xwin_responses")
         assert 2 <= len(finished) < 8
-        finished_prompts = set(duckdb.sql(
-            f"SELECT DISTINCT prompt_id FROM read_parquet({[str(p) for p in catalog.glob('work/xwin_responses-*/batches/*.xwin_responses.parquet')]})"
-        ).fetchall())
+        parts = [str(p) for p in catalog.glob("work/xwin_responses-*/batches/*.xwin_responses.parquet")]
+        finished_prompts = set(duckdb.sql(f"SELECT DISTINCT prompt_id FROM read_parquet({parts})").fetchall())
         assert len(finished_prompts) == len(finished)
         before = len(server.requests)
 
@@ -187,8 +186,8 @@ def test_driver_killed_mid_stage_repeats_no_finished_batch(cluster, tmp_path) ->
     assert stats["executor"]["batches_resumed"] == len(finished)
     assert stats["executor"]["batches_run"] == 8 - len(finished)
     # At the model: no request of the rebuild is for a prompt whose unit was committed before the kill.
-    texts = duckdb.sql(f"SELECT prompt_id, prompt[-1].content FROM read_parquet('{Catalog(catalog).data_glob(Catalog(catalog).current('xwin_responses'))}')").fetchall()
-    finished_texts = {t for pid, t in texts if (pid,) in finished_prompts}
+    table = f"read_parquet('{Catalog(catalog).data_glob(Catalog(catalog).current('xwin_responses'))}')"
+    texts = duckdb.sql(f"SELECT prompt_id, prompt[-1].content FROM {table}").fetchall()
+    finished_texts = {text for pid, text in texts if (pid,) in finished_prompts}
     assert asked_again and not [r for r in asked_again if r["messages"][-1]["content"] in finished_texts]
-    rows = duckdb.sql(f"SELECT count(*), count(DISTINCT prompt_id) FROM read_parquet('{Catalog(catalog).data_glob(Catalog(catalog).current('xwin_responses'))}')").fetchone()
-    assert rows == (16, 8)
+    assert duckdb.sql(f"SELECT count(*), count(DISTINCT prompt_id) FROM {table}").fetchall() == [(16, 8)]
