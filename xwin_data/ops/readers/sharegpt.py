@@ -48,8 +48,14 @@ class ReadConversations(Op):
     summary = "ShareGPT / OpenAI messages / Alpaca in JSONL, JSON, Parquet or HF datasets → canonical messages"
 
     def external_fingerprint(self, params: ReadParams) -> dict:
+        from xwin_data.core.storage import is_remote, remote_identity
         from xwin_data.text.sources import is_hub_id
 
+        if is_remote(params.path):
+            try:
+                return {"remote": remote_identity(params.path)}
+            except (OSError, ValueError) as err:
+                raise RecipeError(f"path: {err}") from None
         p = Path(params.path)
         if p.exists():
             return {"file": path_fingerprint(p)}
@@ -58,10 +64,13 @@ class ReadConversations(Op):
         raise RecipeError(f"path: input file not found: {params.path}")
 
     def run(self, ctx, params: ReadParams) -> None:
+        from xwin_data.core.storage import is_remote, localize
         from xwin_data.text.conversation_rows import RowOptions
         from xwin_data.text.sources import detect_file_type
 
         source = params.source or Path(params.path).name
+        if is_remote(params.path):  # read from the catalog's copy, which every node of a cluster can reach
+            params = params.model_copy(update={"path": str(localize(params.path, ctx.cache_dir))})
         options = RowOptions(params.format, params.model_field,
                              (params.id_field,) if params.id_field else ID_FIELDS, source.split(".")[0] or "record")
         kind = detect_file_type(params.path) if params.file_type == "auto" else params.file_type
