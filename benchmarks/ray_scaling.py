@@ -94,13 +94,15 @@ def measure(workload: str, recipe: Path, base: Path, sets: list[str], stages: li
     for name, nodes in (("local", 0), ("ray-1", 1), ("ray-2", 2)):
         catalog = work / f"{workload}-{name}"
         shutil.copytree(base, catalog)
-        cluster = start_cluster(nodes, work / f"ray-{workload}-{name}") if nodes else None
+        temp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # Ray's socket paths must stay short
+        cluster = start_cluster(nodes, temp) if nodes else None
         try:
             res = build_once(recipe, catalog, sets, "ray" if nodes else "local", cluster.address if cluster else None)
         finally:
             if cluster is not None:
                 ray.shutdown()
                 cluster.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
         seconds = round(sum(res["stages"].get(s, 0.0) for s in stages), 2)
         rows = table_rows(catalog, table)
         reference = rows if reference is None else reference
