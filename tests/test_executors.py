@@ -26,6 +26,9 @@ def test_plan_shows_where_each_stage_runs(tmp_path, cli) -> None:
     local = {r["stage"]: r["runs_on"] for r in json.loads(
         cli("plan", str(recipe), "-c", str(tmp_path / "cat"), "--json").stdout)}
     assert local["xwin_responses"] == "local: this process (model loaded once)"
+    from_recipe = {r["stage"]: r["runs_on"] for r in json.loads(
+        cli("plan", str(recipe), "-c", str(tmp_path / "cat"), "--json", "--set", "executor.name=ray").stdout)}
+    assert from_recipe["xwin_set"].startswith("ray (started for the build): actors holding one model each")
 
 
 def test_executor_and_resources_are_checked_before_any_work(tmp_path, cli) -> None:

@@ -246,7 +246,8 @@ class Executor:
             r.parts = {name: str(part_path(part_dir, keys[r.index], name)) if r.rows.get(name) else None
                        for name in schemas}
         stats = ctx.stats.setdefault("executor", {}) if options.get("record", True) else {}
-        stats.update({"name": self.name, "workers": self.workers(resources, isinstance(fn, Model), len(todo)),
+        workers = self.workers(resources, isinstance(fn, Model), len(todo)) if todo else 0
+        stats.update({"name": self.name, "workers": max(workers, stats.get("workers", 0)),
                       "resources": resources.describe(), "batches": stats.get("batches", 0) + len(units),
                       "batches_run": stats.get("batches_run", 0) + len(todo),
                       "batches_resumed": stats.get("batches_resumed", 0) + sum(r.resumed for r in done),
