@@ -61,6 +61,11 @@ def print_error(message: str) -> None:
 
 CatalogOpt = typer.Option("xwin-catalog", "--catalog", "-c", envvar="XWIN_DATA_CATALOG",
                           help="Catalog folder where tables live (env XWIN_DATA_CATALOG).")
+ExecutorOpt = typer.Option(None, "--executor", "-x", help="Where batch and model work runs: local (default) or ray "
+                           "(overrides the recipe's `executor:`).")
+RayAddressOpt = typer.Option(None, "--ray-address", envvar="XWIN_DATA_RAY_ADDRESS",
+                             help="Ray cluster to run on (auto, ray://host:10001, host:6379); without it "
+                                  "--executor ray starts a Ray for the build.")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe field: key=value (a variable such as "
                       "input=path.jsonl, or stage.params.key=value). Repeatable.")
 
@@ -99,6 +104,8 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verify: bool = typer.Option(False, "--verify", help="Check the checksums of the catalog parts the build "
                                 "relies on (sizes are always checked); damaged outputs are rebuilt."),
+    executor: Optional[str] = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Build a recipe: run every stage whose fingerprint is not yet in the catalog, validate, publish."""
     from xwin_data.core.catalog import Catalog, CatalogBusy
@@ -109,7 +116,8 @@ def build(
     cat = Catalog(catalog)
     try:
         report = run_build(rec, cat, wait=wait, force=True if force_all else (force or []), overrides=sets or [],
-                           memory_limit=memory_limit, show_progress=not quiet, verify=verify)
+                           memory_limit=memory_limit, show_progress=not quiet, verify=verify,
+                           executor=executor, ray_address=ray_address)
     except (RecipeError, CatalogBusy) as err:
         fail_on(err)
     except BuildError as err:
@@ -147,16 +155,18 @@ def plan(
     sets: Optional[List[str]] = SetOpt,
     catalog: Path = CatalogOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    executor: Optional[str] = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt,
 ) -> None:
     """Show the stages of a recipe, which are already built (same fingerprint) and which would run, with
     estimates of model calls, tokens and cost where a stage can tell."""
     from xwin_data.core.catalog import Catalog
-    from xwin_data.core.engine import BuildError, describe_plan, plan as make_plan
+    from xwin_data.core.engine import BuildError, choose_executor, describe_plan, plan as make_plan
     from xwin_data.core.yaml_lines import RecipeError
 
     rec = _load(recipe, sets or [])
     try:
-        rows = describe_plan(make_plan(rec, Catalog(catalog)))
+        rows = describe_plan(make_plan(rec, Catalog(catalog)), choose_executor(rec, executor, ray_address))
     except RecipeError as err:
         fail_on(err)
     except BuildError as err:
@@ -168,7 +178,7 @@ def plan(
     table = Table(title=f"plan for {rec.name} ({recipe})")
     table.add_column("stage", no_wrap=True, overflow="ignore")  # names in full; the other columns wrap
     table.add_column("op", no_wrap=True, overflow="ignore")
-    for col in ("tables", "status", "why", "estimate"):
+    for col in ("tables", "status", "why", "runs on", "estimate"):
         table.add_column(col)
     for r in rows:
         style = {"built": "green", "run": "yellow", "restore": "cyan"}[r["status"]]
@@ -178,7 +188,7 @@ def plan(
         why = r["reason"]
         if r["status"] == "run" and not any(cat.current(t) is not None for t in outputs):
             why = "not built yet"  # rather than "an input changed" for a stage that never ran
-        table.add_row(r["stage"], r["op"], tables, f"[{style}]{r['status']}[/]", why, est)
+        table.add_row(r["stage"], r["op"], tables, f"[{style}]{r['status']}[/]", why, r["runs_on"], est)
     console.print(table)
 
 

@@ -60,6 +60,8 @@ class StageContext:
     progress: Progress | None = None
     memory_limit: str = "4GB"
     threads: int | None = None
+    executor: Any = None  # where batch work runs (xwin_data.core.executors); local when not given
+    resources: dict[str, Any] = field(default_factory=dict)  # the stage's `resources:` (cpus, gpus, replicas)
     stats: dict[str, Any] = field(default_factory=dict)
     _con: duckdb.DuckDBPyConnection | None = None
     passed_through: dict[str, InputTable] = field(default_factory=dict)  # output -> the input published as it is
@@ -70,6 +72,12 @@ class StageContext:
     _drop_buffer: dict[str, list[dict]] = field(default_factory=dict)
     _drop_parts: dict[str, int] = field(default_factory=dict)
     _n_drops: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            from xwin_data.core.executors import make_executor
+
+            self.executor = make_executor("local")
 
     # ------------------------------------------------------------------------------------------------ inputs
     @property

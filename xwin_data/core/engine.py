@@ -20,6 +20,7 @@ from xwin_data import __version__
 from xwin_data.core.catalog import Catalog, TableVersion
 from xwin_data.core.errors import BuildError, RecipeError, SchemaError
 from xwin_data.core.context import InputTable, StageContext, sql_str
+from xwin_data.core.executors import Executor, Resources, make_executor
 from xwin_data.core.fingerprint import stable_hash
 from xwin_data.core.progress import console, make_progress
 from xwin_data.core.recipe import Recipe, validate_params
@@ -58,6 +59,7 @@ class PlannedStage:
     reason: str = ""
     estimate: dict | None = None
     columns: dict[str, set[str] | None] = field(default_factory=dict)  # output table -> its columns, if known
+    resources: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -143,7 +145,8 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False, veri
                 raise RecipeError(f"table {t!r} is written by both {produced[t][0]} and {st.id}", file=recipe.source,
                                   line=recipe.line_of("stages", i, "id"), key=f"{st.id}")
             produced[t] = (st.id, t)
-        planned[st.id] = PlannedStage(i, st.id, op, params, outputs, schemas, [])
+        planned[st.id] = PlannedStage(i, st.id, op, params, outputs, schemas, [],
+                                      resources=st.resources.model_dump())
 
     deps: dict[str, list[str]] = {}
     for i, st in enumerate(recipe.stages):
@@ -344,7 +347,8 @@ def _output_units(ps: PlannedStage, catalog: Catalog) -> dict[str, str]:
 
 
 def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str, progress: Any,
-               memory_limit: str, overrides: list[str], validated: dict[str, ValidationResult]) -> StageReport:
+               memory_limit: str, overrides: list[str], validated: dict[str, ValidationResult],
+               executor: Executor) -> StageReport:
     start = time.monotonic()
     inputs = []
     for ref in ps.inputs:
@@ -363,7 +367,7 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     ctx = StageContext(stage_id=ps.stage_id, table=ps.outputs[0], outputs=ps.outputs, inputs=inputs, staging=staging,
                        work_dir=work_dir, cache_dir=catalog.cache_dir, tmp_dir=catalog.tmp_dir / build_id,
                        build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit,
-                       units=_output_units(ps, catalog))
+                       units=_output_units(ps, catalog), executor=executor, resources=ps.resources)
     if type(ps.op).sql_params:
         ctx.allowed = _sql_access(ps, catalog, inputs, [staging, work_dir, catalog.tmp_dir / build_id])
     try:
@@ -450,12 +454,23 @@ def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, tab
     return validate_source(con, source, schema_name, table)
 
 
+def choose_executor(recipe: Recipe, executor: str | None = None, ray_address: str | None = None) -> Executor:
+    """The recipe's `executor:`, overridden by `--executor` / `--ray-address` (an address alone means ray)."""
+    name = executor or ("ray" if ray_address else recipe.executor.name)
+    try:
+        return make_executor(name, ray_address or (recipe.executor.address if name == recipe.executor.name else None))
+    except ValueError as err:
+        raise RecipeError(str(err), file=recipe.source, key="executor") from None
+
+
 def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[str] | bool = False,
           overrides: list[str] | None = None, memory_limit: str = "4GB", show_progress: bool = True,
-          verify: bool = False) -> BuildReport:
+          verify: bool = False, executor: str | None = None, ray_address: str | None = None) -> BuildReport:
     """Build every stage that is not already built; publish stage by stage. `verify` checks the checksums of
-    the parts a build relies on, not only their sizes."""
+    the parts a build relies on, not only their sizes. The executor decides where batch work runs; it is not part
+    of any fingerprint, so a table built on one executor is built for every other."""
     catalog.init()
+    runner = choose_executor(recipe, executor, ray_address)
     stages = plan(recipe, catalog, force, verify)  # fails on any recipe problem before work or spend
     overrides = redact(overrides or [])
     info = {"recipe": recipe.name, "started_at": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -486,7 +501,8 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
                         reports.append(StageReport(ps.stage_id, "restored", {}, 0, {}, 0.0))
                         continue
                     console.print(f"[bold cyan]▶ {ps.stage_id}[/] ({type(ps.op).name}): {ps.reason}")
-                    rep = _run_stage(ps, recipe, catalog, build_id, progress, memory_limit, overrides, validated)
+                    rep = _run_stage(ps, recipe, catalog, build_id, progress, memory_limit, overrides, validated,
+                                     runner)
                     ran.append(ps.stage_id)
                     reports.append(rep)
                     drops = sum(rep.drops.values())
@@ -509,6 +525,7 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
             raise
         finally:
             cancel_warm_ups()
+            runner.close()
             catalog.clean_staging(build_id)  # first: on a full disk this frees the space the record needs
             _remove_tree(catalog.tmp_dir / build_id)
             try:
@@ -554,8 +571,16 @@ def _disk_full(err: BaseException) -> str | None:
     return None
 
 
-def describe_plan(stages: list[PlannedStage]) -> list[dict[str, Any]]:
+def describe_plan(stages: list[PlannedStage], executor: Executor | None = None) -> list[dict[str, Any]]:
+    executor = executor or make_executor("local")
     return [{"stage": ps.stage_id, "op": type(ps.op).name, "inputs": [r.name for r in ps.inputs],
              "outputs": ps.outputs, "status": ps.status, "reason": ps.reason, "fingerprint": ps.fingerprint[:12],
-             "estimate": ps.estimate} for ps in stages]
+             "estimate": ps.estimate, "runs_on": where_it_runs(ps, executor)} for ps in stages]
+
+
+def where_it_runs(ps: PlannedStage, executor: Executor) -> str:
+    """Where a stage's work would run: SQL stages in DuckDB on the driver, the others on the executor."""
+    if ps.op.runs == "driver":
+        return "driver: DuckDB (set-oriented SQL)"
+    return executor.describe(Resources.of(ps.resources), ps.op.runs == "model")
 

@@ -16,6 +16,24 @@ IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
 
+class StageResources(BaseModel):
+    """Per-stage resources on a cluster executor (the local executor runs on this machine whatever they say)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpus: float = Field(1.0, gt=0, description="CPUs per replica")
+    gpus: float = Field(0.0, ge=0, description="GPUs per replica (a model stage: one model per replica)")
+    replicas: int | None = Field(None, ge=1, description="replicas (model copies or parallel tasks); null: fill the cluster")
+
+
+class ExecutorSpec(BaseModel):
+    """Where the stages' batches run; `--executor` and `--ray-address` override it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("local", pattern=r"^(local|ray)$", description="local (this machine) or ray (a Ray cluster)")
+    address: str | None = Field(None, description="Ray cluster address (auto, ray://host:10001, host:6379); "
+                                                  "null starts a Ray for the build")
+
+
 class StageSpec(BaseModel):
     """One stage: an op applied to named input tables, writing one table (or a declared family of tables)."""
 
@@ -28,6 +46,8 @@ class StageSpec(BaseModel):
     table: str | None = Field(default=None, pattern=IDENT, description="output table name (default: the id)")
     table_schema: str | None = Field(default=None, alias="schema", description="schema in schemas/ to validate against")
     description: str = ""
+    resources: StageResources = Field(default_factory=lambda: StageResources(),
+                                      description="what one replica of the stage needs on a cluster, and how many run")
 
     @property
     def table_name(self) -> str:
@@ -42,6 +62,7 @@ class Recipe(BaseModel):
     name: str = Field(pattern=IDENT)
     description: str = ""
     vars: dict[str, Any] = Field(default_factory=dict)
+    executor: ExecutorSpec = Field(default_factory=lambda: ExecutorSpec())
     stages: list[StageSpec] = Field(min_length=1)
 
     # Filled by the loader, not by YAML.

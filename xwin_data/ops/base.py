@@ -56,6 +56,10 @@ class Op:
     # SQL expression, or a mapping of them). Their `${var}`s become typed literals, they are parsed before any
     # work, and the stage's DuckDB connection is confined to its inputs, the catalog's tables and named files.
     sql_params: ClassVar[dict[str, str]] = {}
+    # Where the op's work runs: "driver" (SQL in DuckDB on the build's machine), "batches" (row batches through an
+    # executor) or "model" (units on replicas that each hold a model). Only the plan reads it: the executor is chosen
+    # by the build, never by the op.
+    runs: ClassVar[str] = "driver"
 
     def output_tables(self, table: str, params: Any) -> list[str]:
         """Names of the tables this stage writes; the first is the main one."""

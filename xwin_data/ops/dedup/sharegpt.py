@@ -189,6 +189,7 @@ class DedupNear(Op):
     Params = NearParams
     schema = "conversations"
     min_inputs = max_inputs = 1
+    runs = "batches"
     summary = "near-duplicates: MinHash LSH in the workers, exact Jaccard check; keeps the first occurrence"
 
     def run(self, ctx, params: NearParams) -> None:
@@ -199,7 +200,6 @@ class DedupNear(Op):
         import pyarrow.parquet as pq
 
         from xwin_data.ops.dedup.lsh import bucket_pairs, clusters, decode
-        from xwin_data.text.batches import map_input_parallel
         from xwin_data.text.minhash import permutations
 
         if not params.enabled:
@@ -227,7 +227,7 @@ class DedupNear(Op):
         clock = time.perf_counter()
         a, b = permutations(params.num_perm, params.seed)
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-        map_input_parallel(ctx, partial(minhash_batch, params=params, a=a, b=b, scratch=str(scratch)), schema, keep,
+        ctx.executor.map_input(ctx, partial(minhash_batch, params=params, a=a, b=b, scratch=str(scratch)), schema, keep,
                            batch_size=params.batch_size, processes=True, description="minhash signatures")
         for w in writers.values():
             w.close()

@@ -53,6 +53,48 @@ class CandidatesParams(Params):
     max_prompts: int | None = Field(None, ge=1, description="first N prompts only (by id)")
 
 
+PROMPTS_PER_UNIT = 64
+
+
+class CandidateSampler:
+    """One replica of a policy: k cached samples for each prompt of a unit, as candidate rows sorted by prompt and
+    sample; empty responses come back as drops. Loaded once per replica, wherever the executor runs it."""
+
+    def __init__(self, spec: dict, index: int, label: str, k: int, sampling: dict, cache_path: str):
+        from xwin_data.llm.cache import RequestCache
+        from xwin_data.llm.generation import make_generator
+
+        self.gen = make_generator(GeneratorSpec.model_validate(spec))
+        self.cache = RequestCache(cache_path)
+        self.index, self.label, self.k = index, label, k
+        self.sampling = SamplingConfig.model_validate(sampling)
+
+    def __call__(self, prompts: list) -> tuple[pa.Table, dict]:
+        from xwin_data.llm.generation import generate_cached
+
+        turns_of = dict(prompts)
+        rows, empty, stats = [], [], {}
+
+        def done(pid, comps, cached) -> None:
+            for j, c in enumerate(comps):
+                if not c.text.strip():
+                    empty.append((f"{pid}/{self.label}/{j}", c.finish_reason))
+                    continue
+                rows.append({"candidate_id": f"{pid}/{self.index}:{self.label}/{j}", "prompt_id": pid,
+                             "policy": self.label, "sample_index": j, "prompt": turns_of[pid], "response": c.text,
+                             "tokens": c.tokens, "finish_reason": c.finish_reason})
+
+        generate_cached(self.gen, self.cache, [tuple(p) for p in prompts], self.k, self.sampling, on_done=done,
+                        stats=stats)
+        rows.sort(key=lambda r: (r["prompt_id"], r["sample_index"]))
+        return (pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA),
+                {"empty": empty, "samples": stats, "rows": len(rows)})
+
+    def close(self) -> None:
+        self.gen.close()
+        self.cache.close()
+
+
 @register
 class GenerateCandidates(Op):
     """k sampled responses per prompt from each policy (cached per sample)."""
@@ -62,6 +104,7 @@ class GenerateCandidates(Op):
     Params = CandidatesParams
     min_inputs = max_inputs = 1
     version = "1"
+    runs = "model"
 
     def input_columns(self, params: CandidatesParams) -> set:
         return {params.id_column, params.messages_column}
@@ -82,8 +125,6 @@ class GenerateCandidates(Op):
 
     def run(self, ctx, params: CandidatesParams) -> None:
         from xwin_data.core.context import quote_ident
-        from xwin_data.llm.cache import RequestCache
-        from xwin_data.llm.generation import generate_cached, make_generator
 
         idc, mc = quote_ident(params.id_column), quote_ident(params.messages_column)
         limit = f" LIMIT {params.max_prompts}" if params.max_prompts else ""
@@ -96,37 +137,32 @@ class GenerateCandidates(Op):
                 ctx.drop(r["id"], "no_user_turn", r["messages"], unit="prompts")
             else:
                 prompts.append((r["id"], turns))
-        schema = CANDIDATES_SCHEMA
-        cache = RequestCache(ctx.cache_dir / "generation.sqlite")
+        from xwin_data.core.executors import Model, Unit
+
         stats: dict = {}
         by_policy = {}
-        try:
-            with ctx.writer(schema) as out, ctx.track("candidates", len(prompts) * len(params.policies),
-                                                      "prompts") as bar:
-                for pi, spec in enumerate(params.policies):
-                    label = spec.name or spec.model
-                    gen_spec = GeneratorSpec(**spec.model_dump(exclude={"name"}))
-                    turns_of = dict(prompts)
-                    rows_out = []
+        for pi, spec in enumerate(params.policies):
+            label = spec.name or spec.model
+            # Units of prompts per policy, each sampled by one replica of that policy; seeds decide the samples.
+            units = [Unit(("candidates", pi, [pid for pid, _ in prompts[lo:lo + PROMPTS_PER_UNIT]]),
+                          prompts[lo:lo + PROMPTS_PER_UNIT], len(prompts[lo:lo + PROMPTS_PER_UNIT]))
+                     for lo in range(0, len(prompts), PROMPTS_PER_UNIT)]
+            worker = Model(CandidateSampler, {"spec": spec.model_dump(exclude={"name"}), "index": pi, "label": label,
+                                              "k": params.k, "sampling": params.sampling.model_dump(),
+                                              "cache_path": str(ctx.cache_dir / "generation.sqlite")})
+            written = 0
 
-                    def done(pid, comps, cached, label=label, rows_out=rows_out):
-                        for j, c in enumerate(comps):
-                            if not c.text.strip():
-                                ctx.drop(f"{pid}/{label}/{j}", "empty_response", c.finish_reason)
-                                continue
-                            rows_out.append({"candidate_id": f"{pid}/{pi}:{label}/{j}", "prompt_id": pid,
-                                             "policy": label, "sample_index": j, "prompt": turns_of[pid],
-                                             "response": c.text, "tokens": c.tokens,
-                                             "finish_reason": c.finish_reason})
-                        bar.advance(1)
+            def record(extra: dict) -> None:
+                nonlocal written
+                for source_id, detail in extra["empty"]:
+                    ctx.drop(source_id, "empty_response", detail)
+                for name, value in extra["samples"].items():
+                    stats[name] = stats.get(name, 0) + value
+                written += extra["rows"]
 
-                    with make_generator(gen_spec) as gen:
-                        generate_cached(gen, cache, prompts, params.k, params.sampling, on_done=done, stats=stats)
-                    rows_out.sort(key=lambda r: (r["prompt_id"], r["sample_index"]))
-                    out.write(rows_out)
-                    by_policy[label] = len(rows_out)
-        finally:
-            cache.close()
+            ctx.executor.run(ctx, worker, units, {ctx.table: CANDIDATES_SCHEMA}, on_result=record,
+                             description=f"candidates from {label}", unit="prompts")
+            by_policy[label] = written
         ctx.stats.update({"prompts": len(prompts), "candidates_by_policy": by_policy, "samples": stats})
 
 

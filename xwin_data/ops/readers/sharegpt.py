@@ -37,6 +37,8 @@ class ReadParams(Params):
         "truncate", description="a turn empty or only whitespace / zero-width characters: truncate keeps the turns "
                                 "before it when they end on an assistant turn (the cut is a drops row, unit "
                                 "cuts); drop_conversation drops the whole conversation")
+    block_bytes: int | None = Field(None, ge=256, description="JSONL is parsed in parallel (forked workers, a "
+                                    f"cluster) in blocks of about this many bytes (default {BLOCK_BYTES >> 20} MiB)")
 
 
 @register
@@ -49,11 +51,18 @@ class ReadConversations(Op):
     schema = "conversations"
     min_inputs = max_inputs = 0
     version = "1"
+    runs = "batches"
     summary = "ShareGPT / OpenAI messages / Alpaca in JSONL, JSON, Parquet or HF datasets → canonical messages"
 
     def external_fingerprint(self, params: ReadParams) -> dict:
+        from xwin_data.core.storage import is_remote, remote_identity
         from xwin_data.text.sources import input_files, is_hub_id, is_sharded
 
+        if is_remote(params.path):
+            try:
+                return {"remote": remote_identity(params.path)}
+            except (OSError, ValueError) as err:
+                raise RecipeError(f"path: {err}") from None
         p = Path(params.path)
         if p.exists():
             return {"file": path_fingerprint(p)}
@@ -67,10 +76,13 @@ class ReadConversations(Op):
         raise RecipeError(f"path: input file not found: {params.path}")
 
     def run(self, ctx, params: ReadParams) -> None:
+        from xwin_data.core.storage import is_remote, localize
         from xwin_data.text.conversation_rows import RowOptions
         from xwin_data.text.sources import InputFile, detect_file_type, input_files, is_sharded
 
         source = params.source or Path(params.path).name
+        if is_remote(params.path):  # read from the catalog's copy, which every node of a cluster can reach
+            params = params.model_copy(update={"path": str(localize(params.path, ctx.cache_dir))})
         options = RowOptions(params.format, params.model_field,
                              (params.id_field,) if params.id_field else ID_FIELDS, source.split(".")[0] or "record",
                              params.on_bad_turn)
@@ -83,8 +95,8 @@ class ReadConversations(Op):
             files = None if kind == "hf" else [InputFile(Path(params.path), Path(params.path).name, kind)]
         ids = _Ids(ctx)
         with ctx.track(f"reading {source}", None, "records") as bar:
-            if files is not None and not params.limit and _worth_forking(files):
-                _read_in_workers(ctx, files, options, source, ids, bar, sharded=ctx.stats.get("files") is not None)
+            if files is not None and not params.limit and _worth_splitting(ctx, files, params.block_bytes or BLOCK_BYTES):
+                _read_in_units(ctx, params, files, options, source, ids, bar)
             else:
                 _read_here(ctx, params, files, options, source, ids, bar)
         ctx.stats.update(ids.stats)
@@ -154,9 +166,13 @@ def _read_here(ctx, params: ReadParams, files, options, source: str, ids: _Ids, 
         flush()
 
 
-def _worth_forking(files) -> bool:
+def _worth_splitting(ctx, files, block_bytes: int) -> bool:
+    """Units where they pay: on a distributing executor always, here when forked workers exist and the input
+    has a few blocks."""
     from xwin_data.core.workers import available_workers
 
+    if ctx.executor.distributes:
+        return True
     if available_workers() < 2:
         return False
     total = 0
@@ -165,106 +181,111 @@ def _worth_forking(files) -> bool:
             total += f.path.stat().st_size
         except OSError:
             continue
-    return total > 4 * BLOCK_BYTES
+    return total > 4 * block_bytes
 
 
-def parse_to_part(block: bytes, first_line: int, options, source: str, path: str) -> tuple[list, list, list, int]:
-    """In a worker: one block of JSONL lines converted and written as a Parquet part; ids, positions, drops and the
-    number of records go back."""
-    import pyarrow.parquet as pq
+def jsonl_block_bounds(path: str, block_bytes: int, name: str | None = None) -> list[tuple]:
+    """(byte offset, byte length, number of the first line) of each block of whole lines, about `block_bytes`
+    each, in the file's (decompressed) bytes; the blocks themselves are read by whoever parses them. A damaged
+    gzip ends with (offset, 0, line, Unreadable) for the rest."""
+    from xwin_data.text.sources import Unreadable, jsonl_blocks
 
-    from xwin_data.text.conversation_rows import parse_jsonl_block
+    bounds, offset = [], 0
+    for first_line, block in jsonl_blocks(path, block_bytes, name):
+        if isinstance(block, Unreadable):
+            bounds.append((offset, 0, first_line, block))
+            continue
+        bounds.append((offset, len(block), first_line, None))
+        offset += len(block)
+    return bounds
 
-    rows = parse_jsonl_block(block, first_line, options)
-    if rows.table.num_rows:
-        pq.write_table(_raw_table(rows.table, source), path, compression="zstd")
-    return rows.table.column("id").to_pylist(), rows.positions, rows.drops, rows.records
 
-
-def parse_file_to_part(file, options, source: str, path: str) -> tuple[list, list, list, int]:
-    """In a worker: one whole JSON or Parquet shard converted and written as a Parquet part, a batch at a time."""
-    import pyarrow.parquet as pq
-
+def _records_table(records, options, source: str) -> tuple[pa.Table, tuple[list, list, list, int]]:
     from xwin_data.text.conversation_rows import RowBuilder
-    from xwin_data.text.sources import iter_records
 
     builder = RowBuilder(options)
-    ids, positions, drops, records = [], [], [], 0
-    writer = None
-
-    def flush() -> None:
-        nonlocal writer, records
-        rows = builder.take()
-        ids.extend(rows.table.column("id").to_pylist())
-        positions.extend(rows.positions)
-        drops.extend(rows.drops)
-        records += rows.records
-        if rows.table.num_rows:
-            writer = writer or pq.ParquetWriter(path, RAW_SCHEMA, compression="zstd")
-            writer.write_table(_raw_table(rows.table, source))
-
-    for position, record in iter_records(str(file.path), file.kind, name=file.name):
+    for position, record in records:
         builder.add(position, record)
-        if len(builder) >= BATCH:
-            flush()
-    flush()
-    if writer is not None:
-        writer.close()
-    return ids, positions, drops, records
+    rows = builder.take()
+    return _raw_table(rows.table, source), (rows.table.column("id").to_pylist(), rows.positions, rows.drops,
+                                            rows.records)
 
 
-def _read_in_workers(ctx, files, options, source: str, ids: _Ids, bar, sharded: bool) -> None:
-    """JSONL files as blocks of lines, other shards whole, parsed, converted and written by worker processes; ids
-    are made unique here, in input order (a part with a repeated id, which is rare, is rewritten with the new
-    ids). A damaged gzip's lost rest, found while cutting blocks here, is a drop in its place in that order."""
-    from collections import deque
-    from concurrent.futures import Future
+def parse_unit(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
+    """A unit of the reader, wherever it runs: a block of JSONL lines read from its file (or a whole JSON or
+    Parquet shard) and converted; ids, positions, drops and the number of records go back."""
+    from xwin_data.text.conversation_rows import parse_jsonl_block
+    from xwin_data.text.sources import iter_records, open_binary
+
+    kind = payload[0]
+    if kind == "unreadable":
+        _, problem = payload
+        return RAW_SCHEMA.empty_table(), ([], [], [(problem.source_id, problem.reason, problem.detail)], 1)
+    if kind == "file":
+        _, path, file_kind, name, options, source = payload
+        return _records_table(iter_records(path, file_kind, name=name), options, source)
+    _, path, offset, length, first_line, options, source = payload
+    with open_binary(Path(path)) as fh:
+        fh.seek(offset)
+        block = fh.read(length)
+    rows = parse_jsonl_block(block, first_line, options)
+    ids = rows.table.column("id").to_pylist()
+    return _raw_table(rows.table, source), (ids, rows.positions, rows.drops, rows.records)
+
+
+def _read_in_units(ctx, params: ReadParams, files, options, source: str, ids: _Ids, bar) -> None:
+    """JSONL files as blocks of lines, other shards whole, parsed and converted as executor units (forked workers
+    here, tasks on a cluster); ids are made unique here, in input order (a part with a repeated id, which is rare,
+    is published with the new ids; its committed part stays as parsed). A damaged gzip's lost rest is a unit of
+    its own, a drop in its place in that order."""
+    import os
+    import shutil
 
     import pyarrow.parquet as pq
 
-    from xwin_data.text.conversation_rows import parse_jsonl_block  # noqa: F401 - imported before the fork
-    from xwin_data.text.sources import Unreadable, jsonl_blocks
-    from xwin_data.core.workers import available_workers, pool
+    from xwin_data.core.executors import Unit
+    from xwin_data.text.conversation_rows import parse_jsonl_block  # noqa: F401 - imported before any fork
 
-    workers = available_workers()
-    ctx.stats["read_workers"] = workers
-    pending: deque = deque()
+    sharded = ctx.stats.get("files") is not None
+    block_bytes = params.block_bytes or BLOCK_BYTES
+    units = []
+    for file in files:
+        file_options = _file_options(options, file, sharded)
+        path = str(file.path.resolve())
+        if file.kind != "jsonl":
+            size = file.path.stat().st_size if file.path.exists() else 0
+            units.append(Unit(("file", file.name), ("file", path, file.kind, file.name, file_options, source),
+                              max(size, 1)))
+            continue
+        for offset, length, first_line, problem in jsonl_block_bounds(path, block_bytes, file.name):
+            if problem is not None:
+                units.append(Unit(("unreadable", file.name, offset), ("unreadable", problem), 1))
+            else:
+                units.append(Unit(("jsonl", file.name, offset, length, first_line),
+                                  ("block", path, offset, length, first_line, file_options, source), length))
+    renames: list[list[str] | None] = []
 
-    def finish_one() -> None:
-        part, future = pending.popleft()
-        unique, renamed = ids.take(*future.result())
-        if renamed:
-            pq.write_table(pq.read_table(part).set_column(0, "id", pa.array(unique, pa.string())), part,
-                           compression="zstd")
-        ctx.add_rows(len(unique))
+    def take(extra: tuple) -> None:
+        unique, renamed = ids.take(*extra)
+        renames.append(unique if renamed else None)
         bar.advance(len(unique))
 
-    def tasks():
-        for file in files:
-            file_options = _file_options(options, file, sharded)
-            if file.kind != "jsonl":
-                yield parse_file_to_part, (file, file_options, source)
-                continue
-            for first_line, block in jsonl_blocks(str(file.path), BLOCK_BYTES, file.name):
-                if isinstance(block, Unreadable):
-                    yield None, ([], [], [(block.source_id, block.reason, block.detail)], 1)
-                else:
-                    yield parse_to_part, (block, first_line, file_options, source)
-
-    with pool(workers) as executor:
-        parts = ctx.part_paths()
-        for fn, args in tasks():
-            if fn is None:
-                done: Future = Future()
-                done.set_result(args)
-                pending.append((None, done))
-            else:
-                part = str(next(parts))
-                pending.append((part, executor.submit(fn, *args, part)))
-            while len(pending) >= 2 * workers:
-                finish_one()
-        while pending:
-            finish_one()
+    results = ctx.executor.run(ctx, parse_unit, units, {ctx.table: RAW_SCHEMA}, on_result=take, publish=False,
+                               description=f"parsing {source}", unit="bytes", processes=True, fork_above_rows=0)
+    out = ctx.part_paths()
+    for part, unique in zip((r.part(ctx.table) for r in results), renames):
+        if part is None:
+            continue
+        dst = next(out)
+        if unique is not None:
+            pq.write_table(pq.read_table(part).set_column(0, "id", pa.array(unique, pa.string())), dst,
+                           compression="zstd")
+        else:
+            try:
+                os.link(part, dst)
+            except OSError:
+                shutil.copyfile(part, dst)
+        ctx.add_rows(pq.ParquetFile(dst).metadata.num_rows)
     if not ctx.rows_written():
         with ctx.writer(RAW_SCHEMA):  # an empty table still has its file and schema
             pass

@@ -146,6 +146,7 @@ class SampleUnique(Op):
     schema = None
     min_inputs = max_inputs = 1
     version = "1"
+    runs = "model"
     summary = "sample until n_unique distinct (normalised) responses per prompt, capped; shortfall table"
 
     def output_tables(self, table: str, params: SampleParams) -> list[str]:
@@ -172,8 +173,8 @@ class SampleUnique(Op):
                 "samples_at_most": prompts * params.max_samples}
 
     def run(self, ctx, params: SampleParams) -> None:
-        from xwin_data.llm.cache import RequestCache
-        from xwin_data.llm.generation import SamplingConfig, generate_cached, make_generator
+        from xwin_data.core.executors import Model, Unit
+        from xwin_data.llm.generation import SamplingConfig
 
         con = ctx.con
         columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {ctx.input()}").fetchall()}
@@ -182,49 +183,31 @@ class SampleUnique(Op):
         prompts = con.sql(keep_sql).to_arrow_table().to_pylist()
         sampling = SamplingConfig.model_validate(params.sampling)
         greedy = sampling.temperature == 0
-        wanted = 1 if greedy else params.n_unique  # greedy decoding has one answer per prompt
-        cap = 1 if greedy else int(params.max_samples)
-        gen_stats: dict[str, int] = {}
         totals = {"prompts": len(prompts), "responses": 0, "samples_drawn": 0, "duplicates": 0, "blank": 0,
-                  "prompts_short": 0, "prompts_failed": 0, "rounds": 0}
-        cache = RequestCache(ctx.cache_dir / "generation.sqlite")
-        try:
-            with make_generator(params.policy) as gen, \
-                    ctx.writer(RESPONSES_SCHEMA) as out, ctx.writer(SHORTFALL_SCHEMA, ctx.outputs[1]) as short, \
-                    ctx.track("sampling unique responses", len(prompts), unit="prompts") as bar:
-                for lo in range(0, len(prompts), params.prompts_per_chunk):
-                    states = [PromptState(p["prompt_id"], p["prompt"]) for p in prompts[lo:lo + params.prompts_per_chunk]]
-                    self._sample_chunk(gen, cache, states, sampling, wanted, cap, gen_stats, totals, generate_cached)
-                    rows, short_rows = [], []  # one write per chunk keeps row groups large
-                    for st in states:
-                        if st.failed is not None:
-                            ctx.drop(st.prompt_id, "prompt_too_long", st.failed)
-                            totals["prompts_failed"] += 1
-                            continue
-                        rows.extend(self._rows(st, gen.model_id))
-                        if len(st.kept) < params.n_unique:
-                            reason = ("greedy decoding (temperature 0) gives one response" if greedy else
-                                      f"{st.drawn} samples drawn (max_samples) gave {len(st.kept)} distinct")
-                            short_rows.append({"prompt_id": st.prompt_id, "wanted": params.n_unique,
-                                               "unique_responses": len(st.kept),
-                                               "shortfall": params.n_unique - len(st.kept),
-                                               "samples_drawn": st.drawn, "duplicates": st.duplicates,
-                                               "blank": st.blank, "reason": reason})
-                            totals["prompts_short"] += 1
-                        totals["responses"] += len(st.kept)
-                        totals["samples_drawn"] += st.drawn
-                        totals["duplicates"] += st.duplicates
-                        totals["blank"] += st.blank
-                    if rows:
-                        out.write(rows)
-                    if short_rows:
-                        short.write(short_rows)
-                    bar.advance(len(states))
-        finally:
-            cache.close()
-        ctx.stats.update({**totals, "samples_cached": gen_stats.get("cached", 0),
-                          "samples_generated": gen_stats.get("generated", 0), "n_unique": params.n_unique,
-                          "max_samples": cap, "sampling": sampling.model_dump()})
+                  "prompts_short": 0, "prompts_failed": 0, "rounds": 0, "samples_cached": 0, "samples_generated": 0,
+                  "tokens_generated": 0}
+        # One unit per chunk of prompts, sampled to completion by one replica of the policy; per-sample seeds,
+        # not the replica or the order, decide every response.
+        step = params.prompts_per_chunk
+        units = [Unit(("prompts", [p["prompt_id"] for p in prompts[lo:lo + step]]), prompts[lo:lo + step],
+                      len(prompts[lo:lo + step])) for lo in range(0, len(prompts), step)]
+        worker = Model(ChunkSampler, {"params": params.model_dump(mode="json"),
+                                      "cache_path": str(ctx.cache_dir / "generation.sqlite"),
+                                      "outputs": ctx.outputs})
+        with ctx.track("samples", None, unit="samples") as samples_bar, \
+                ctx.track("generated tokens", None, unit="tokens") as tokens_bar:
+            def record(extra: dict) -> None:
+                for pid, why in extra.pop("failed"):
+                    ctx.drop(pid, "prompt_too_long", why)
+                for name, value in extra.items():
+                    totals[name] = totals.get(name, 0) + value
+                samples_bar.advance(extra["samples_generated"] + extra["samples_cached"])
+                tokens_bar.advance(extra["tokens_generated"])
+
+            ctx.executor.run(ctx, worker, units, {ctx.table: RESPONSES_SCHEMA, ctx.outputs[1]: SHORTFALL_SCHEMA},
+                             on_result=record, description="sampling unique responses", unit="prompts")
+        ctx.stats.update({**totals, "n_unique": params.n_unique,
+                          "max_samples": 1 if greedy else int(params.max_samples), "sampling": sampling.model_dump()})
         if totals["prompts_short"]:
             ctx.log(f"{totals['prompts_short']} of {len(prompts)} prompts have fewer than {params.n_unique} distinct "
                     f"responses: see table {ctx.outputs[1]}")
@@ -268,6 +251,78 @@ class SampleUnique(Op):
                 for i, (attempt, comp) in enumerate(st.kept)]
 
 
+class TokenCounter:
+    """A generator that counts the tokens it generates (for tokens/s across replicas); otherwise the same."""
+
+    def __init__(self, gen):
+        self._gen, self.tokens = gen, 0
+
+    def generate(self, *args: Any, **kwargs: Any):
+        outs = self._gen.generate(*args, **kwargs)
+        self.tokens += sum(c.tokens or 0 for comps in outs for c in comps)
+        return outs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gen, name)
+
+
+class ChunkSampler:
+    """One replica of the policy: samples a chunk of prompts to completion through the request cache and returns
+    its response rows, its shortfall rows and its counts. Loaded once per replica, wherever the executor runs it."""
+
+    def __init__(self, params: dict, cache_path: str, outputs: list[str]):
+        from xwin_data.llm.cache import RequestCache
+        from xwin_data.llm.generation import GeneratorSpec, SamplingConfig, make_generator
+
+        self.params = SampleParams.model_validate(params)
+        self.sampling = SamplingConfig.model_validate(self.params.sampling)
+        self.greedy = self.sampling.temperature == 0
+        self.wanted = 1 if self.greedy else self.params.n_unique  # greedy decoding has one answer per prompt
+        self.cap = 1 if self.greedy else int(self.params.max_samples)
+        self.gen = TokenCounter(make_generator(GeneratorSpec.model_validate(self.params.policy)))
+        self.cache = RequestCache(cache_path)
+        self.outputs = outputs
+
+    def __call__(self, prompts: list[dict]) -> tuple[dict, dict]:
+        from xwin_data.llm.generation import generate_cached
+
+        n_unique = self.params.n_unique
+        gen_stats: dict[str, int] = {}
+        self.gen.tokens = 0
+        counts = {"responses": 0, "samples_drawn": 0, "duplicates": 0, "blank": 0, "prompts_short": 0,
+                  "prompts_failed": 0, "rounds": 0}
+        states = [PromptState(p["prompt_id"], p["prompt"]) for p in prompts]
+        SampleUnique._sample_chunk(self.gen, self.cache, states, self.sampling, self.wanted, self.cap, gen_stats,
+                                   counts, generate_cached)
+        rows, short_rows, failed = [], [], []
+        for st in states:
+            if st.failed is not None:
+                failed.append((st.prompt_id, st.failed))
+                counts["prompts_failed"] += 1
+                continue
+            rows.extend(SampleUnique._rows(st, self.gen.model_id))
+            if len(st.kept) < n_unique:
+                reason = ("greedy decoding (temperature 0) gives one response" if self.greedy else
+                          f"{st.drawn} samples drawn (max_samples) gave {len(st.kept)} distinct")
+                short_rows.append({"prompt_id": st.prompt_id, "wanted": n_unique, "unique_responses": len(st.kept),
+                                   "shortfall": n_unique - len(st.kept), "samples_drawn": st.drawn,
+                                   "duplicates": st.duplicates, "blank": st.blank, "reason": reason})
+                counts["prompts_short"] += 1
+            counts["responses"] += len(st.kept)
+            counts["samples_drawn"] += st.drawn
+            counts["duplicates"] += st.duplicates
+            counts["blank"] += st.blank
+        tables = {self.outputs[0]: pa.Table.from_pylist(rows, schema=RESPONSES_SCHEMA),
+                  self.outputs[1]: pa.Table.from_pylist(short_rows, schema=SHORTFALL_SCHEMA)}
+        return tables, {**counts, "failed": failed, "samples_cached": gen_stats.get("cached", 0),
+                        "samples_generated": gen_stats.get("generated", 0),
+                        "tokens_generated": self.gen.tokens}
+
+    def close(self) -> None:
+        self.gen.close()
+        self.cache.close()
+
+
 # ------------------------------------------------------------------------------------------------ scoring
 class ScoreParams(Params):
     rm: dict[str, Any] = Field({}, description="reward model spec (ScorerSpec): backend "
@@ -299,6 +354,7 @@ class ScoreResponses(Op):
     schema = "xwin_set"
     min_inputs = max_inputs = 1
     version = "1"
+    runs = "model"
     summary = "reward-model score per (prompt, response), cached; rank within the prompt (1 = best)"
 
     def external_fingerprint(self, params: ScoreParams) -> dict:
@@ -314,8 +370,8 @@ class ScoreResponses(Op):
     def run(self, ctx, params: ScoreParams) -> None:
         import pyarrow.parquet as pq
 
-        from xwin_data.llm.cache import RequestCache
-        from xwin_data.llm.reward import make_scorer, score_cached
+        from xwin_data.core.executors import Model
+        from xwin_data.core.executors.base import row_group_units
 
         src = ctx.input()
         con = ctx.con
@@ -330,25 +386,25 @@ class ScoreResponses(Op):
         rows_sql = (f"SELECT prompt_id, prompt, response_id, response FROM {src} "
                     f"WHERE length(trim(coalesce(response, ''))) > 0")
         total = con.execute(f"SELECT count(*) FROM ({rows_sql})").fetchall()[0][0]
-        scored_path = ctx.work_dir / "scores.parquet"
-        stats: dict[str, int] = {}
-        cache = RequestCache(ctx.cache_dir / "reward.sqlite")
-        try:
-            with make_scorer(params.rm) as scorer, \
-                    pq.ParquetWriter(scored_path, SCORED_SCHEMA) as writer, \
-                    ctx.track("reward-model scores", total, unit="responses") as bar:
-                reader = con.cursor().sql(rows_sql).to_arrow_reader(params.rows_per_chunk)
-                for batch in reader:
-                    rows = batch.to_pylist()
-                    convs = [with_response(r["prompt"], r["response"]) for r in rows]
-                    cached_before = stats.get("cached", 0)
-                    scores = score_cached(scorer, cache, convs, stats, on_scored=bar.advance)
-                    bar.advance(stats["cached"] - cached_before)
-                    writer.write_table(pa.table({"response_id": [r["response_id"] for r in rows], "score": scores,
-                                                 "rm": [scorer.model_id] * len(rows)}, schema=SCORED_SCHEMA))
-                rm_id = scorer.model_id
-        finally:
-            cache.close()
+        # One unit per row group of the sampled responses, scored by one replica of the reward model.
+        units = row_group_units(ctx.inputs[0].glob)
+        stats: dict[str, Any] = {"cached": 0, "scored": 0, "truncated": 0}
+
+        def record(extra: dict) -> None:
+            for name in ("cached", "scored", "truncated"):
+                stats[name] += extra[name]
+            stats["rm"] = extra["rm"]
+
+        worker = Model(RowGroupScorer, {"rm": params.rm, "cache_path": str(ctx.cache_dir / "reward.sqlite"),
+                                        "rows_per_chunk": params.rows_per_chunk})
+        results = ctx.executor.run(ctx, worker, units, {"scores": SCORED_SCHEMA}, on_result=record, publish=False,
+                                   description="reward-model scores", unit="responses")
+        parts = [r.part("scores") for r in results if r.part("scores")]
+        scored_path = ctx.work_dir / "scores-none.parquet"
+        if not parts:
+            pq.write_table(SCORED_SCHEMA.empty_table(), scored_path)
+        scores_sql = "read_parquet([" + ", ".join(sql_str(p) for p in parts or [str(scored_path)]) + "])"
+        rm_id = stats.get("rm")
         ctx.write_sql(f"""
             SELECT r.prompt_id, r.prompt, r.response_id, CAST(r.sample_index AS INTEGER) AS sample_index,
                    CAST(r.attempt AS INTEGER) AS attempt, r.response, CAST(r.tokens AS INTEGER) AS tokens,
@@ -357,8 +413,47 @@ class ScoreResponses(Op):
                        AS rank,
                    CAST(count(*) OVER (PARTITION BY r.prompt_id) AS INTEGER) AS group_size,
                    r.policy, s.rm
-            FROM {src} r JOIN read_parquet({sql_str(str(scored_path))}) s USING (response_id)
+            FROM {src} r JOIN {scores_sql} s USING (response_id)
             ORDER BY r.prompt_id, r.sample_index""", total_rows=total)
         ctx.stats.update({"responses": total, "scores_cached": stats.get("cached", 0),
                           "scores_computed": stats.get("scored", 0), "truncated": stats.get("truncated", 0),
                           "rm": rm_id})
+
+
+class RowGroupScorer:
+    """One replica of the reward model: scores the non-blank responses of one row group of sampled responses
+    through the request cache. Loaded once per replica, wherever the executor runs it."""
+
+    def __init__(self, rm: dict, cache_path: str, rows_per_chunk: int):
+        from xwin_data.llm.cache import RequestCache
+        from xwin_data.llm.reward import RewardSpec, make_scorer
+
+        self.scorer = make_scorer(RewardSpec.model_validate(rm))
+        self.cache = RequestCache(cache_path)
+        self.rows_per_chunk = rows_per_chunk
+
+    def __call__(self, payload: tuple[str, int]) -> tuple[pa.Table, dict]:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from xwin_data.llm.reward import score_cached
+
+        source, row_group = payload
+        group = pq.ParquetFile(source).read_row_group(row_group, columns=["prompt", "response_id", "response"])
+        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(group.column("response"), ""))), 0)
+        group = group.filter(pc.invert(blank))
+        stats: dict[str, int] = {}
+        outs = []
+        for batch in group.to_batches(max_chunksize=self.rows_per_chunk):
+            rows = batch.to_pylist()
+            convs = [with_response(r["prompt"], r["response"]) for r in rows]
+            scores = score_cached(self.scorer, self.cache, convs, stats)
+            outs.append(pa.table({"response_id": [r["response_id"] for r in rows], "score": scores,
+                                  "rm": [self.scorer.model_id] * len(rows)}, schema=SCORED_SCHEMA))
+        table = pa.concat_tables(outs) if outs else SCORED_SCHEMA.empty_table()
+        return table, {"cached": stats.get("cached", 0), "scored": stats.get("scored", 0),
+                       "truncated": stats.get("truncated", 0), "rm": self.scorer.model_id}
+
+    def close(self) -> None:
+        self.scorer.close()
+        self.cache.close()

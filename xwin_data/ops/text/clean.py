@@ -50,11 +50,10 @@ class CleanConversations(Op):
     Params = CleanParams
     schema = "conversations"
     min_inputs = max_inputs = 1
+    runs = "batches"
     summary = "HTML→markdown, unicode repair (ftfy, fast path), whitespace normalisation"
 
     def run(self, ctx, params: CleanParams) -> None:
-        from xwin_data.text.batches import map_input_parallel
-
         totals = {"html_values": 0, "unicode_values": 0, "empty_after_cleaning": 0, "truncated_after_cleaning": 0}
 
         def record(extra: tuple[dict, list]) -> None:
@@ -67,8 +66,8 @@ class CleanConversations(Op):
 
         _prepare(params)
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-        map_input_parallel(ctx, partial(clean_batch, params=params), schema, record, batch_size=params.batch_size,
-                           description=f"{ctx.stage_id}: cleaning", processes=True)
+        ctx.executor.map_input(ctx, partial(clean_batch, params=params), schema, record, batch_size=params.batch_size,
+                               description=f"{ctx.stage_id}: cleaning", processes=True)
         ctx.stats.update(totals)
 
 

@@ -76,6 +76,7 @@ class ConversationStats(Op):
     Params = StatsParams
     schema = "conversations"
     min_inputs = max_inputs = 1
+    runs = "batches"
     summary = "n_turns, n_chars, tokens per message (approx or a HF tokenizer), language (py3langid)"
 
     def external_fingerprint(self, params: StatsParams) -> dict:
@@ -89,17 +90,15 @@ class ConversationStats(Op):
                 "iso639-lang": version("iso639-lang")}
 
     def run(self, ctx, params: StatsParams) -> None:
-        from xwin_data.text.batches import map_input_parallel
-
         stat_names = {n for n, _ in STAT_FIELDS}
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
         schema = pa.schema([f for f in schema if f.name not in stat_names] + [pa.field(n, t) for n, t in STAT_FIELDS])
         approx = params.tokenizer == "approx"
         if approx:
             _prepare(params)
-        map_input_parallel(ctx, partial(stats_batch, params=params), schema, batch_size=params.batch_size,
-                           description=f"{ctx.stage_id}: stats + language", threads=None if approx else 1,
-                           processes=approx)
+        ctx.executor.map_input(ctx, partial(stats_batch, params=params), schema, batch_size=params.batch_size,
+                               description=f"{ctx.stage_id}: stats + language", threads=None if approx else 1,
+                               processes=approx)
 
 
 def _prepare(params: StatsParams) -> None:

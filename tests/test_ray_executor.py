@@ -1,0 +1,193 @@
+"""Recipes on a real two-node Ray cluster (`ray.cluster_utils.Cluster`, started and stopped here): the same tables
+as the local executor, the same fingerprints, a killed Ray worker that costs nothing but time, and a killed driver
+whose next build repeats no finished batch (model calls counted at the model: an OpenAI-compatible server)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from xwin_data.core.catalog import Catalog
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+PROJECT = Path(__file__).resolve().parents[1]
+SFT = PROJECT / "recipes" / "sharegpt_sft.yaml"
+XWIN_SET = PROJECT / "recipes" / "xwin_set.yaml"
+# Small but real: 3 prompts x 8 distinct responses, one prompt per unit so both replicas get work.
+SMALL_SET = ["max_prompts=3", "n_unique=8", "sampling.max_new_tokens=12", "rs_ns=[1,2,8]",
+             "xwin_responses.params.prompts_per_chunk=1"]
+
+pytestmark = pytest.mark.timeout(420)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two Ray nodes of one CPU each on this machine, for every test of this module."""
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    temp = tmp_path_factory.mktemp("ray")
+    node = dict(num_cpus=1, object_store_memory=200 * 2**20)
+    c = Cluster(initialize_head=True, head_node_args=dict(**node, include_dashboard=False, temp_dir=str(temp)))
+    try:
+        c.add_node(**node)
+        c.wait_for_nodes(timeout=120)
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def build(recipe: Path, catalog: Path, sets: list[str], *extra: str, timeout: float = 300,
+          env: dict | None = None) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "xwin_data.cli", "build", str(recipe), "-c", str(catalog), "-q", *extra]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def tables(catalog: Path) -> dict[str, tuple[str, list]]:
+    """Every current table: its fingerprint and its rows, sorted."""
+    cat = Catalog(catalog)
+    out = {}
+    for tv in cat.current_tables():
+        rows = duckdb.sql(f"SELECT * FROM read_parquet('{cat.data_glob(tv)}') ORDER BY ALL").fetchall()
+        out[tv.name] = (tv.fingerprint, rows)
+    drops = duckdb.sql(f"SELECT stage, source_id, reason, detail FROM read_parquet('{catalog}/**/drops/*.parquet') "
+                       "ORDER BY ALL").fetchall() if list(catalog.glob("**/drops/*.parquet")) else []
+    out["<drops>"] = ("", drops)
+    return out
+
+
+def ray_processes(fragment: str) -> list[int]:
+    """Ray worker processes whose title names `fragment` (Ray titles a worker `ray::<what it runs>`)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        if title.startswith("ray::") and fragment in title:
+            pids.append(int(pid))
+    return pids
+
+
+def done_units(catalog: Path, stage: str) -> list[Path]:
+    return sorted((catalog / "work").glob(f"{stage}-*/batches/*.done"))
+
+
+def test_sharegpt_sft_on_ray_equals_local(cluster, tmp_path) -> None:
+    # Blocks of ~64 KB: the sample file becomes several units, spread over both nodes.
+    sets = ["sharegpt_raw.params.block_bytes=65536"]
+    build(SFT, tmp_path / "local", sets)
+    proc = build(SFT, tmp_path / "ray", sets, "--executor", "ray", "--ray-address", cluster.address)
+    local, on_ray = tables(tmp_path / "local"), tables(tmp_path / "ray")
+    assert local.keys() == on_ray.keys() and len(local) > 10
+    for name in local:
+        assert local[name] == on_ray[name], name  # same rows, same fingerprint: the executor is not in it
+    stats = Catalog(tmp_path / "ray").current("sharegpt_clean").stats["executor"]
+    assert stats["name"] == "ray" and stats["workers"] == 2 and stats["batches"] > 1
+    assert stats["batches_run"] == stats["batches"]
+    assert "Dataset" not in proc.stderr  # Ray's own progress lines stay out of the build's display
+    # built on Ray is built: the local executor has nothing to do
+    again = build(SFT, tmp_path / "ray", sets)
+    assert "nothing to do" in again.stdout + again.stderr
+
+
+def test_xwin_set_on_ray_equals_local_with_a_worker_killed(cluster, tmp_path) -> None:
+    build(XWIN_SET, tmp_path / "local", SMALL_SET)
+    catalog = tmp_path / "ray"
+    args = [sys.executable, "-m", "xwin_data.cli", "build", str(XWIN_SET), "-c", str(catalog), "-q",
+            "--executor", "ray", "--ray-address", cluster.address]
+    for s in SMALL_SET:
+        args += ["--set", s]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    deadline = time.monotonic() + 300
+    try:
+        # Once the first unit of the sampling stage is committed, kill a policy replica that is still working.
+        while proc.poll() is None and time.monotonic() < deadline and killed is None:
+            if done_units(catalog, "xwin_responses"):
+                replicas = ray_processes("MapWorker")
+                if replicas:
+                    killed = replicas[0]
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.1)
+        out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None, "no replica was running when the first unit was committed"
+    assert proc.returncode == 0, out[-4000:]
+    local, on_ray = tables(tmp_path / "local"), tables(catalog)
+    for name in local:
+        assert local[name] == on_ray[name], name
+    stats = Catalog(catalog).current("xwin_responses").stats
+    assert stats["executor"]["name"] == "ray" and stats["executor"]["batches"] == 3
+    assert stats["responses"] == 24 and stats["tokens_generated"] > 0
+
+
+def test_driver_killed_mid_stage_repeats_no_finished_batch(cluster, tmp_path) -> None:
+    sys.path.insert(0, str(PROJECT / "tests"))
+    from openai_server import OpenAIServer
+
+    recipe = tmp_path / "responses.yaml"  # prompts and sampling only, from the shipped prompt file
+    recipe.write_text(XWIN_SET.read_text().split("  - id: xwin_set\n")[0]
+                      .replace("${recipe_dir}/data/", f"{XWIN_SET.parent}/data/"))
+    catalog = tmp_path / "cat"
+
+    def reply(req) -> str:  # a distinct answer per sample: the seed decides it, as with a real sampler
+        return f"answer {req.body.get('seed')} {req.index} to {req.prompt[:40]}"
+
+    with OpenAIServer(latency=1.0, reply=reply) as server:
+        sets = ["max_prompts=8", "n_unique=2", "policy.backend=openai", "policy.model=test-policy",
+                f"policy.base_url={server.base_url}", "xwin_responses.params.prompts_per_chunk=1"]
+        args = [sys.executable, "-m", "xwin_data.cli", "build", str(recipe), "-c", str(catalog), "-q",
+                "--executor", "ray", "--ray-address", cluster.address]
+        for s in sets:
+            args += ["--set", s]
+        env = {**os.environ, "OPENAI_API_KEY": "test"}
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and len(done_units(catalog, "xwin_responses")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the build ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        # The driver's replicas die with it; wait until no unit is committed any more.
+        settled, count = time.monotonic(), -1
+        while time.monotonic() - settled < 4:
+            now = len(done_units(catalog, "xwin_responses"))
+            if now != count:
+                count, settled = now, time.monotonic()
+            time.sleep(0.2)
+        finished = done_units(catalog, "xwin_responses")
+        assert 2 <= len(finished) < 8
+        parts = [str(p) for p in catalog.glob("work/xwin_responses-*/batches/*.xwin_responses.parquet")]
+        finished_prompts = set(duckdb.sql(f"SELECT DISTINCT prompt_id FROM read_parquet({parts})").fetchall())
+        assert len(finished_prompts) == len(finished)
+        before = len(server.requests)
+
+        build(recipe, catalog, sets, "--executor", "ray", "--ray-address", cluster.address, env=env)
+        asked_again = server.requests[before:]
+    stats = Catalog(catalog).current("xwin_responses").stats
+    assert stats["executor"]["batches_resumed"] == len(finished)
+    assert stats["executor"]["batches_run"] == 8 - len(finished)
+    # At the model: no request of the rebuild is for a prompt whose unit was committed before the kill.
+    table = f"read_parquet('{Catalog(catalog).data_glob(Catalog(catalog).current('xwin_responses'))}')"
+    texts = duckdb.sql(f"SELECT prompt_id, prompt[-1].content FROM {table}").fetchall()
+    finished_texts = {text for pid, text in texts if (pid,) in finished_prompts}
+    assert asked_again and not [r for r in asked_again if r["messages"][-1]["content"] in finished_texts]
+    assert duckdb.sql(f"SELECT count(*), count(DISTINCT prompt_id) FROM {table}").fetchall() == [(16, 8)]
