@@ -136,7 +136,8 @@ def _print_report(report) -> None:
     for st in report.stages:
         rows_out = ", ".join(f"{n:,}" for n in st.tables.values()) if len(st.tables) == 1 else (
             f"{sum(st.tables.values()):,} in {len(st.tables)} tables" if st.tables else "")
-        table.add_row(st.stage_id, st.status, f"{st.rows_in:,}" if st.status == "built" else "", rows_out,
+        rows_in = f"{st.rows_in:,}" if st.status == "built" and st.rows_in is not None else ""
+        table.add_row(st.stage_id, st.status, rows_in, rows_out,
                       f"{sum(st.drops.values()):,}" if st.drops else "", f"{st.seconds:.1f}" if st.seconds else "")
     console.print(table)
     reasons: dict[str, int] = {}

@@ -147,7 +147,7 @@ def subset_plan(catalog: Catalog, cfg: ScalingConfig, log=print) -> list[dict]:
 
 def training_settings(cfg: ScalingConfig) -> dict:
     """The base config file with the study's overrides applied (what gets hashed into each size's key)."""
-    from xwin_data.cli.train import default_config
+    from xwin_data.training.scripts import default_config
 
     path = Path(cfg.train.config) if cfg.train.config else default_config(cfg.train.kind)
     if not path.is_file():
