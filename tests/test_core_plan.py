@@ -128,7 +128,8 @@ def test_alternatives_are_named_and_catalog_columns_are_checked(work: Path) -> N
     plan_ok = _plan(work, text=text)  # `stats` has `id` and `messages`: one of each alternative
     assert plan_ok["samples"].status == "run"
     text = text.replace("[stats]", "[core_bad]")
-    (work / "bad.yaml").write_text("name: bad\nstages:\n  - {id: core_bad, op: sql, params: {query: 'SELECT 1 AS x'}}\n")
+    (work / "bad.yaml").write_text("name: bad\nstages:\n"
+                                   "  - {id: core_bad, op: sql, params: {query: 'SELECT 1 AS x'}}\n")
     build(load_recipe(work / "bad.yaml"), cat, show_progress=False)
     with pytest.raises(RecipeError, match=r"needs column\(s\) id or prompt_id, prompt or messages in input "
                                           r"'core_bad', which has: x"):

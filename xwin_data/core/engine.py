@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from xwin_data import __version__
 from xwin_data.core.catalog import Catalog, TableVersion
-from xwin_data.core.errors import BuildError, RecipeError, SchemaError
 from xwin_data.core.context import InputTable, StageContext, sql_str
+from xwin_data.core.errors import BuildError, RecipeError, SchemaError
 from xwin_data.core.executors import Executor, Resources, make_executor
 from xwin_data.core.fingerprint import stable_hash
 from xwin_data.core.progress import console, make_progress
@@ -355,12 +355,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
         tv = catalog.current(ref.table)
         assert tv is not None and tv.fingerprint == ref.fingerprint, f"input {ref.table} is not at its planned version"
         inputs.append(InputTable(ref.name, catalog.data_glob(tv), tv.fingerprint, tv.version, tv.rows))
+    # what the stage must write, from the columns its input really has (plan may not know them: after `sql`)
     input_columns = _columns_of(inputs[0].glob) if inputs else None
-    if input_columns is not None:  # what plan could not see (an input made by SQL) is checked before the op runs
-        missing = [n for n in ps.op.input_columns(ps.params) if not _has(input_columns, n)]
-        if missing:
-            raise BuildError(f"stage {ps.stage_id}: op {type(ps.op).name} needs column(s) {_names(missing)} in "
-                             f"input {ps.inputs[0].name!r}, which has: {', '.join(sorted(input_columns))}")
     staging = catalog.staging_for(build_id, ps.stage_id)
     work_dir = catalog.work_dir / f"{ps.stage_id}-{ps.fingerprint[:16]}"
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -157,8 +157,8 @@ def training_settings(cfg: ScalingConfig) -> dict:
 
 
 def _argv(settings: dict, **fixed: Any) -> list[str]:
-    """key=value overrides for the training script; values as JSON, which its YAML reader reads back exactly
-    (a bare `no` would turn into False)."""
+    """key=value overrides for the training script; values as JSON, which the override reader (YAML) reads back
+    exactly, lists and mappings included."""
     return [f"{k}={json.dumps(v)}" for k, v in {**settings, **fixed}.items()]
 
 
