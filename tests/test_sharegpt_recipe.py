@@ -80,7 +80,11 @@ def test_funnel_and_drops(built: Path) -> None:
 def test_nested_subsets(built: Path) -> None:
     con = xwin_data.connect(built / "xwin-catalog")
     manifest = con.execute("SELECT size, table_name, assistant_turns, complete FROM sft_sharegpt_subsets ORDER BY size").fetchall()
-    total = con.execute("SELECT sum(n_turns) FROM sft_sharegpt").fetchone()[0]
+    total = con.execute("SELECT sum(n_turns) FROM sft_sharegpt_train").fetchone()[0]  # the held-out set is cut first
+    held = {i for (i,) in con.execute("SELECT id FROM sft_sharegpt_heldout").fetchall()}
+    assert len({i.split("#")[0] for i in held}) == 64  # `heldout` source conversations, every piece of each
+    assert con.execute("SELECT count(*) FROM sft_sharegpt").fetchone()[0] == len(held) + con.execute(
+        "SELECT count(*) FROM sft_sharegpt_train").fetchone()[0]
     assert [m[1] for m in manifest] == ["sft_sharegpt_500", "sft_sharegpt_1k", "sft_sharegpt_2k", "sft_sharegpt_4k",
                                         "sft_sharegpt_100k"]
     for size, table, turns, complete in manifest:
@@ -93,6 +97,7 @@ def test_nested_subsets(built: Path) -> None:
         else:
             assert turns == total  # not padded: all the data, marked incomplete
     names = [m[1] for m in manifest]
+    assert not held & {i for (i,) in con.execute(f"SELECT id FROM {names[-1]}").fetchall()}
     for small, large in zip(names, names[1:]):
         assert con.execute(f"SELECT count(*) FROM {small} WHERE id NOT IN (SELECT id FROM {large})").fetchone()[0] == 0
         assert con.execute(f"SELECT count(*) FROM {small}").fetchone()[0] < con.execute(f"SELECT count(*) FROM {large}").fetchone()[0]

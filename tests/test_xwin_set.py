@@ -170,7 +170,7 @@ def test_shortfall_is_recorded_when_distinct_responses_run_out(tmp_path: Path) -
                             "STRUCT(role VARCHAR, content VARCHAR)[] AS messages FROM read_json('${recipe_dir}/conv.jsonl')\"\n")
     (tmp_path / "r.yaml").write_text(recipe)
     sets = ["sampling.top_k=2", "sampling.max_new_tokens=2", "max_samples=40", "rs_ns=[1,64]",
-            "policy.max_model_len=128"]
+            "policy.max_model_len=128", f"eval_prompts={RECIPE.parent / 'data' / 'xwin_eval_prompts.jsonl'}"]
     xwin_data.build(tmp_path / "r.yaml", tmp_path / "cat", sets=sets, show_progress=False)
     cat = tmp_path / "cat"
     prompts = {r["prompt_id"]: r["prompt"] for r in query(cat, "SELECT DISTINCT prompt_id, prompt FROM xwin_set")}
