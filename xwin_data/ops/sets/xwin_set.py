@@ -178,7 +178,7 @@ class SampleUnique(Op):
         con = ctx.con
         columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {ctx.input()}").fetchall()}
         keep_sql, drops_sql = prompts_sql(ctx.input(), columns, params.turns, params.max_prompts)
-        ctx.drop_sql(drops_sql)
+        ctx.drop_sql(drops_sql, unit="prompts")
         prompts = con.sql(keep_sql).to_arrow_table().to_pylist()
         sampling = SamplingConfig.model_validate(params.sampling)
         greedy = sampling.temperature == 0
@@ -198,7 +198,7 @@ class SampleUnique(Op):
                     rows, short_rows = [], []  # one write per chunk keeps row groups large
                     for st in states:
                         if st.failed is not None:
-                            ctx.drop(st.prompt_id, "prompt_too_long", st.failed)
+                            ctx.drop(st.prompt_id, "prompt_too_long", st.failed, unit="prompts")
                             totals["prompts_failed"] += 1
                             continue
                         rows.extend(self._rows(st, gen.model_id))
