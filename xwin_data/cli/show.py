@@ -12,13 +12,15 @@ from xwin_data.core.progress import console
 
 
 def funnel_rows(catalog: Catalog) -> list[dict]:
-    """One row per current table that a stage made: rows in, rows out, dropped (by reason)."""
+    """One row per current table that a stage made: its unit, rows in, rows out, dropped in that unit, and the
+    drops by reason (all units)."""
     out = []
     for tv in catalog.current_tables():
         stats = tv.stats or {}
         reasons = stats.get("drops_by_reason") or {}
         out.append({"stage": tv.stage, "table": tv.name, "recipe": tv.recipe, "rows_in": stats.get("rows_in"),
-                    "rows_out": tv.rows, "dropped": sum(reasons.values()), "reasons": reasons,
+                    "rows_out": tv.rows, "dropped": stats.get("dropped", sum(reasons.values())),
+                    "unit": stats.get("unit", "rows"), "reasons": reasons,
                     "version": tv.version, "created_at": tv.created_at})
     return out
 
@@ -26,11 +28,12 @@ def funnel_rows(catalog: Catalog) -> list[dict]:
 def show_catalog(catalog: Catalog) -> None:
     rows = funnel_rows(catalog)
     table = Table(title=f"catalog {catalog.root}")
-    for col in ("table", "version", "recipe", "stage", "rows in", "rows out", "dropped", "drop reasons", "built"):
+    for col in ("table", "version", "recipe", "stage", "unit", "rows in", "rows out", "dropped", "drop reasons",
+                "built"):
         table.add_column(col, justify="right" if col in ("version", "rows in", "rows out", "dropped") else "left")
     for r in sorted(rows, key=lambda r: (r["recipe"] or "", str(r["created_at"]))):
         reasons = ", ".join(f"{k} {v:,}" for k, v in r["reasons"].items())
-        table.add_row(r["table"], str(r["version"]), r["recipe"] or "", r["stage"] or "",
+        table.add_row(r["table"], str(r["version"]), r["recipe"] or "", r["stage"] or "", r["unit"],
                       f"{r['rows_in']:,}" if r["rows_in"] is not None else "", f"{r['rows_out']:,}",
                       f"{r['dropped']:,}" if r["dropped"] else "", reasons, str(r["created_at"])[:19])
     console.print(table)
