@@ -248,7 +248,7 @@ def test_hf_export_and_card_through_cli(built: Catalog, tmp_path: Path, cli) -> 
     assert "license: apache-2.0" in front and "pretty_name: pairs" in front
     assert "test fixtures written by the test" in card
     # funnel and lineage: pairs was built from conv (filter with 1 drop) built from conv_raw
-    assert "| conv | conv | filter | 3 | 2 | 1 | too_few_turns: 1 |" in card
+    assert "| conv | conv | filter | rows | 3 | 2 | 1 | too_few_turns: 1 |" in card
     lineage = card.split("## Lineage")[1].split("##")[0]
     assert [ln.split("`")[1] for ln in lineage.strip().splitlines()] == ["conv_raw", "conv", "pairs"]
     assert "| pairs | judge_cost_usd | 0.1250 |" in card and "Total recorded model cost: $0.1250." in card

@@ -10,7 +10,7 @@ import pytest
 
 import xwin_data
 from xwin_data.core.catalog import Catalog
-from xwin_data.studies.judge import load_pairs
+from xwin_data.studies.judge import load_pairs, run_judge_study
 
 # (verdict in AB order, verdict in BA order, label); verdicts in presentation terms (A = shown first).
 PLANTED = [
@@ -63,8 +63,7 @@ def test_order_averaged_and_strict_accuracies(catalog: Catalog, tmp_path: Path, 
     assert m["label_accuracy_both_orders"]["value"] == pytest.approx(3 / 6)  # p6, p7 left out (one invalid)
 
     out2 = tmp_path / "study_strict"
-    cli("study", "judge", "judged", "--catalog", str(catalog.root), "--out", str(out2), "--n-boot", "100",
-        "--invalid-as-wrong")
+    run_judge_study(catalog, "judged", out2, n_boot=100, invalid_as_wrong=True)
     m2 = _metrics(out2)
     assert m2["label_accuracy_ab"]["value"] == pytest.approx(5 / 8)
     assert m2["label_accuracy_ba"]["value"] == pytest.approx(6 / 8)

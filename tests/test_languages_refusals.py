@@ -38,14 +38,14 @@ stages:
 """
 
 
-def test_languages_zh_keeps_chinese_varieties(tmp_path: Path, cli) -> None:
+def test_languages_zh_keeps_chinese_varieties(tmp_path: Path) -> None:
     labels = ["cmn", "wuu", "yue", "zh", "ja", "en", "ko"]
     rows = [{"id": f"r{i}", "language": lab, "messages": [{"role": "user", "content": "你好"},
                                                            {"role": "assistant", "content": "你好！"}]}
             for i, lab in enumerate(labels)]
     (tmp_path / "labelled.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
-    (tmp_path / "r.yaml").write_text(LANG_RECIPE)
-    cli("build", "r.yaml", cwd=tmp_path)
+    (tmp_path / "r.yaml").write_text(LANG_RECIPE.replace("'labelled.jsonl'", f"'{tmp_path}/labelled.jsonl'"))
+    xwin_data.build(tmp_path / "r.yaml", tmp_path / "xwin-catalog", show_progress=False)
     con = xwin_data.connect(tmp_path / "xwin-catalog")
     kept = sorted(r[0] for r in con.execute("SELECT language FROM chinese").fetchall())
     assert kept == ["cmn", "wuu", "yue", "zh"]
@@ -80,9 +80,9 @@ stages:
 """
 
 
-def test_real_chinese_refusals_and_language_columns(shared_data: Path, tmp_path: Path, cli) -> None:
+def test_real_chinese_refusals_and_language_columns(shared_data: Path, tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text(REAL_RECIPE.format(d=shared_data))
-    cli("build", "r.yaml", cwd=tmp_path)
+    xwin_data.build(tmp_path / "r.yaml", tmp_path / "xwin-catalog", show_progress=False)
     con = xwin_data.connect(tmp_path / "xwin-catalog")
     # The reference: Python's own regex engine over the file's answers.
     records = json.loads((shared_data / "hiyouga_LLaMA-Factory/data/alpaca_zh_demo.json").read_text())

@@ -12,13 +12,15 @@ from xwin_data.core.progress import console
 
 
 def funnel_rows(catalog: Catalog) -> list[dict]:
-    """One row per current table that a stage made: rows in, rows out, dropped (by reason)."""
+    """One row per current table that a stage made: its unit, rows in, rows out, dropped in that unit, and the
+    drops by reason (all units)."""
     out = []
     for tv in catalog.current_tables():
         stats = tv.stats or {}
         reasons = stats.get("drops_by_reason") or {}
         out.append({"stage": tv.stage, "table": tv.name, "recipe": tv.recipe, "rows_in": stats.get("rows_in"),
-                    "rows_out": tv.rows, "dropped": sum(reasons.values()), "reasons": reasons,
+                    "rows_out": tv.rows, "dropped": stats.get("dropped", sum(reasons.values())),
+                    "unit": stats.get("unit", "rows"), "reasons": reasons,
                     "version": tv.version, "created_at": tv.created_at})
     return out
 
@@ -40,11 +42,12 @@ def show_catalog(catalog: Catalog) -> None:
     for recipe, group in by_recipe.items():
         table = Table(title=f"{recipe}, built {str(group[-1]['created_at'])[:16]}", title_justify="left")
         _names(table, "table")
-        for col in ("v", "rows in", "rows out", "dropped"):
+        for col in ("v", "unit", "rows in", "rows out", "dropped"):
             table.add_column(col, justify="right", no_wrap=True)
         for r in group:
-            table.add_row(r["table"], str(r["version"]), f"{r['rows_in']:,}" if r["rows_in"] is not None else "",
-                          f"{r['rows_out']:,}", f"{r['dropped']:,}" if r["dropped"] else "")
+            rows_in = f"{r['rows_in']:,}" if r["rows_in"] is not None else ""
+            table.add_row(r["table"], str(r["version"]), r["unit"], rows_in, f"{r['rows_out']:,}",
+                          f"{r['dropped']:,}" if r["dropped"] else "")
         console.print(table)
         for r in group:
             if r["reasons"]:

@@ -434,7 +434,9 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
                          f"{ps.stage_id}:\n" + "\n".join(r.report() for r in failed))
     catalog.publish(entries, validations)
     _remove_tree(work_dir)  # the stage is published: its resumable work is done
-    return StageReport(ps.stage_id, "built", {e.name: e.rows for e in entries}, main_rows_in, main_drops, seconds,
+    # The build report's "rows in" is the stage's input as read (whatever its unit), as the build summary shows it.
+    stage_rows_in = inputs[0].rows if inputs else main_rows_in
+    return StageReport(ps.stage_id, "built", {e.name: e.rows for e in entries}, stage_rows_in, main_drops, seconds,
                        ctx.stats)
 
 

@@ -2,7 +2,7 @@
 `xwin_data.connect` / `xwin-data sql`), records.parquet + summary.json + a PNG in the run's folder.
 
 `eval_results` is appended like the training layer's `runs` / `evals` tables (each append publishes a new
-version with the previous rows), so `SELECT model, win_rate, ci_low, ci_high FROM eval_results` compares runs.
+version: the previous Parquet parts unchanged plus one new part), so `SELECT model, win_rate, ci_low, ci_high FROM eval_results` compares runs.
 """
 from __future__ import annotations
 

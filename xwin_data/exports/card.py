@@ -129,14 +129,16 @@ def render_card(catalog: Catalog, table: str) -> str:
         lines.append(f"- details: {rvars['license_details']}")
     for src in rvars.get("sources") or []:
         lines.append(f"- source: {src}")
-    lines += ["", "## Funnel", "", "| stage | table | op | rows in | rows out | dropped | drop reasons |",
-              "|---|---|---|---:|---:|---:|---|"]
+    lines += ["", "## Funnel", "", "Rows in, out and dropped are counted in each table's unit; the reasons list every "
+              "drop, whatever its unit.", "",
+              "| stage | table | op | unit | rows in | rows out | dropped | drop reasons |",
+              "|---|---|---|---|---:|---:|---:|---|"]
     for s in chain:
-        dropped = sum(s["drops"].values())
+        dropped = s["stats"].get("dropped", sum(s["drops"].values()))
         reasons = ", ".join(f"{k}: {v:,}" for k, v in s["drops"].items())
         rows_in = "" if s["rows_in"] is None else f"{s['rows_in']:,}"
-        lines.append(f"| {s['stage']} | {s['table']} | {s['op']} | {rows_in} | {s['rows_out']:,} | {dropped:,} | "
-                     f"{reasons} |")
+        lines.append(f"| {s['stage']} | {s['table']} | {s['op']} | {s['stats'].get('unit', 'rows')} | {rows_in} | "
+                     f"{s['rows_out']:,} | {dropped:,} | {reasons} |")
     lines += ["", "## Lineage", ""]
     for s in chain:
         src = f" ← {', '.join(s['inputs'])}" if s["inputs"] else ""

@@ -1,13 +1,15 @@
 """`runs` and `evals`: catalog tables that grow by one row per training run / evaluation.
 
-Each append publishes a new version of the table (previous rows + the new one) through `Catalog.publish`, so the
-records are ordinary versioned Parquet tables: `xwin_data.connect()` and `xwin-data sql` see them like any other
+Each append publishes a new version of the table through `Catalog.publish`: the previous version's Parquet parts
+(hard-linked, never rewritten) plus one new part with the new row, so an append costs the same however many rows
+came before, and the records are ordinary versioned Parquet tables: `xwin_data.connect()` and `xwin-data sql` see them like any other
 table, and an older version stays readable. Appends from concurrent processes are serialised by a file lock;
 they are staged outside `staging/` (a build clears that folder when it starts).
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -41,8 +43,24 @@ EVALS_SCHEMA = pa.schema([
 ])
 
 
+def _same_columns(part: Path, schema: pa.Schema) -> bool:
+    return pq.read_schema(part).remove_metadata().equals(schema.remove_metadata())
+
+
+def _carry_parts(parts: list[Path], folder: Path) -> None:
+    """The previous version's parts in the new version's folder as hard links: no row is read or written again
+    (a copy only where the file system cannot link)."""
+    for part in parts:
+        try:
+            os.link(part, folder / part.name)
+        except OSError:
+            shutil.copy2(part, folder / part.name)
+
+
 def append_record(catalog: str | Path | Catalog, name: str, row: dict, schema: pa.Schema) -> None:
-    """Publish `name` as a new version holding its previous rows plus `row` (columns outside the schema fail)."""
+    """Publish `name` as a new version: the previous version's Parquet parts, unchanged, plus one new part holding
+    `row` (columns outside the schema fail). Appending costs the same for the first row and the thousandth; only
+    when the record schema has changed are the earlier rows rewritten once, into the new schema."""
     cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
     if not cat.exists():
         cat.init()
@@ -52,20 +70,26 @@ def append_record(catalog: str | Path | Catalog, name: str, row: dict, schema: p
     new = pa.Table.from_pylist([{k: row.get(k) for k in schema.names}], schema=schema)
     with FileLock(str(cat.root / f".{name}.records.lock"), timeout=120):
         tv = cat.current(name)
-        if tv is not None:
-            old = pq.read_table(cat.root / tv.path / "data", schema=schema)
-            table = pa.concat_tables([old, new])
-        else:
-            table = new
+        parts = sorted((cat.root / tv.path / "data").glob("*.parquet")) if tv is not None else []
         staged = cat.work_dir / "records" / f"{name}-{uuid.uuid4().hex[:8]}"
         (staged / "data").mkdir(parents=True)
         try:
-            pq.write_table(table, staged / "data" / "part-00000.parquet")
-            fingerprint = stable_hash([name, table.num_rows, row.get("run_id") or row.get("eval_id"), time.time()])
+            if not parts or _same_columns(parts[-1], schema):  # a version's parts share one schema
+                _carry_parts(parts, staged / "data")
+                rows = (tv.rows if tv is not None else 0) + new.num_rows
+                pq.write_table(new, staged / "data" / f"part-{len(parts):05d}.parquet")
+            else:  # an older record schema: rewrite the earlier rows once, into today's columns
+                old = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+                old = pa.table({f.name: old.column(f.name).cast(f.type) if f.name in old.column_names
+                                else pa.nulls(old.num_rows, f.type) for f in schema})
+                table = pa.concat_tables([old, new])
+                rows = table.num_rows
+                pq.write_table(table, staged / "data" / "part-00000.parquet")
+            fingerprint = stable_hash([name, rows, row.get("run_id") or row.get("eval_id"), time.time()])
             cat.publish([PublishEntry(
-                name=name, fingerprint=fingerprint, staged=staged, rows=table.num_rows,
+                name=name, fingerprint=fingerprint, staged=staged, rows=rows,
                 columns={f.name: str(f.type) for f in schema}, stage=name, op=f"record.{name}",
-                stats={"rows": table.num_rows})], [])
+                stats={"rows": rows})], [])
         finally:
             if staged.exists():
                 shutil.rmtree(staged, ignore_errors=True)

@@ -75,7 +75,8 @@ class WindGroups(SetOp):
         ctx.write_sql(wind_groups_sql(src))
         ctx.drop_sql(f"SELECT prompt_id AS source_id, 'group_too_small' AS reason, "
                      f"count(*) || ' scored response(s) < {params.min_group_size}' AS detail "
-                     f"FROM ({scored_rows_sql(src)}) GROUP BY prompt_id HAVING count(*) < {params.min_group_size}")
+                     f"FROM ({scored_rows_sql(src)}) GROUP BY prompt_id HAVING count(*) < {params.min_group_size}",
+                     unit="prompts")
 
 
 # ------------------------------------------------------------------------------------------------ bon_curve

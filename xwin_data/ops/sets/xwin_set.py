@@ -179,7 +179,7 @@ class SampleUnique(Op):
         con = ctx.con
         columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {ctx.input()}").fetchall()}
         keep_sql, drops_sql = prompts_sql(ctx.input(), columns, params.turns, params.max_prompts)
-        ctx.drop_sql(drops_sql)
+        ctx.drop_sql(drops_sql, unit="prompts")
         prompts = con.sql(keep_sql).to_arrow_table().to_pylist()
         sampling = SamplingConfig.model_validate(params.sampling)
         greedy = sampling.temperature == 0
@@ -198,7 +198,7 @@ class SampleUnique(Op):
                 ctx.track("generated tokens", None, unit="tokens") as tokens_bar:
             def record(extra: dict) -> None:
                 for pid, why in extra.pop("failed"):
-                    ctx.drop(pid, "prompt_too_long", why)
+                    ctx.drop(pid, "prompt_too_long", why, unit="prompts")
                 for name, value in extra.items():
                     totals[name] = totals.get(name, 0) + value
                 samples_bar.advance(extra["samples_generated"] + extra["samples_cached"])
