@@ -7,9 +7,9 @@ bounded concurrency under request-per-minute and token-per-minute limits paced e
 retried with jittered exponential backoff that honours `Retry-After` up to `retry_after_max_s` (the openai
 client's own retries are off), and are charged to a cost ledger whose budget is a hard cap. SIGINT/SIGTERM
 stop new calls; calls in flight finish and are cached (for at most `drain_timeout_s`) before the run raises
-KeyboardInterrupt, so stopping a run never pays for a call twice. Failures surface as typed errors. The openai client runs on aiohttp (openai's
-`aiohttp` extra, less CPU per request) where installed, else on httpx; every connection pool is closed when a
-run ends.
+KeyboardInterrupt, so stopping a run never pays for a call twice. Failures surface as typed errors. The openai
+client runs on aiohttp (openai's `aiohttp` extra, less CPU per request) where installed, else on httpx; every
+connection pool is closed when a run ends.
 
 The API key is read from the environment variable named by `api_key_env` at call time; it is never part of a
 cache key, a cached value, a log line or an error message (errors are redacted).
@@ -171,7 +171,7 @@ class ChatClient:
                     on_done(results[i])
 
         main = asyncio.ensure_future(asyncio.gather(*(one(k, idxs) for k, idxs in todo.items())))
-        installed = self._on_stop_signals(main)
+        installed, timers = self._on_stop_signals(main)
         try:
             await main
         except asyncio.CancelledError:
@@ -181,21 +181,24 @@ class ChatClient:
             loop = asyncio.get_running_loop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            for timer in timers:
+                timer.cancel()
             await client.close()
         if self.stop_signal is not None:
             raise KeyboardInterrupt(f"stopped by signal {self.stop_signal}: finished calls are cached")
 
-    def _on_stop_signals(self, main: asyncio.Future) -> list[int]:
+    def _on_stop_signals(self, main: asyncio.Future) -> tuple[list[int], list[asyncio.TimerHandle]]:
         """SIGINT/SIGTERM: no new call starts, calls in flight get `drain_timeout_s` to finish and be cached; a
         second signal (or the time-out) cancels them. Only where the loop runs in the main thread."""
         loop = asyncio.get_running_loop()
+        timers: list[asyncio.TimerHandle] = []
 
         def on_signal(signum: int) -> None:
             if self.stop_signal is None:
                 self.stop_signal = signum
                 self._stop.set()  # type: ignore[union-attr]
                 self._budget_moved.set()  # type: ignore[union-attr]  # wake calls waiting for budget: they stop
-                loop.call_later(self.settings.drain_timeout_s, main.cancel)
+                timers.append(loop.call_later(self.settings.drain_timeout_s, main.cancel))
             else:
                 main.cancel()
 
@@ -206,7 +209,7 @@ class ChatClient:
                 installed.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
                 pass
-        return installed
+        return installed, timers
 
     async def _nap(self, seconds: float) -> None:
         """Sleep, waking early when the run is asked to stop."""
