@@ -78,12 +78,6 @@ class _Gunzip(io.RawIOBase):
                     self.problem = ("truncated_file", f"gzip stream cut short after {self._produced:,} bytes")
                 self._done = True
                 return
-        if self._d.eof:  # the next member of a multi-member file, or trailing bytes
-            self._pending = self._d.unused_data + self._pending
-            if not self._pending.strip(b"\x00"):
-                self._pending = b""
-                return
-            self._d = zlib.decompressobj(31)
         try:
             out = self._d.decompress(self._pending, CHUNK)
         except zlib.error as err:
@@ -92,7 +86,7 @@ class _Gunzip(io.RawIOBase):
             return
         self._pending = self._d.unconsumed_tail
         self._in_member = not self._d.eof
-        if self._d.eof:
+        if self._d.eof:  # a member ended: what follows is the next member (or zero padding)
             self._pending = self._d.unused_data + self._pending
             self._d = zlib.decompressobj(31)
             if not self._pending.strip(b"\x00"):

@@ -124,12 +124,16 @@ def bon_per_prompt_sql() -> str:
 
 
 def bon_overall_sql(per_prompt: str) -> str:
+    """Means and sd over prompts, each summed in prompt_id order (an ordered list, then one sequential list
+    aggregate): a parallel avg() adds the threads' partial sums in whatever order they finish, so two builds of the
+    same set differed in the last digit."""
     return f"""
-        SELECT n, avg(expected_best_score) AS mean_best_score,
-               avg(win_rate_vs_best_of_1) AS win_rate_vs_best_of_1,
-               count(*) AS n_prompts,
-               stddev_samp(expected_best_score) AS sd_best_score
-        FROM {per_prompt} GROUP BY n ORDER BY n
+        SELECT n, list_avg(best) AS mean_best_score, list_avg(win) AS win_rate_vs_best_of_1,
+               len(best) AS n_prompts, list_stddev_samp(best) AS sd_best_score
+        FROM (SELECT n, list(expected_best_score ORDER BY prompt_id) AS best,
+                     list(win_rate_vs_best_of_1 ORDER BY prompt_id) AS win
+              FROM {per_prompt} GROUP BY n)
+        ORDER BY n
     """
 
 

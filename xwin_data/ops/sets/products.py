@@ -218,12 +218,13 @@ def prepare_dpo(con, source: str, params: DpoParams) -> None:
 def ranked_groups_sql() -> str:
     """One row per prompt: m, mean, population sd, best score, and `ranked`, its responses' {neg_score,
     sample_index} sorted ascending, i.e. in rank order: score descending, earlier sample first on ties (a missing
-    sample_index last, as in ORDER BY score DESC, sample_index)."""
+    sample_index last, as in ORDER BY score DESC, sample_index). Mean and sd are taken over the sorted scores, so
+    they are summed in one order whatever the threads do (a parallel avg() differs in the last digit)."""
     return """
-        SELECT prompt_id, count(*) AS m, avg(score) AS mu, coalesce(stddev_pop(score), 0) AS sd,
-               max(score) AS best_score,
-               list_sort(list({'neg_score': -score, 'sample_index': sample_index})) AS ranked
-        FROM __scored GROUP BY prompt_id"""
+        SELECT prompt_id, m, list_avg(s) AS mu, coalesce(list_stddev_pop(s), 0) AS sd, best_score, ranked
+        FROM (SELECT prompt_id, count(*) AS m, max(score) AS best_score, list_sort(list(score)) AS s,
+                     list_sort(list({'neg_score': -score, 'sample_index': sample_index})) AS ranked
+              FROM __scored GROUP BY prompt_id)"""
 
 
 def pair_rows_sql(picks: str) -> str:
