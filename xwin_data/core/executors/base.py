@@ -97,11 +97,9 @@ def part_path(part_dir: Path | str, key: str, table: str) -> Path:
 
 
 def _durable_replace(tmp: Path, final: Path) -> None:
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Complete files only ever appear under their final name (a killed writer leaves a temporary file). Parts are
+    not fsynced, which would force every part to disk before the next unit: a part cut short by a machine crash is
+    caught when its unit is resumed (`committed`), and the unit runs again."""
     os.replace(tmp, final)
 
 
@@ -149,8 +147,27 @@ def load_done(part_dir: Path, key: str) -> dict | None:
         return None
     try:
         return pickle.loads(path.read_bytes())
-    except Exception:  # noqa: BLE001 - a record cut short cannot exist (renamed into place), but never trust it blindly
+    except Exception:  # noqa: BLE001 - a record cut short (a machine crash): the unit runs again
         return None
+
+
+def committed(part_dir: Path, key: str) -> dict | None:
+    """The unit's record if it finished and each of its parts is whole (a readable footer with the rows the record
+    counts); None otherwise, and the unit runs again."""
+    import pyarrow.parquet as pq
+
+    record = load_done(part_dir, key)
+    if record is None:
+        return None
+    for table, rows in record["rows"].items():
+        if not rows:
+            continue
+        try:
+            if pq.ParquetFile(part_path(part_dir, key, table)).metadata.num_rows != rows:
+                return None
+        except (OSError, pa.ArrowInvalid):
+            return None
+    return record
 
 
 def read_row_group(fn: Callable[[pa.RecordBatch], tuple[Any, Any]], batch_size: int,
@@ -225,7 +242,7 @@ class Executor:
         results: list[UnitResult | None] = [None] * len(units)
         todo = []
         for i, (key, u) in enumerate(zip(keys, units)):
-            record = load_done(part_dir, key)
+            record = committed(part_dir, key)
             if record is not None:
                 results[i] = UnitResult(i, record["rows"], record["extra"], True)
             else:
