@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,13 +158,18 @@ OVERLAY_PACKAGES = ["duckdb", "pyarrow", "rich", "markdown-it-py", "mdurl", "pyg
 
 
 def ensure_overlay(python: Path) -> Path:
-    """The stage's extra libraries for the vllm venv, in the benchmark's own folder (no dependencies: the venv's
-    numpy and friends stay as vLLM pinned them)."""
+    """The stage's extra libraries for the vllm venv, at this environment's versions, in the benchmark's own
+    folder (no dependencies: the venv's numpy and friends stay as vLLM pinned them)."""
+    from importlib.metadata import version
+
+    pins = [f"{name}=={version(name)}" for name in OVERLAY_PACKAGES]
     folder = Path.home() / ".cache" / "xwin-data" / "bench-overlay"
-    if not (folder / ".complete").exists():
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(folder),
-                        *OVERLAY_PACKAGES], check=True)
-        (folder / ".complete").write_text("ok\n")
+    marker = folder / ".complete"
+    if not marker.exists() or marker.read_text().split() != pins:
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(folder), *pins],
+                       check=True)
+        marker.write_text("\n".join(pins) + "\n")
     return folder
 
 
@@ -203,7 +209,7 @@ def stage_worker(cfg_json: str) -> None:
         report = xwin_data.build(recipe, work / f"catalog{r}", show_progress=False)
         wall = time.perf_counter() - t
         con = xwin_data.connect(work / f"catalog{r}")
-        tokens, rows = con.sql("SELECT sum(tokens), count(*) FROM samples").fetchone()
+        tokens, rows = con.sql("SELECT sum(tokens), count(*) FROM samples").fetchall()[0]
         con.close()
         samples = next(s for s in report.stages if s.stage_id == "samples")
         return {"wall_s": wall, "stage_s": samples.seconds, "tokens": int(tokens), "rows": int(rows),

@@ -106,6 +106,8 @@ def test_two_servers_serving_one_model_name_share_no_samples(tmp_path):
         a_spec = GeneratorSpec(backend="openai", model="same-name", base_url=a.base_url)
         b_spec = GeneratorSpec(backend="openai", model="same-name", base_url=b.base_url)
         assert a_spec.identity() != b_spec.identity()
+        pinned = GeneratorSpec(backend="openai", model="same-name", base_url=a.base_url, extra={"revision": "r1"})
+        assert pinned.revision == "r1" and pinned.identity() == a_spec.identity() + "@r1"
 
         def build(server) -> list[dict]:
             xwin_data.build(recipe, catalog, sets=[f"url={server.base_url}"],
