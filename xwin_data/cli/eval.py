@@ -197,8 +197,6 @@ def recorded(
     from xwin_data.evals.alpaca import summarize
     from xwin_data.evals.annotations import is_annotations_file
     from xwin_data.evals.recorded import load_answers, load_vicuna_reviews, outcome_for
-    from xwin_data.evals.results import record_results, win_rate_png
-
     missing = [str(p) for p in reviews if not p.is_file()]
     if missing:
         _fail(f"no such file: {', '.join(missing)}")
@@ -218,45 +216,39 @@ def recorded(
         _print_win_rate(s, f"{path.name} ({s['model']} vs {s['reference_model']})")
         results.append(s)
         all_records += recs
-    png = None
-    if out:
-        _write(Path(out), all_records, {"results": results})
-        png = win_rate_png(Path(out) / "recorded.png", [(r["review"], r) for r in results],
-                           "recorded judgments (evaluated model vs reference)")
-    if catalog is not None:
-        from xwin_data.core.catalog import Catalog
-        from xwin_data.evals.results import result_row
-
-        cat = Catalog(catalog)
-        cat.init()
-        record_results(cat, [result_row("recorded", r | {"judge": "recorded:" + r["review"]}, model=r["model"],
-                                        reference_model=r["reference_model"], items=r["n"] + r["invalid"],
-                                        folder=out, png=png) for r in results])
-    print(json.dumps(results, default=str))
+    _report_recorded("recorded", all_records, [r | {"judge": "recorded:" + r["review"]} for r in results],
+                     out, catalog, [r["review"] for r in results], "recorded.png",
+                     "recorded judgments (evaluated model vs reference)")
 
 
 def _annotations(paths: list[Path], out: Optional[Path], catalog: Optional[Path], n_boot: int) -> None:
     """alpaca_eval annotations -> per model: win rate, discrete win rate, length-controlled (GLM) win rate."""
     from xwin_data.core.progress import console
     from xwin_data.evals.annotations import load_annotations, summarize_annotations
-    from xwin_data.evals.results import record_results, result_row, win_rate_png
-
     records = load_annotations(paths)
     results = summarize_annotations(records, n_boot=n_boot)
     for r in results:
         _print_win_rate(r, f"{r['model']} vs {r['reference_model']} ({r['n']} annotations)")
         console.print(f"  discrete win rate {r['discrete_win_rate']:.1f}% "
                       f"[{r['discrete_ci_low']:.1f}, {r['discrete_ci_high']:.1f}]", highlight=False)
+    _report_recorded("alpaca_recorded", records, results, out, catalog, [r["model"] for r in results],
+                     "alpaca_annotations.png", "recorded alpaca_eval annotations (model vs baseline)")
+
+
+def _report_recorded(kind: str, records: list[dict], results: list[dict], out: Optional[Path],
+                     catalog: Optional[Path], labels: list[str], png_name: str, title: str) -> None:
+    """Write records, summaries and a win-rate plot to `out`, record the results in the catalog, print JSON."""
+    from xwin_data.evals.results import record_results, result_row, win_rate_png
+
     png = None
     if out:
         _write(Path(out), records, {"results": results})
-        png = win_rate_png(Path(out) / "alpaca_annotations.png", [(r["model"], r) for r in results],
-                           "recorded alpaca_eval annotations (model vs baseline)")
+        png = win_rate_png(Path(out) / png_name, list(zip(labels, results)), title)
     if catalog is not None:
         from xwin_data.core.catalog import Catalog
 
         cat = Catalog(catalog)
         cat.init()
-        record_results(cat, [result_row("alpaca_recorded", r, model=r["model"], reference_model=r["reference_model"],
+        record_results(cat, [result_row(kind, r, model=r["model"], reference_model=r["reference_model"],
                                         items=r["n"] + r["invalid"], folder=out, png=png) for r in results])
     print(json.dumps(results, default=str))

@@ -81,7 +81,7 @@ def show_table(catalog: Catalog, name: str, sample_rows: int = 3) -> None:
     rows_in = stats.pop("rows_in", None)
     if rows_in is not None:
         console.print(f"funnel: {rows_in:,} in → {cur.rows:,} out" +
-                      (f", dropped: " + ", ".join(f"{k} {v:,}" for k, v in reasons.items()) if reasons else ""))
+                      (", dropped: " + ", ".join(f"{k} {v:,}" for k, v in reasons.items()) if reasons else ""))
     if stats:
         st = Table(title="stats")
         st.add_column("stat")

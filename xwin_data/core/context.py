@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
-from xwin_data.core.progress import ProgressHandle, console, track
+from xwin_data.core.progress import console, track
 
 DROPS_SCHEMA = pa.schema([
     ("stage", pa.string()), ("table_name", pa.string()), ("source_id", pa.string()), ("reason", pa.string()),

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 from pydantic import BaseModel
 
-from xwin_data import __version__
 from xwin_data.core.catalog import Catalog, TableVersion
 from xwin_data.core.context import InputTable, StageContext, sql_str
 from xwin_data.core.errors import BuildError, RecipeError, SchemaError

@@ -39,7 +39,6 @@ from xwin_data.evals.stats import bootstrap_ci, cohen_kappa
 from xwin_data.evals.verdicts import parse_any_pair
 from xwin_data.studies.output import study_dir, write_results
 from xwin_data.studies.plots import bar_with_ci, confusion
-from xwin_data.core.errors import XwinError
 
 _GRADED = re.compile(r"^([AB])\s*(>>|>|<<|<|==|=)\s*([AB])$")
 _SCORES = re.compile(r"^(\d+(?:\.\d+)?)\s+(\d+(?:\.\d+)?)$")  # the scores template's label: "s_A s_B"

@@ -8,7 +8,6 @@ from `xwin_data.llm.reward`, the scorer the Xwin-Set `score_responses` op uses.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path

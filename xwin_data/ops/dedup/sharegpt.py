@@ -199,7 +199,7 @@ class DedupNear(Op):
 
         import pyarrow.parquet as pq
 
-        from xwin_data.ops.dedup.lsh import bucket_pairs, clusters, decode
+        from xwin_data.ops.dedup.lsh import bucket_pairs, decode
         from xwin_data.text.minhash import permutations
 
         if not params.enabled:
