@@ -226,7 +226,12 @@ def parse_unit(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
         return _records_table(iter_records(path, file_kind, name=name), options, source)
     _, path, offset, length, first_line, options, source = payload
     with open_binary(Path(path)) as fh:
-        fh.seek(offset)
+        if fh.seekable():
+            fh.seek(offset)
+        else:  # a gzip stream: skip forward to the block's first byte
+            skip = offset
+            while skip > 0:
+                skip -= len(fh.read(min(skip, 1 << 24)) or b"\0" * skip)
         block = fh.read(length)
     rows = parse_jsonl_block(block, first_line, options)
     ids = rows.table.column("id").to_pylist()
