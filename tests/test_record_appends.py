@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import xwin_data
 from xwin_data.core.catalog import Catalog
 from xwin_data.evals.results import record_results
-from xwin_data.training.records import EVALS_SCHEMA, append_record, record_eval
+from xwin_data.training.records import EVALS_SCHEMA, EvalRecord, append_record, record_eval
 
 
 def versions(cat: Catalog, name: str) -> list[tuple[int, str, int]]:
@@ -23,7 +23,9 @@ def test_each_append_is_one_new_part(tmp_path: Path) -> None:
     cat = Catalog(tmp_path / "cat")
     n = 25
     for i in range(n):
-        record_eval(cat, {"stage": f"s{i}", "model_path": f"/models/{i}", "n_prompts": i, "best_of_1": i / 10})
+        record_eval(cat, EvalRecord(stage=f"s{i}", model_path=f"/models/{i}", reward_model="rm", prompts_table="p",
+                                    prompts_fingerprint="f", n_prompts=i, samples_per_prompt=1,
+                                    best_of={1: i / 10}, mean_tokens=1.0, seconds=0.0))
     history = versions(cat, "evals")
     assert [v[2] for v in history] == list(range(1, n + 1))
     first_part = cat.root / history[0][1] / "data" / "part-00000.parquet"

@@ -277,6 +277,7 @@ def _read_in_units(ctx, params: ReadParams, files, options, source: str, ids: _I
 
     results = ctx.executor.run(ctx, parse_unit, units, {ctx.table: RAW_SCHEMA}, on_result=take, publish=False,
                                description=f"parsing {source}", unit="bytes", processes=True, fork_above_rows=0)
+    ctx.stats["read_workers"] = ctx.stats.get("executor", {}).get("workers", 1)
     out = ctx.part_paths()
     for part, unique in zip((r.part(ctx.table) for r in results), renames):
         if part is None:
