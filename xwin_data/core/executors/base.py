@@ -65,16 +65,6 @@ class Model:
     kwargs: dict = field(default_factory=dict)
 
 
-def work_name(fn: Any) -> str:
-    """A stable name for what a unit runs: the model class, or the function with the functions it wraps."""
-    if isinstance(fn, Model):
-        return f"{fn.cls.__module__}.{fn.cls.__qualname__}"
-    if isinstance(fn, partial):
-        inner = [work_name(a) for a in fn.args if callable(a)]
-        return "(".join([work_name(fn.func), *inner]) + ")" * len(inner)
-    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
-
-
 @dataclass
 class UnitResult:
     index: int
@@ -236,8 +226,8 @@ class Executor:
         part_dir = ctx.work_dir / "batches"
         part_dir.mkdir(parents=True, exist_ok=True)
         # One stage may run several kinds of unit over the same input (near-dedup signs every row group, then
-        # writes what it keeps): the outputs and the function tell them apart.
-        step = "+".join(schemas) + "|" + work_name(fn)
+        # writes what it keeps): the outputs and the step's description tell them apart.
+        step = "+".join(schemas) + "|" + description
         keys = [unit_key(ctx.fingerprint, [step, u.identity]) for u in units]
         results: list[UnitResult | None] = [None] * len(units)
         todo = []
