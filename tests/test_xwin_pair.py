@@ -224,3 +224,14 @@ def test_budget_cap_stops_the_judge_cleanly_and_a_larger_budget_resumes(openai_s
     xwin_data.build(RECIPE, cat, sets, show_progress=False)
     assert len(judge_bodies(openai_server)) == 36 and openai_server.repeated == 0
     assert Catalog(cat).current("xwin_pair").stats["spend_this_build"]["cached_calls"] == answered
+
+
+def test_an_openai_judge_without_a_key_fails_in_one_line_before_any_work(cli, tmp_path) -> None:
+    """No key for OpenAI's API: the build says what to set and generates nothing (no candidate is sampled)."""
+    cat = tmp_path / "cat"
+    proc = cli("build", str(RECIPE), "--catalog", str(cat), "--set", "judge.kind=openai", check=False,
+               env={"OPENAI_API_KEY": ""})
+    err = proc.stderr.strip() or proc.stdout.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "OPENAI_API_KEY" in err, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (cat / "tables").exists() or not any((cat / "tables").iterdir())

@@ -469,6 +469,9 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
     catalog.init()
     runner = choose_executor(recipe, executor, ray_address)
     stages = plan(recipe, catalog, force, verify)  # fails on any recipe problem before work or spend
+    for ps in stages:
+        if ps.status == "run":
+            ps.op.preflight(ps.params)  # e.g. no judge to call: one line before any model is loaded or paid
     overrides = redact(overrides or [])
     info = {"recipe": recipe.name, "started_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     with catalog.build_lock(wait=wait, info=info):

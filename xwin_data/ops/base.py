@@ -82,6 +82,10 @@ class Op:
         """Optional plan-time estimate (calls, tokens, dollars) shown by `xwin-data plan`."""
         return None
 
+    def preflight(self, params: Any) -> None:
+        """Checks of the outside world a stage needs (a judge's key, a reachable endpoint), run for every stage
+        that will run before the build does any work; raise an `XwinError` that says what to set."""
+
     def run(self, ctx: StageContext, params: Any) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -74,6 +74,15 @@ class JudgePairs(Op):
         j = params.judge
         return {**j.backend_class().fingerprint(j), "backend_code": j.code_fingerprint()}
 
+    def preflight(self, params: JudgePairsParams) -> None:
+        from xwin_data.llm.registry import canonical_name
+
+        j = params.judge
+        if canonical_name("judge", j.backend) == "openai":
+            from xwin_data.evals.preflight import check_judge
+
+            check_judge(j.base_url, j.api_key_env, url_flag="judge.base_url", key_flag="judge.api_key_env")
+
     def estimate(self, plan_view, params: JudgePairsParams) -> dict | None:
         from xwin_data.llm.costs import PriceTable
         from xwin_data.llm.judge import load_template

@@ -77,8 +77,8 @@ class SampleParams(Params):
                              "message), or every turn up to the last user turn")
     max_prompts: int | None = Field(None, ge=1, description="use at most this many prompts (a seeded subset by "
                                                             "hash of the prompt id); null = all")
-    prompts_per_chunk: int = Field(32, ge=1, description="prompts sampled to completion before the next ones "
-                                                         "(bounds memory)")
+    prompts_per_chunk: int = Field(8, ge=1, description="prompts sampled to completion before the next ones: "
+                                                        "the unit of work and of progress (bounds memory)")
 
     @field_validator("policy")
     @classmethod
@@ -194,7 +194,9 @@ class SampleUnique(Op):
         worker = Model(ChunkSampler, {"params": params.model_dump(mode="json"),
                                       "cache_path": str(ctx.cache_dir / "generation.sqlite"),
                                       "outputs": ctx.outputs})
-        with ctx.track("samples", None, unit="samples") as samples_bar, \
+        # At least n_unique samples per prompt are drawn (more where duplicates come back): the bar's total is
+        # that lower bound, so it shows a rate and an ETA from the first finished chunk on.
+        with ctx.track("samples", len(prompts) * (1 if greedy else params.n_unique), unit="samples") as samples_bar, \
                 ctx.track("generated tokens", None, unit="tokens") as tokens_bar:
             def record(extra: dict) -> None:
                 for pid, why in extra.pop("failed"):
