@@ -162,7 +162,8 @@ def plan(
     """Show the stages of a recipe, which are already built (same fingerprint) and which would run, with
     estimates of model calls, tokens and cost where a stage can tell."""
     from xwin_data.core.catalog import Catalog
-    from xwin_data.core.engine import BuildError, choose_executor, describe_plan, plan as make_plan
+    from xwin_data.core.errors import BuildError
+    from xwin_data.core.plan import choose_executor, describe_plan, plan as make_plan
     from xwin_data.core.yaml_lines import RecipeError
 
     rec = _load(recipe, sets or [])
