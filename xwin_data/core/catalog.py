@@ -285,9 +285,6 @@ class Catalog:
     def data_glob(self, tv: TableVersion) -> str:
         return str(self.root / tv.path / "data" / "*.parquet")
 
-    def drops_glob(self, tv: TableVersion) -> str:
-        return str(self.root / tv.path / "drops" / "*.parquet")
-
     def builds(self, limit: int = 20) -> list[dict]:
         return self._rows("SELECT * FROM builds ORDER BY started_at DESC LIMIT ?", [limit])
 

@@ -47,13 +47,6 @@ class OverrideError(XwinError, ValueError):
     """A `--set key=value` override that cannot be parsed or applied."""
 
 
-class MissingTableError(XwinError, KeyError):
-    """A table the command needs is not in the catalog; the message names the recipe or command that makes it."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
 class MissingModelError(XwinError, FileNotFoundError):
     """A model folder the command needs does not exist; the message names the command that makes it."""
 

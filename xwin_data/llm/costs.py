@@ -139,14 +139,6 @@ class CostLedger:
             self.reserved_usd += usd
             return True
 
-    def reserve(self, usd: float) -> None:
-        """Hold `usd` now or raise BudgetExceeded (no waiting for in-flight calls)."""
-        with self._lock:
-            if self.budget_usd is not None and (
-                    self.stopped or self.spent_usd + self.reserved_usd + usd > self.budget_usd):
-                raise self._refuse()
-            self.reserved_usd += usd
-
     def settle(self, reserved_usd: float, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         cost = self.prices.cost(model, prompt_tokens, completion_tokens)
         with self._lock:

@@ -124,9 +124,6 @@ def stream_problem(fh, name: str, position: int) -> Unreadable | None:
                       source_id=name)
 
 
-_open_binary = open_binary
-
-
 # ------------------------------------------------------------------------------------------------ what to read
 def is_hub_id(path: str) -> bool:
     return not Path(path).exists() and not _GLOB_CHARS.search(path) and bool(_HUB_ID.match(path))
