@@ -1,5 +1,5 @@
-"""Xwin-Set: k distinct responses per prompt from a policy (`sample_unique`), scored by a reward model and ranked
-within their prompt (`score_responses`).
+"""Xwin-Set sampling: k distinct responses per prompt from a policy (`sample_unique`); `reward_scoring.py` scores
+and ranks them.
 
 `sample_unique` samples in rounds until a prompt has `n_unique` responses that differ after whitespace and case
 normalisation, or until `max_samples` draws; what a prompt lacks is written to `<table>_shortfall`, never hidden.
@@ -15,8 +15,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from xwin_data.conversation import MESSAGES_SQL_TYPE, MESSAGES_TYPE, ROLES_SQL, prompt_turns_sql, with_response
-from xwin_data.core.context import sql_str
+from xwin_data.conversation import MESSAGES_SQL_TYPE, MESSAGES_TYPE, ROLES_SQL, prompt_turns_sql
 from xwin_data.ops.base import Op, Params, register
 
 RESPONSES_SCHEMA = pa.schema([
@@ -326,136 +325,3 @@ class ChunkSampler:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-class ScoreParams(Params):
-    rm: dict[str, Any] = Field({}, description="reward model spec (ScorerSpec): backend "
-                               "(transformers | vllm | any registered scorer), model, revision, tokenizer, "
-                               "chat_template, batch_size, max_length (default: the RM's own), options")
-    rows_per_chunk: int = Field(4096, ge=1, description="responses read, scored and written at a time")
-
-    @field_validator("rm")
-    @classmethod
-    def _rm(cls, v: dict) -> dict:
-        from xwin_data.llm.reward import ScorerSpec
-
-        return ScorerSpec.model_validate(v).model_dump()
-
-
-SCORED_SCHEMA = pa.schema([("response_id", pa.string()), ("score", pa.float64()), ("rm", pa.string())])
-
-
-@register
-class ScoreResponses(Op):
-    """Reward-model scores for sampled responses, ranked within each prompt: the xwin_set table."""
-
-    name = "score_responses"
-    needs = {"prompt_id", "prompt", "response_id", "sample_index", "attempt", "response", "tokens", "finish_reason",
-             "policy"}
-    adds = {"prompt_id", "prompt", "response_id", "sample_index", "attempt", "response", "tokens", "finish_reason",
-            "score", "rank", "group_size", "policy", "rm"}
-    Params = ScoreParams
-    schema = "xwin_set"
-    min_inputs = max_inputs = 1
-    version = "1"
-    runs = "model"
-    summary = "reward-model score per (prompt, response), cached; rank within the prompt (1 = best)"
-
-    def external_fingerprint(self, params: ScoreParams) -> dict:
-        from xwin_data.llm.reward import ScorerSpec
-
-        spec = ScorerSpec.model_validate(params.rm)
-        return {"rm": spec.identity(), "backend_code": spec.code_fingerprint()}
-
-    def estimate(self, view, params: ScoreParams) -> dict | None:
-        rows = view.input_rows(0)
-        return None if rows is None else {"responses_to_score": rows}
-
-    def run(self, ctx, params: ScoreParams) -> None:
-        import pyarrow.parquet as pq
-
-        from xwin_data.core.executors import Model
-        from xwin_data.core.executors.base import row_group_units
-
-        src = ctx.input()
-        con = ctx.con
-        needed = ("prompt_id", "prompt", "response_id", "sample_index", "attempt", "response", "tokens",
-                  "finish_reason", "policy")
-        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
-        missing = [c for c in needed if c not in have]
-        if missing:
-            raise ValueError(f"score_responses reads sampled responses; missing column(s) {', '.join(missing)}")
-        ctx.drop_sql(f"SELECT response_id AS source_id, 'blank_response' AS reason, prompt_id AS detail "
-                     f"FROM {src} WHERE length(trim(coalesce(response, ''))) = 0")
-        rows_sql = (f"SELECT prompt_id, prompt, response_id, response FROM {src} "
-                    f"WHERE length(trim(coalesce(response, ''))) > 0")
-        total = con.execute(f"SELECT count(*) FROM ({rows_sql})").fetchall()[0][0]
-        # One unit per row group of the sampled responses, scored by one replica of the reward model.
-        units = row_group_units(ctx.inputs[0].glob)
-        stats: dict[str, Any] = {"cached": 0, "scored": 0, "truncated": 0}
-
-        def record(extra: dict) -> None:
-            for name in ("cached", "scored", "truncated"):
-                stats[name] += extra[name]
-            stats["rm"] = extra["rm"]
-
-        worker = Model(RowGroupScorer, {"rm": params.rm, "cache_path": str(ctx.cache_dir / "reward.sqlite"),
-                                        "rows_per_chunk": params.rows_per_chunk})
-        results = ctx.executor.run(ctx, worker, units, {"scores": SCORED_SCHEMA}, on_result=record, publish=False,
-                                   description="reward-model scores", unit="responses")
-        parts = [r.part("scores") for r in results if r.part("scores")]
-        scored_path = ctx.work_dir / "scores-none.parquet"
-        if not parts:
-            pq.write_table(SCORED_SCHEMA.empty_table(), scored_path)
-        scores_sql = "read_parquet([" + ", ".join(sql_str(p) for p in parts or [str(scored_path)]) + "])"
-        rm_id = stats.get("rm")
-        ctx.write_sql(f"""
-            SELECT r.prompt_id, r.prompt, r.response_id, CAST(r.sample_index AS INTEGER) AS sample_index,
-                   CAST(r.attempt AS INTEGER) AS attempt, r.response, CAST(r.tokens AS INTEGER) AS tokens,
-                   r.finish_reason, s.score,
-                   CAST(row_number() OVER (PARTITION BY r.prompt_id ORDER BY s.score DESC, r.sample_index) AS INTEGER)
-                       AS rank,
-                   CAST(count(*) OVER (PARTITION BY r.prompt_id) AS INTEGER) AS group_size,
-                   r.policy, s.rm
-            FROM {src} r JOIN {scores_sql} s USING (response_id)
-            ORDER BY r.prompt_id, r.sample_index""", total_rows=total)
-        ctx.stats.update({"responses": total, "scores_cached": stats.get("cached", 0),
-                          "scores_computed": stats.get("scored", 0), "truncated": stats.get("truncated", 0),
-                          "rm": rm_id})
-
-
-class RowGroupScorer:
-    """One replica of the reward model: scores the non-blank responses of one row group of sampled responses
-    through the request cache. Loaded once per replica, wherever the executor runs it."""
-
-    def __init__(self, rm: dict, cache_path: str, rows_per_chunk: int):
-        from xwin_data.llm.cache import RequestCache
-        from xwin_data.llm.reward import RewardSpec, make_scorer
-
-        self.scorer = make_scorer(RewardSpec.model_validate(rm))
-        self.cache = RequestCache(cache_path)
-        self.rows_per_chunk = rows_per_chunk
-
-    def __call__(self, payload: tuple[str, int]) -> tuple[pa.Table, dict]:
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        from xwin_data.llm.reward import score_cached
-
-        source, row_group = payload
-        group = pq.ParquetFile(source).read_row_group(row_group, columns=["prompt", "response_id", "response"])
-        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.fill_null(group.column("response"), ""))), 0)
-        group = group.filter(pc.invert(blank))
-        stats: dict[str, int] = {}
-        outs = []
-        for batch in group.to_batches(max_chunksize=self.rows_per_chunk):
-            rows = batch.to_pylist()
-            convs = [with_response(r["prompt"], r["response"]) for r in rows]
-            scores = score_cached(self.scorer, self.cache, convs, stats)
-            outs.append(pa.table({"response_id": [r["response_id"] for r in rows], "score": scores,
-                                  "rm": [self.scorer.model_id] * len(rows)}, schema=SCORED_SCHEMA))
-        table = pa.concat_tables(outs) if outs else SCORED_SCHEMA.empty_table()
-        return table, {"cached": stats.get("cached", 0), "scored": stats.get("scored", 0),
-                       "truncated": stats.get("truncated", 0), "rm": self.scorer.model_id}
-
-    def close(self) -> None:
-        self.scorer.close()
-        self.cache.close()
