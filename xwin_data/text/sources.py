@@ -3,7 +3,7 @@ gzipped, a folder or glob of such shards, and Hugging Face `datasets` (a saved f
 `(position, record)`, or `(position, Unreadable(reason, detail))` for a line, element or rest of a file that is not
 a record, so the reader can keep going; memory stays bounded by one batch (or one array element) at a time.
 
-A damaged container does not stop a build: a truncated gzip yields what it holds and then one `Unreadable` for the
+A damaged container does not stop a build (`xwin_data.text.gzip_stream`): a truncated gzip yields what it holds and then one `Unreadable` for the
 rest, a file named `.gz` that is not gzip or a Parquet file that cannot be opened is one `Unreadable` for the file.
 """
 from __future__ import annotations
@@ -12,10 +12,11 @@ import glob as globlib
 import io
 import json
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from xwin_data.text.gzip_stream import CHUNK, damage, open_binary
 
 FILE_TYPES = ("auto", "jsonl", "json", "parquet", "hf")
 DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -24,7 +25,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 BOM = b"\xef\xbb\xbf"
-CHUNK = 1 << 20
 MAX_ELEMENT = 256 << 20
 
 
@@ -46,78 +46,9 @@ class InputFile:
     kind: str  # jsonl | json | parquet | skip (not a data file: one drop row)
 
 
-# ------------------------------------------------------------------------------------------------ containers
-class _Gunzip(io.RawIOBase):
-    """Gzip members decompressed as far as they go. A stream that is cut short, corrupt or not gzip at all ends
-    early with `problem` set (the bytes before it are kept), instead of raising in the middle of a build."""
-
-    def __init__(self, raw) -> None:
-        self.raw = raw
-        self.problem: tuple[str, str] | None = None
-        self._d = zlib.decompressobj(31)
-        self._pending = b""
-        self._in_member = False
-        self._out = b""
-        self._at = 0
-        self._done = False
-        self._produced = 0
-        head = raw.read(2)
-        if head and head != b"\x1f\x8b":
-            self.problem = ("not_gzip", f"named .gz but starts with {head!r}, not the gzip magic bytes")
-            self._done = True
-        self._pending = head
-
-    def readable(self) -> bool:
-        return True
-
-    def _fill(self) -> None:
-        if not self._pending:
-            self._pending = self.raw.read(CHUNK)
-            if not self._pending:
-                if self._in_member:
-                    self.problem = ("truncated_file", f"gzip stream cut short after {self._produced:,} bytes")
-                self._done = True
-                return
-        try:
-            out = self._d.decompress(self._pending, CHUNK)
-        except zlib.error as err:
-            self.problem = ("corrupt_file", f"gzip data is corrupt after {self._produced:,} bytes: {err}")
-            self._done = True
-            return
-        self._pending = self._d.unconsumed_tail
-        self._in_member = not self._d.eof
-        if self._d.eof:  # a member ended: what follows is the next member (or zero padding)
-            self._pending = self._d.unused_data + self._pending
-            self._d = zlib.decompressobj(31)
-            if not self._pending.strip(b"\x00"):
-                self._pending = b""
-        self._produced += len(out)
-        self._out, self._at = out, 0
-
-    def readinto(self, b) -> int:
-        while self._at >= len(self._out) and not self._done:
-            self._fill()
-        n = min(len(b), len(self._out) - self._at)
-        b[:n] = self._out[self._at:self._at + n]
-        self._at += n
-        return n
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
-
-
-def open_binary(path: Path):
-    """A binary stream of a file's bytes, gunzipped where the name ends in `.gz`; such a stream has `problem`."""
-    if path.suffix == ".gz":
-        return io.BufferedReader(_Gunzip(open(path, "rb")), CHUNK)
-    return open(path, "rb")
-
-
 def stream_problem(fh, name: str, position: int) -> Unreadable | None:
     """The damage a stream from `open_binary` met, as one drop for the rest of the file."""
-    raw = getattr(fh, "raw", None)
-    problem = getattr(raw, "problem", None)
+    problem = damage(fh)
     if problem is None:
         return None
     return Unreadable(problem[0], f"{name}: {problem[1]}; records from line/element {position} on are lost",

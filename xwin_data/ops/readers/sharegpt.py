@@ -215,7 +215,8 @@ def parse_unit(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
     """A unit of the reader, wherever it runs: a block of JSONL lines read from its file (or a whole JSON or
     Parquet shard) and converted; ids, positions, drops and the number of records go back."""
     from xwin_data.text.conversation_rows import parse_jsonl_block
-    from xwin_data.text.sources import iter_records, open_binary
+    from xwin_data.text.gzip_stream import open_binary
+    from xwin_data.text.sources import iter_records
 
     kind = payload[0]
     if kind == "unreadable":
@@ -225,13 +226,8 @@ def parse_unit(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
         _, path, file_kind, name, options, source = payload
         return _records_table(iter_records(path, file_kind, name=name), options, source)
     _, path, offset, length, first_line, options, source = payload
-    with open_binary(Path(path)) as fh:
-        if fh.seekable():
-            fh.seek(offset)
-        else:  # a gzip stream: skip forward to the block's first byte
-            skip = offset
-            while skip > 0:
-                skip -= len(fh.read(min(skip, 1 << 24)) or b"\0" * skip)
+    with open_binary(Path(path)) as fh:  # a gzip stream seeks forward by decompressing
+        fh.seek(offset)
         block = fh.read(length)
     rows = parse_jsonl_block(block, first_line, options)
     ids = rows.table.column("id").to_pylist()
