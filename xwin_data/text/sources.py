@@ -391,7 +391,41 @@ def _iter_parquet(path: Path, name: str) -> Iterator[tuple[int, Any]]:
                                 f"{type(err).__name__}: {err}", source_id=name)
 
 
-def _iter_hf(path: str, split: str) -> Iterator[tuple[int, Any]]:
+def parquet_row_groups(path: Path) -> list[int] | None:
+    """Rows of each row group of a plain (not gzipped) Parquet file, the units it is read in; None where its footer
+    cannot be read (the file is then read whole, and is one drop)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".gz":
+        return None
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (OSError, pa.ArrowException, ValueError):
+        return None
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def iter_parquet_row_group(path: Path, row_group: int, first: int, name: str) -> Iterator[tuple[int, Any]]:
+    """The records of one row group, numbered from `first` as `iter_records` numbers the file's rows; a row group
+    that cannot be read is one drop for its rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    index = first
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, row_groups=[row_group]):
+            for rec in batch.to_pylist():
+                yield index, rec
+                index += 1
+    except (OSError, pa.ArrowException, ValueError) as err:
+        reason = "unreadable_file" if index == 0 else "truncated_file"
+        yield index, Unreadable(reason, f"{name}: row group {row_group} is not readable from row {index} on: "
+                                f"{type(err).__name__}: {err}", source_id=name)
+
+
+def _load_hf(path: str, split: str):
+    """The split of a saved dataset folder (`save_to_disk`), a folder with a loading script, or a hub id."""
     import datasets
 
     p = Path(path)
@@ -408,6 +442,47 @@ def _iter_hf(path: str, split: str) -> Iterator[tuple[int, Any]]:
         if split not in ds:
             raise RuntimeError(f"dataset {path!r} has no split {split!r} (splits: {', '.join(ds)})")
         ds = ds[split]
+    return ds
+
+
+def hf_data_files(path: str, split: str) -> list[tuple[Path, int]] | None:
+    """The Arrow files a saved dataset's split is made of, with their rows, in order: the units it is read in.
+    None where the dataset is not exactly those files (a loading script or hub id, an indices mapping left by
+    `select` / `shuffle`, a dataset held in memory): it is then read where the build runs."""
+    import pyarrow as pa
+
+    p = Path(path)
+    if not (p.is_dir() and any((p / name).exists() for name in HF_MARKERS) and not any(p.glob("*.py"))):
+        return None
+    ds = _load_hf(path, split)
+    if getattr(ds, "_indices", None) is not None or not ds.cache_files:
+        return None
+    files = []
+    for cache_file in ds.cache_files:
+        with pa.memory_map(cache_file["filename"]) as source:
+            rows = sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+        files.append((Path(cache_file["filename"]), rows))
+    if sum(rows for _, rows in files) != ds.num_rows:
+        return None
+    return files
+
+
+def iter_arrow_file(path: Path, first: int) -> Iterator[tuple[int, Any]]:
+    """The records of one Arrow data file of a saved dataset, numbered from `first` as `iter_records` numbers the
+    dataset's rows."""
+    import pyarrow as pa
+
+    index = first
+    with pa.memory_map(str(path)) as source:
+        for batch in pa.ipc.open_stream(source):
+            for lo in range(0, batch.num_rows, 10_000):
+                for rec in batch.slice(lo, 10_000).to_pylist():
+                    yield index, rec
+                    index += 1
+
+
+def _iter_hf(path: str, split: str) -> Iterator[tuple[int, Any]]:
+    ds = _load_hf(path, split)
     index = 0
     for batch in ds.with_format("arrow").iter(batch_size=10_000):
         for rec in batch.to_pylist():

@@ -78,7 +78,7 @@ class ReadConversations(Op):
     def run(self, ctx, params: ReadParams) -> None:
         from xwin_data.core.storage import is_remote, localize
         from xwin_data.text.conversation_rows import RowOptions
-        from xwin_data.text.sources import InputFile, detect_file_type, input_files, is_sharded
+        from xwin_data.text.sources import InputFile, detect_file_type, hf_data_files, input_files, is_sharded
 
         source = params.source or Path(params.path).name
         if is_remote(params.path):  # read from the catalog's copy, which every node of a cluster can reach
@@ -87,16 +87,22 @@ class ReadConversations(Op):
                              (params.id_field,) if params.id_field else ID_FIELDS, source.split(".")[0] or "record",
                              params.on_bad_turn)
         files: list[InputFile] | None
+        hf_files: list[tuple[Path, int]] | None = None
         if params.file_type != "hf" and is_sharded(params.path):
             files = input_files(params.path, params.file_type)  # fallback ids and file drops name the shard
             ctx.stats["files"] = len(files)
         else:
             kind = detect_file_type(params.path) if params.file_type == "auto" else params.file_type
             files = None if kind == "hf" else [InputFile(Path(params.path), Path(params.path).name, kind)]
+            if kind == "hf" and not params.limit:
+                hf_files = hf_data_files(params.path, params.split)
         ids = _Ids(ctx)
+        sizes = [f.path for f in files] if files is not None else [f for f, _ in hf_files or ()]
         with ctx.track(f"reading {source}", None, "records") as bar:
-            if files is not None and not params.limit and _worth_splitting(ctx, files, params.block_bytes or BLOCK_BYTES):
-                _read_in_units(ctx, params, files, options, source, ids, bar)
+            if (files is not None or hf_files) and not params.limit and \
+                    _worth_splitting(ctx, sizes, params.block_bytes or BLOCK_BYTES):
+                units = _units(params, files, hf_files, options, source, ctx.stats.get("files") is not None)
+                _read_in_units(ctx, units, source, ids, bar)
             else:
                 _read_here(ctx, params, files, options, source, ids, bar)
         ctx.stats.update(ids.stats)
@@ -166,7 +172,7 @@ def _read_here(ctx, params: ReadParams, files, options, source: str, ids: _Ids, 
         flush()
 
 
-def _worth_splitting(ctx, files, block_bytes: int) -> bool:
+def _worth_splitting(ctx, paths: list[Path], block_bytes: int) -> bool:
     """Units where they pay: on a distributing executor always, here when forked workers exist and the input
     has a few blocks."""
     from xwin_data.core.workers import available_workers
@@ -176,9 +182,9 @@ def _worth_splitting(ctx, files, block_bytes: int) -> bool:
     if available_workers() < 2:
         return False
     total = 0
-    for f in files:
+    for path in paths:
         try:
-            total += f.path.stat().st_size
+            total += path.stat().st_size
         except OSError:
             continue
     return total > 4 * block_bytes
@@ -212,11 +218,12 @@ def _records_table(records, options, source: str) -> tuple[pa.Table, tuple[list,
 
 
 def parse_unit(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
-    """A unit of the reader, wherever it runs: a block of JSONL lines read from its file (or a whole JSON or
-    Parquet shard) and converted; ids, positions, drops and the number of records go back."""
+    """A unit of the reader, wherever it runs: a block of JSONL lines read from its file, a row group of a Parquet
+    file, an Arrow data file of a saved HF dataset, or a whole JSON shard, converted; ids, positions, drops and the
+    number of records go back."""
     from xwin_data.text.conversation_rows import parse_jsonl_block
     from xwin_data.text.gzip_stream import open_binary
-    from xwin_data.text.sources import iter_records
+    from xwin_data.text.sources import iter_arrow_file, iter_parquet_row_group, iter_records
 
     kind = payload[0]
     if kind == "unreadable":
@@ -225,6 +232,12 @@ def parse_unit(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
     if kind == "file":
         _, path, file_kind, name, options, source = payload
         return _records_table(iter_records(path, file_kind, name=name), options, source)
+    if kind == "row_group":
+        _, path, row_group, first, name, options, source = payload
+        return _records_table(iter_parquet_row_group(Path(path), row_group, first, name), options, source)
+    if kind == "arrow":
+        _, path, first, options, source = payload
+        return _records_table(iter_arrow_file(Path(path), first), options, source)
     _, path, offset, length, first_line, options, source = payload
     with open_binary(Path(path)) as fh:  # a gzip stream seeks forward by decompressing
         fh.seek(offset)
@@ -234,36 +247,57 @@ def parse_unit(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
     return _raw_table(rows.table, source), (ids, rows.positions, rows.drops, rows.records)
 
 
-def _read_in_units(ctx, params: ReadParams, files, options, source: str, ids: _Ids, bar) -> None:
-    """JSONL files as blocks of lines, other shards whole, parsed and converted as executor units (forked workers
-    here, tasks on a cluster); ids are made unique here, in input order (a part with a repeated id, which is rare,
-    is published with the new ids; its committed part stays as parsed). A damaged gzip's lost rest is a unit of
-    its own, a drop in its place in that order."""
+def _units(params: ReadParams, files, hf_files, options, source: str, sharded: bool) -> list:
+    """The reader's units, in input order: JSONL files as blocks of lines (a damaged gzip's lost rest as a unit of
+    its own), Parquet files by row group, a saved HF dataset by its Arrow data files, JSON shards whole."""
+    from xwin_data.core.executors import Unit
+    from xwin_data.text.sources import parquet_row_groups
+
+    units = []
+    first = 0
+    for path, rows in hf_files or ():
+        path = path.resolve()
+        units.append(Unit(("arrow", path.name, first), ("arrow", str(path), first, options, source),
+                          max(path.stat().st_size, 1)))
+        first += rows
+    block_bytes = params.block_bytes or BLOCK_BYTES
+    for file in files or ():
+        file_options = _file_options(options, file, sharded)
+        path = str(file.path.resolve())
+        groups = parquet_row_groups(file.path) if file.kind == "parquet" else None
+        if groups:
+            size = max(file.path.stat().st_size, 1)
+            total = max(sum(groups), 1)
+            first = 0
+            for i, rows in enumerate(groups):
+                units.append(Unit(("row_group", file.name, i), ("row_group", path, i, first, file.name,
+                                                                file_options, source), max(size * rows // total, 1)))
+                first += rows
+        elif file.kind != "jsonl":
+            size = file.path.stat().st_size if file.path.exists() else 0
+            units.append(Unit(("file", file.name), ("file", path, file.kind, file.name, file_options, source),
+                              max(size, 1)))
+        else:
+            for offset, length, first_line, problem in jsonl_block_bounds(path, block_bytes, file.name):
+                if problem is not None:
+                    units.append(Unit(("unreadable", file.name, offset), ("unreadable", problem), 1))
+                else:
+                    units.append(Unit(("jsonl", file.name, offset, length, first_line),
+                                      ("block", path, offset, length, first_line, file_options, source), length))
+    return units
+
+
+def _read_in_units(ctx, units: list, source: str, ids: _Ids, bar) -> None:
+    """The units parsed and converted on the executor (forked workers here, tasks on a cluster); ids are made
+    unique here, in input order (a part with a repeated id, which is rare, is published with the new ids; its
+    committed part stays as parsed)."""
     import os
     import shutil
 
     import pyarrow.parquet as pq
 
-    from xwin_data.core.executors import Unit
     from xwin_data.text.conversation_rows import parse_jsonl_block  # noqa: F401 - imported before any fork
 
-    sharded = ctx.stats.get("files") is not None
-    block_bytes = params.block_bytes or BLOCK_BYTES
-    units = []
-    for file in files:
-        file_options = _file_options(options, file, sharded)
-        path = str(file.path.resolve())
-        if file.kind != "jsonl":
-            size = file.path.stat().st_size if file.path.exists() else 0
-            units.append(Unit(("file", file.name), ("file", path, file.kind, file.name, file_options, source),
-                              max(size, 1)))
-            continue
-        for offset, length, first_line, problem in jsonl_block_bounds(path, block_bytes, file.name):
-            if problem is not None:
-                units.append(Unit(("unreadable", file.name, offset), ("unreadable", problem), 1))
-            else:
-                units.append(Unit(("jsonl", file.name, offset, length, first_line),
-                                  ("block", path, offset, length, first_line, file_options, source), length))
     renames: list[list[str] | None] = []
 
     def take(extra: tuple) -> None:
