@@ -2,8 +2,8 @@
 backend turns candidate pairs into a `JudgeRun` (every call, the verdict of each order, each pair's outcome).
 
 Shipped backends (`xwin_data/llm/backends/`): `openai`, any OpenAI-compatible endpoint through the cached,
-rate-limited, budgeted `ChatClient` with a versioned template; `reward_model`, offline, a reward model decides
-through the one reward scorer. `kind` is accepted as the older name of `backend`.
+rate-limited, budgeted `ChatClient` with a versioned template, called from the driver; `reward_model`, offline, a
+reward model decides through the one reward scorer, one model per executor replica (`Judge.replica`). `kind` is accepted as the older name of `backend`.
 """
 from __future__ import annotations
 
@@ -85,4 +85,16 @@ class Judge:
         return {"judge": cls.identity(spec)}
 
     def judge(self, pairs: Sequence[PairToJudge], cache_dir: Path, track: Track) -> Verdicts:
+        raise NotImplementedError
+
+    def replica(self, cache_dir: Path) -> tuple[type, dict, Any] | None:
+        """Where a local model judges: (class, arguments, output schema) of one replica of it, which the judge
+        stage runs as executor units (one model per replica: this process, or a Ray actor each), turning a chunk
+        of (pair id, prompt, first, second) into a table and a small record; `verdicts(pairs, per-pair row,
+        model id, stats)` then decides the pairs. None (the default): the judge calls an endpoint, on the driver,
+        through the rate-limited, budgeted client."""
+        return None
+
+    def verdicts(self, pairs: Sequence[PairToJudge], rows: dict[str, Any], model_id: str,
+                 stats: dict | None = None) -> Verdicts:
         raise NotImplementedError

@@ -28,6 +28,8 @@ class JudgePairsParams(Params):
     judge: JudgeSpec = Field(default_factory=JudgeSpec)
     keep_inconsistent: bool = Field(True, description="keep pairs whose orders disagree but still lean one way")
     min_strength: float = Field(0.0, ge=0)
+    pairs_per_unit: int = Field(64, ge=1, description="a local judge model (reward_model) judges pairs in executor "
+                                "units of this many, each committed as it finishes")
 
 
 def _answer_tokens(plan_view, default: int = 256) -> int:
@@ -110,6 +112,47 @@ class JudgePairs(Op):
 
         rows = ctx.con.sql(f"SELECT * FROM {ctx.input()} ORDER BY pair_id").to_arrow_table().to_pylist()
         pairs = [PairToJudge(r["pair_id"], [dict(m) for m in r["prompt"]], r["first"], r["second"]) for r in rows]
-        verdicts = params.judge.build().judge(pairs, ctx.cache_dir, ctx.track)
+        judge = params.judge.build()
+        replica = judge.replica(ctx.cache_dir)
+        if replica is None:
+            verdicts = judge.judge(pairs, ctx.cache_dir, ctx.track)
+        else:
+            verdicts = _judge_on_executor(ctx, judge, replica, pairs, params.pairs_per_unit)
         write_outputs(ctx, params, rows, verdicts.run, verdicts.judge_id, verdicts.template_id)
         ctx.stats.update(verdicts.stats)
+
+
+def _judge_on_executor(ctx, judge, replica: tuple, pairs: list, per_unit: int):
+    """A local judge model's work as executor units of `per_unit` pairs in pair-id order, one model per
+    replica; each unit's output is committed (a killed build rejudges nothing it finished) and the verdicts are
+    decided here from the rows of every unit."""
+    import pyarrow.parquet as pq
+
+    from xwin_data.core.executors import Model, Unit
+
+    cls, kwargs, schema = replica
+    units = []
+    for lo in range(0, len(pairs), per_unit):
+        chunk = pairs[lo:lo + per_unit]
+        units.append(Unit(("pairs", chunk[0].pair_id, chunk[-1].pair_id, len(chunk)),
+                          [(p.pair_id, p.prompt, p.first, p.second) for p in chunk], len(chunk)))
+    stats = {"cached": 0, "scored": 0}
+    model_ids: set[str] = set()
+
+    def record(extra: dict) -> None:
+        model_ids.add(extra.pop("model_id"))
+        for name, n in extra.items():
+            stats[name] = stats.get(name, 0) + n
+
+    name = "judge_rows"
+    results = ctx.executor.run(ctx, Model(cls, kwargs), units, {name: schema}, on_result=record, publish=False,
+                               description=f"judge {judge.identity(judge.spec)}", unit="pairs")
+    rows: dict = {}
+    for part in (r.part(name) for r in results):
+        if part is None:
+            continue
+        for row in pq.read_table(part).to_pylist():
+            pid = row.pop("pair_id")
+            rows[pid] = tuple(row.values())
+    model_id = next(iter(model_ids)) if model_ids else judge.identity(judge.spec)
+    return judge.verdicts(pairs, rows, model_id, {"judge_model_calls": stats})
