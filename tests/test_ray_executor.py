@@ -1,8 +1,11 @@
 """Recipes on a real two-node Ray cluster (`ray.cluster_utils.Cluster`, started and stopped here): the same tables
 as the local executor, the same fingerprints, a killed Ray worker that costs nothing but time, and a killed driver
-whose next build repeats no finished batch (model calls counted at the model: an OpenAI-compatible server)."""
+whose next build repeats no finished batch (model calls counted at the model: an OpenAI-compatible server). The
+readers of Parquet, JSON and saved HF datasets and the reward-model judge run as units on the cluster too."""
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +23,16 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 PROJECT = Path(__file__).resolve().parents[1]
 SFT = PROJECT / "recipes" / "sharegpt_sft.yaml"
 XWIN_SET = PROJECT / "recipes" / "xwin_set.yaml"
+XWIN_PAIR = PROJECT / "recipes" / "xwin_pair.yaml"
+READERS = """\
+name: readers
+vars: {folder: x, bb: 16777216}
+stages:
+  - {id: from_parquet, op: read_conversations, schema: conversations, params: {path: "${folder}/c.parquet", block_bytes: "${bb}"}}
+  - {id: from_json, op: read_conversations, schema: conversations, params: {path: "${folder}/json", block_bytes: "${bb}"}}
+  - {id: from_hf, op: read_conversations, schema: conversations, params: {path: "${folder}/saved", block_bytes: "${bb}"}}
+  - {id: hf_clean, op: clean_conversations, inputs: [from_hf]}
+"""
 # Small but real: 3 prompts x 8 distinct responses, one prompt per unit so both replicas get work.
 SMALL_SET = ["max_prompts=3", "n_unique=8", "sampling.max_new_tokens=12", "rs_ns=[1,2,8]",
              "xwin_responses.params.prompts_per_chunk=1"]
@@ -191,3 +204,81 @@ def test_driver_killed_mid_stage_repeats_no_finished_batch(cluster, tmp_path) ->
     finished_texts = {text for pid, text in texts if (pid,) in finished_prompts}
     assert asked_again and not [r for r in asked_again if r["messages"][-1]["content"] in finished_texts]
     assert duckdb.sql(f"SELECT count(*), count(DISTINCT prompt_id) FROM {table}").fetchall() == [(16, 8)]
+
+
+def reader_inputs(folder: Path) -> int:
+    """The shipped sample's first 600 conversations with bad records planted (an empty answer, an unknown role, a
+    repeated id, no id), as one Parquet file of several row groups, a folder of JSON array shards (one of them cut
+    short) and a saved HF dataset of three Arrow files."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    with gzip.open(PROJECT / "recipes" / "data" / "sharegpt_sample.jsonl.gz") as fh:
+        for line in fh:  # the sample's well-formed records (it has malformed ones of its own)
+            try:
+                r = json.loads(line)
+                turns = [{"from": str(t["from"]), "value": str(t["value"])} for t in r["conversations"]]
+            except (ValueError, KeyError, TypeError):
+                continue
+            rows.append({"id": str(r.get("id")), "conversations": turns})
+            if len(rows) == 600:
+                break
+    rows[3]["conversations"][1]["value"] = " "
+    rows[7]["conversations"][0]["from"] = "robot"
+    rows[11]["id"] = rows[10]["id"]
+    rows[13]["id"] = None
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "c.parquet", row_group_size=150)
+    (folder / "json").mkdir()
+    for k in range(3):
+        (folder / "json" / f"part-{k}.json").write_text(json.dumps(rows[k * 200:(k + 1) * 200], indent=1))
+    (folder / "json" / "part-3.json").write_text(json.dumps(rows[:5])[:-300])
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder / "saved"), num_shards=3)
+    return len(rows)
+
+
+def test_parquet_json_and_hf_inputs_on_ray_equal_local(cluster, tmp_path) -> None:
+    import xwin_data
+
+    n = reader_inputs(tmp_path / "in")
+    recipe = tmp_path / "readers.yaml"
+    recipe.write_text(READERS)
+    folder = f"folder={tmp_path / 'in'}"
+    # Read on the driver (each input is below the size that pays for splitting it), then as units on the cluster.
+    xwin_data.build(recipe, tmp_path / "here", [folder], show_progress=False)
+    build(recipe, tmp_path / "ray", [folder], "--executor", "ray", "--ray-address", cluster.address)
+    here, on_ray = tables(tmp_path / "here"), tables(tmp_path / "ray")
+    assert here.keys() == on_ray.keys() and len(here) == 5
+    for name in here:
+        assert here[name] == on_ray[name], name
+    drops = {(stage, reason) for stage, _, reason, _ in here["<drops>"][1]}
+    assert {("from_parquet", "unknown_role"), ("from_json", "broken_json"), ("from_hf", "unknown_role")} <= drops
+    assert len(here["from_hf"][1]) == len(here["from_parquet"][1]) < n
+    batches = {s: Catalog(tmp_path / "ray").current(s).stats["executor"]["batches"]
+               for s in ("from_parquet", "from_json", "from_hf")}
+    assert batches == {"from_parquet": 4, "from_json": 4, "from_hf": 3}  # row groups, files, Arrow data files
+
+
+def test_reward_model_judge_on_ray_equals_local(cluster, tmp_path) -> None:
+    import shutil
+
+    import xwin_data
+
+    sets = ["max_prompts=4", "k=2", "sampling.max_new_tokens=8", "xwin_pair.params.pairs_per_unit=2"]
+    xwin_data.build(XWIN_PAIR, tmp_path / "local", sets, show_progress=False)
+    # The candidates are built; the judge stage runs again on the cluster.
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    build(XWIN_PAIR, tmp_path / "ray", sets, "--force", "xwin_pair", "--executor", "ray", "--ray-address",
+          cluster.address)
+    local, on_ray = tables(tmp_path / "local"), tables(tmp_path / "ray")
+    for name in local:
+        assert local[name] == on_ray[name], name
+    assert len(local["xwin_pair_judgments"][1]) == 4
+    stats = Catalog(tmp_path / "ray").current("xwin_pair").stats
+    assert stats["executor"]["name"] == "ray" and stats["executor"]["batches"] == 2
+    assert stats["executor"]["workers"] == 2  # two replicas, one reward model each
+    assert stats["judge_model_calls"]["scored"] + stats["judge_model_calls"]["cached"] == 8
+    local_stats = Catalog(tmp_path / "local").current("xwin_pair").stats
+    assert local_stats["executor"]["name"] == "local" and local_stats["judge_model_calls"]["scored"] == 8

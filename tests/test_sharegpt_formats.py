@@ -214,3 +214,42 @@ def test_cleaning_column_equals_row_at_a_time() -> None:
     assert out.to_pylist()[:4] == ["Hello\nworld\n\nbye", "doesn't café", "Hi **there**\n\n- one", "a & b"]
     assert out.to_pylist()[6:8] == ["```html\n<p>x</p>\n```", "<p>user html</p>"]  # code and user text kept as written
     assert counts == {"html": 1, "unicode": 3}
+
+
+def test_parquet_json_and_hf_units_equal_reading_on_the_driver(tmp_path: Path) -> None:
+    """Parquet by row group, JSON shards by file, a saved HF dataset by its Arrow files, and a gzipped JSONL of
+    several members by blocks (seeking in the gzip stream): as forked-worker units (`block_bytes` small enough
+    to split them) they give the rows and drops of reading on the driver."""
+    from xwin_data.core import workers
+
+    if workers.available_workers() < 2:
+        pytest.skip("needs fork and two cores (the reader splits its input into units)")
+    import datasets
+    import pyarrow.parquet as pq
+
+    rng = random.Random(3)
+    rows = [conv(f"c{i % 170}" if i % 9 else None, [sentence(rng, 60), "" if i % 23 == 0 else sentence(rng)])
+            for i in range(200)]
+    rows[5]["conversations"][0]["from"] = "robot"
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet", row_group_size=60)
+    (tmp_path / "json").mkdir()
+    for k in range(2):
+        (tmp_path / "json" / f"p{k}.json").write_text(json.dumps(rows[k * 100:(k + 1) * 100]))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"), num_shards=2)
+    lines = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    with open(tmp_path / "m.jsonl.gz", "wb") as fh:  # members of ~2 MB of text each, a few KB compressed
+        for _ in range(3):
+            fh.write(gzip.compress(lines * 10))
+    expect = {"c.parquet": 4, "json": 2, "saved": 2, "m.jsonl.gz": None}  # units: row groups, files, Arrow files
+    for name, units in expect.items():
+        got = []
+        for bb in (1 << 30, 1 << 20 if name.endswith(".gz") else 256):
+            report, con = read(tmp_path / f"{name}-{bb}", tmp_path / name, f"block_bytes: {bb}")
+            got.append((con.execute("SELECT * FROM raw ORDER BY id").fetchall(),
+                        con.execute("SELECT source_id, reason, detail FROM drops ORDER BY ALL").fetchall()))
+            executor = report.stages[0].stats.get("executor") if bb < 1 << 30 else None
+            if units is not None and executor is not None:
+                assert executor["batches"] == units, name
+        assert got[0] == got[1], name
+        assert got[0][0] and got[0][1], name
+    assert len(got[0][0]) > 25 * 200  # every member of the gzip was read, once
