@@ -1,18 +1,21 @@
 """The same stages on the local executor and on a Ray cluster of 1 and 2 one-CPU nodes, as ratios from one run.
 
-    python benchmarks/ray_scaling.py                         # 200K conversations; 24 prompts x 16 samples
-    python benchmarks/ray_scaling.py --n 20000 --prompts 8   # a short version
+    python benchmarks/ray_scaling.py                                   # 200K conversations; 24 prompts x 16 samples
+    python benchmarks/ray_scaling.py --n 20000 --prompts 8 --rounds 1  # a short version
 
 Two workloads: cleaning + stats (`clean_conversations`, `conversation_stats`) over N ShareGPT-form conversations
 (real conversations replicated with perturbations, as in `benchmarks/sft_build.py`), and generation of distinct
 responses (`sample_unique`) with the toolkit's tiny local policy on the transformers backend. Each configuration
 builds the same recipe in its own copy of a catalog in which the input table is already built, in its own driver
-process (`xwin-data build ... --executor ray --ray-address ...`), and the seconds of the measured stages are taken
-from the build report; the tables of every configuration are checked to be identical to the local build's.
+process, and the seconds of the measured stages are taken from the build report; the tables of every
+configuration are checked to be identical to the local build's. The configurations alternate within each round
+(local, ray-1, ray-2, then the reverse order), `--rounds` times, so a change in the machine's load hits all of
+them; the load average is printed with every result.
 
-Reported: Ray at 2 workers over local at equal cores (the local executor forks one worker per core; its model
-stage runs one model on one thread), and the speedup from 1 to 2 Ray workers. The Ray times include what Ray costs
-a build: connecting the driver, starting worker processes, loading the model in each replica.
+Reported per round: Ray at 2 workers over local at equal cores (the local executor forks one worker per core; its
+model stage runs one model on one thread), and the speedup from 1 to 2 Ray workers, for the stage time and for the
+time after start-up (the stage time less the executor's `startup_seconds`: connecting, starting worker processes,
+loading the model in each replica, before the first unit began).
 """
 from __future__ import annotations
 
@@ -50,10 +53,11 @@ stages:
 
 
 def build_once(recipe: Path, catalog: Path, sets: list[str], executor: str, address: str | None) -> dict:
-    """One build in its own driver process; the seconds of each stage that ran and the wall time."""
+    """One build in its own driver process: each built stage's seconds and executor stats, and the wall time."""
     code = ("import json, sys, xwin_data; r = xwin_data.build(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), "
             "show_progress=False, executor=sys.argv[4], ray_address=sys.argv[5] or None); "
-            "print(json.dumps({s.stage_id: s.seconds for s in r.stages if s.status == 'built'}))")
+            "print(json.dumps({s.stage_id: [s.seconds, s.stats.get('executor', {})] for s in r.stages "
+            "if s.status == 'built'}))")
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "RAY_AUTH_MODE": "disabled"}
     start = time.monotonic()
@@ -84,33 +88,55 @@ def start_cluster(nodes: int, temp: Path):
     return cluster
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def measure(workload: str, recipe: Path, base: Path, sets: list[str], stages: list[str], table: str,
-            work: Path) -> dict:
-    """Local, then Ray with 1 and 2 nodes; each from a fresh copy of the base catalog."""
+            work: Path, rounds: int) -> dict:
+    """Local, Ray with 1 and with 2 nodes, alternating in order round by round; each from a fresh copy of the base
+    catalog."""
     import ray
 
-    out: dict = {}
+    configs = [("local", 0), ("ray-1", 1), ("ray-2", 2)]
+    out: dict = {"rounds": []}
     reference = None
-    for name, nodes in (("local", 0), ("ray-1", 1), ("ray-2", 2)):
-        catalog = work / f"{workload}-{name}"
-        shutil.copytree(base, catalog)
-        temp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # Ray's socket paths must stay short
-        cluster = start_cluster(nodes, temp) if nodes else None
-        try:
-            res = build_once(recipe, catalog, sets, "ray" if nodes else "local", cluster.address if cluster else None)
-        finally:
-            if cluster is not None:
-                ray.shutdown()
-                cluster.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
-        seconds = round(sum(res["stages"].get(s, 0.0) for s in stages), 2)
-        rows = table_rows(catalog, table)
-        reference = rows if reference is None else reference
-        out[name] = {"seconds": seconds, "wall": res["wall"], "same_table": rows == reference, "rows": len(rows)}
-        print(f"  {workload:<10} {name:<6} {seconds:8.2f} s (driver process {res['wall']:.1f} s), "
-              f"{len(rows):,} rows, same table as local: {rows == reference}", flush=True)
-    out["ray2_over_local"] = round(out["ray-2"]["seconds"] / out["local"]["seconds"], 2)
-    out["speedup_1_to_2"] = round(out["ray-1"]["seconds"] / out["ray-2"]["seconds"], 2)
+    for r in range(rounds):
+        got: dict = {}
+        for name, nodes in configs if r % 2 == 0 else configs[::-1]:
+            catalog = work / f"{workload}-{name}-{r}"
+            shutil.copytree(base, catalog)
+            temp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # Ray's socket paths must stay short
+            cluster = start_cluster(nodes, temp) if nodes else None
+            try:
+                res = build_once(recipe, catalog, sets, "ray" if nodes else "local",
+                                 cluster.address if cluster else None)
+            finally:
+                if cluster is not None:
+                    ray.shutdown()
+                    cluster.shutdown()
+                shutil.rmtree(temp, ignore_errors=True)
+            seconds = round(sum(res["stages"].get(s, [0.0, {}])[0] for s in stages), 2)
+            startup = round(sum(res["stages"].get(s, [0.0, {}])[1].get("startup_seconds", 0.0) for s in stages), 2)
+            busy = round(sum(res["stages"].get(s, [0.0, {}])[1].get("unit_seconds", 0.0) for s in stages), 2)
+            rows = table_rows(catalog, table)
+            reference = rows if reference is None else reference
+            shutil.rmtree(catalog, ignore_errors=True)
+            got[name] = {"seconds": seconds, "startup": startup, "unit_seconds": busy, "wall": res["wall"],
+                         "same_table": rows == reference, "rows": len(rows), "load": os.getloadavg()[0]}
+            print(f"  round {r + 1} {workload:<10} {name:<6} {seconds:8.2f} s (start-up {startup:.1f} s, "
+                  f"in units {busy:.1f} s; driver process {res['wall']:.1f} s), {len(rows):,} rows, same table as "
+                  f"local: {rows == reference}; {load()}", flush=True)
+        after = {k: max(0.01, v["seconds"] - v["startup"]) for k, v in got.items()}
+        got["ray2_over_local"] = round(got["ray-2"]["seconds"] / got["local"]["seconds"], 2)
+        got["speedup_1_to_2"] = round(got["ray-1"]["seconds"] / got["ray-2"]["seconds"], 2)
+        got["ray2_over_local_after_startup"] = round(after["ray-2"] / after["local"], 2)
+        got["speedup_1_to_2_after_startup"] = round(after["ray-1"] / after["ray-2"], 2)
+        print(f"  round {r + 1} {workload}: ray 2 / local {got['ray2_over_local']}x "
+              f"(after start-up {got['ray2_over_local_after_startup']}x), ray 1 -> 2 speedup "
+              f"{got['speedup_1_to_2']}x (after start-up {got['speedup_1_to_2_after_startup']}x); {load()}",
+              flush=True)
+        out["rounds"].append(got)
     return out
 
 
@@ -119,6 +145,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000, help="conversations for cleaning + stats")
     parser.add_argument("--prompts", type=int, default=24, help="prompts for generation")
     parser.add_argument("--samples", type=int, default=16, help="distinct responses per prompt")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three configurations, alternating")
+    parser.add_argument("--only", choices=["clean_stats", "generation"], default=None, help="one workload only")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     os.environ.update(RAY_AUTH_MODE="disabled", PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -142,8 +170,9 @@ def main() -> None:
         only_raw.write_text(TEXT_RECIPE.split("  - {id: clean")[0])
         xwin_data.build(only_raw, base, [f"input={data}"], show_progress=False)
         print(f"cleaning + stats over {args.n:,} conversations", flush=True)
-        results["clean_stats"] = measure("text", text_recipe, base, [f"input={data}"], ["clean", "stats"], "stats",
-                                         work)
+        if args.only != "generation":
+            results["clean_stats"] = measure("text", text_recipe, base, [f"input={data}"], ["clean", "stats"],
+                                             "stats", work, args.rounds)
 
         # generation: the prompts table built once; units of `chunk` prompts
         prompts = work / "prompts.jsonl"
@@ -159,12 +188,15 @@ def main() -> None:
         only_prompts.write_text(GEN_RECIPE.split("  - id: responses")[0])
         xwin_data.build(only_prompts, gen_base, [f"prompts={prompts}"], show_progress=False)
         print(f"generation: {args.prompts} prompts x {args.samples} distinct responses (tiny policy)", flush=True)
-        results["generation"] = measure("generation", gen_recipe, gen_base, sets, ["responses"], "responses", work)
+        if args.only != "clean_stats":
+            results["generation"] = measure("generation", gen_recipe, gen_base, sets, ["responses"], "responses",
+                                            work, args.rounds)
 
     for key in ("clean_stats", "generation"):
-        r = results[key]
-        print(f"{key}: ray 2 workers / local = {r['ray2_over_local']}x (target <= 1.5), "
-              f"ray 1 -> 2 workers speedup = {r['speedup_1_to_2']}x (target >= 1.6)")
+        for i, r in enumerate(results.get(key, {}).get("rounds", []), 1):
+            print(f"{key} round {i}: ray 2 workers / local = {r['ray2_over_local']}x (target <= 1.5; after start-up "
+                  f"{r['ray2_over_local_after_startup']}x), ray 1 -> 2 workers speedup = {r['speedup_1_to_2']}x "
+                  f"(target >= 1.6; after start-up {r['speedup_1_to_2_after_startup']}x)")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

@@ -100,7 +100,7 @@ def commit_unit(fn: BatchFn, payload: Any, key: str, part_dir: str, schemas: dic
     cluster). Returns the record."""
     import pyarrow.parquet as pq
 
-    start = time.monotonic()
+    start, started = time.monotonic(), time.time()
     out, extra = fn(payload)
     tables = out if isinstance(out, dict) else {main: out}
     unknown = set(tables) - set(schemas)
@@ -123,7 +123,8 @@ def commit_unit(fn: BatchFn, payload: Any, key: str, part_dir: str, schemas: dic
         pq.write_table(table, tmp, compression="zstd")
         _durable_replace(tmp, final)
         rows[name] = table.num_rows
-    record = {"rows": rows, "extra": extra, "seconds": round(time.monotonic() - start, 4), "pid": os.getpid()}
+    record = {"rows": rows, "extra": extra, "seconds": round(time.monotonic() - start, 4), "pid": os.getpid(),
+              "started": started}
     done = folder / f"{key}.done"
     tmp = done.with_name(done.name + f".tmp{os.getpid()}")
     tmp.write_bytes(pickle.dumps(record))
@@ -239,7 +240,8 @@ class Executor:
                 todo.append((i, key, u))
         total = sum(u.rows for u in units)
         next_i = 0
-        start = time.monotonic()
+        start, started = time.monotonic(), time.time()
+        first_start, unit_seconds = None, 0.0
         with ctx.track(description or "batches", total or None, unit) as bar:
             def deliver() -> None:
                 nonlocal next_i
@@ -254,6 +256,8 @@ class Executor:
             deliver()
             for index, record in self._execute(ctx, fn, todo, str(part_dir), schemas, main, resources, options):
                 results[index] = UnitResult(index, record["rows"], record["extra"], False, record.get("seconds", 0.0))
+                unit_seconds += record.get("seconds", 0.0)
+                first_start = min(first_start or record["started"], record["started"])
                 bar.advance(units[index].rows)
                 deliver()
             deliver()
@@ -270,7 +274,12 @@ class Executor:
                       "resources": resources.describe(), "batches": stats.get("batches", 0) + len(units),
                       "batches_run": stats.get("batches_run", 0) + len(todo),
                       "batches_resumed": stats.get("batches_resumed", 0) + sum(r.resumed for r in done),
-                      "seconds": round(stats.get("seconds", 0.0) + time.monotonic() - start, 3)})
+                      "seconds": round(stats.get("seconds", 0.0) + time.monotonic() - start, 3),
+                      # time inside the batch functions, and before the first one began (connecting, starting
+                      # workers, loading models): what the executor costs besides the work itself
+                      "unit_seconds": round(stats.get("unit_seconds", 0.0) + unit_seconds, 3),
+                      "startup_seconds": round(stats.get("startup_seconds", 0.0)
+                                               + (max(0.0, first_start - started) if first_start else 0.0), 3)})
         if publish:
             for name, schema in schemas.items():
                 self.publish_parts(ctx, part_dir, [keys[i] for i in range(len(units))], name, schema)
