@@ -128,13 +128,20 @@ def measure(workload: str, recipe: Path, base: Path, sets: list[str], stages: li
                   f"in units {busy:.1f} s; driver process {res['wall']:.1f} s), {len(rows):,} rows, same table as "
                   f"local: {rows == reference}; {load()}", flush=True)
         after = {k: max(0.01, v["seconds"] - v["startup"]) for k, v in got.items()}
+        for k, v in got.items():  # units in flight on average after start-up: ~2 when both workers stay busy
+            v["concurrency"] = round(v["unit_seconds"] / after[k], 2)
         got["ray2_over_local"] = round(got["ray-2"]["seconds"] / got["local"]["seconds"], 2)
         got["speedup_1_to_2"] = round(got["ray-1"]["seconds"] / got["ray-2"]["seconds"], 2)
         got["ray2_over_local_after_startup"] = round(after["ray-2"] / after["local"], 2)
         got["speedup_1_to_2_after_startup"] = round(after["ray-1"] / after["ray-2"], 2)
+        # The same units took this much longer each on two workers than on one: the cores were not all there
+        # (speedup after start-up = concurrency at 2 / concurrency at 1 / slowdown).
+        got["unit_slowdown_1_to_2"] = round(got["ray-2"]["unit_seconds"] / max(0.01, got["ray-1"]["unit_seconds"]), 2)
         print(f"  round {r + 1} {workload}: ray 2 / local {got['ray2_over_local']}x "
               f"(after start-up {got['ray2_over_local_after_startup']}x), ray 1 -> 2 speedup "
-              f"{got['speedup_1_to_2']}x (after start-up {got['speedup_1_to_2_after_startup']}x); {load()}",
+              f"{got['speedup_1_to_2']}x (after start-up {got['speedup_1_to_2_after_startup']}x; units in flight "
+              f"{got['ray-1']['concurrency']} -> {got['ray-2']['concurrency']}, each unit "
+              f"{got['unit_slowdown_1_to_2']}x slower on two workers); {load()}",
               flush=True)
         out["rounds"].append(got)
     return out
