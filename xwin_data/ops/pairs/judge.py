@@ -8,8 +8,9 @@ Outputs (for table T, by default `xwin_pair`):
 Pairs not in T are in the drops table with a reason (tie, inconsistent, below_min_strength,
 judge_unparseable, judge_call_failed).
 
-`judge.kind: openai` calls any OpenAI-compatible endpoint through the cached, rate-limited client;
-`judge.kind: reward_model` (the offline default) lets a reward model decide; any judge backend registered in
+`judge.kind: openai` calls any OpenAI-compatible endpoint through the cached, rate-limited client, from the driver;
+`judge.kind: reward_model` (the offline default) lets a reward model decide, in executor units of `pairs_per_unit`
+pairs with one model per replica (a Ray actor each on a cluster), each unit committed as it finishes; any judge backend registered in
 `xwin_data.llm.registry` is one more name (`backend` and `kind` are the same setting). The judge stage's fingerprint
 includes the judge and parser code, so a parser fix rebuilds it from the request cache with no new calls
 (`xwin-data build RECIPE --force STAGE` re-parses on demand).
