@@ -257,7 +257,8 @@ class Executor:
             for index, record in self._execute(ctx, fn, todo, str(part_dir), schemas, main, resources, options):
                 results[index] = UnitResult(index, record["rows"], record["extra"], False, record.get("seconds", 0.0))
                 unit_seconds += record.get("seconds", 0.0)
-                first_start = min(first_start or record["started"], record["started"])
+                if record.get("started") is not None:
+                    first_start = min(first_start or record["started"], record["started"])
                 bar.advance(units[index].rows)
                 deliver()
             deliver()
