@@ -84,6 +84,11 @@ class RayExecutor(Executor):
             self._ray = connect(self.address)
         return self._ray
 
+    def connected(self):
+        """The `ray` module, connected to this executor's cluster (for stages that run Ray Data pipelines of their
+        own, such as `ray.data.llm` processors)."""
+        return self._connect()
+
     def close(self) -> None:
         """Disconnect (a Ray started for the build stops with it; a cluster keeps running)."""
         if self._ray is not None:
