@@ -22,8 +22,8 @@ ROWS_PER_ENGINE_BATCH = 64  # rows Ray Data hands an engine replica at a time (t
 
 @dataclass
 class Prefill:
-    """What the rounds on the cluster did: samples generated and found in the cache, tokens, rounds, prompts that
-    do not fit the model (left to the stage, which drops them)."""
+    """What the rounds on the cluster did: samples generated and found in the cache, tokens, rounds, engine replicas
+    started (none when every sample was cached), prompts that do not fit the model (the stage drops them)."""
 
     generated: int = 0
     cached: int = 0
@@ -108,7 +108,7 @@ class RaySampler:
         """Sample `prompts` ({prompt_id, prompt}) in the stage's rounds (`next_round(state, wanted, cap)` draws for
         a state made by `new_state(prompt_id, messages)`, which `take`s them) until each has `wanted` distinct
         responses or `cap` draws; `on_samples(samples, tokens)` reports progress as rows come back."""
-        out = Prefill(replicas=self.replicas)
+        out = Prefill()
         live = []
         for i, p in enumerate(prompts):
             messages = validate_messages(p["prompt"], i)
@@ -137,9 +137,9 @@ class RaySampler:
                     for _st, _start, keys, seeds, ids in asks for k, s in zip(keys, seeds) if k not in found]
             out.cached += sum(len(a[2]) for a in asks) - len(rows)
             if rows:
-                if processor is None:
-                    processor = build_processor(self.model_path, self.engine_kwargs,
-                                                max(1, min(self.replicas, len(rows))), self.gpus)
+                if processor is None:  # engines start only when a sample is missing
+                    out.replicas = max(1, min(self.replicas, len(rows)))
+                    processor = build_processor(self.model_path, self.engine_kwargs, out.replicas, self.gpus)
                 for got in self._generate(processor, rows):
                     found[got[0]] = got[1]
                     out.generated += 1

@@ -30,10 +30,10 @@ def connect(address: str | None = None):
     except ImportError:
         raise RuntimeError("the ray executor needs Ray Data: pip install 'xwin-data[ray]'") from None
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        # No address: the cluster of the job this build runs in (`ray job submit` sets RAY_ADDRESS), else a new
+        # local Ray, never whichever cluster was started last on this machine.
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     quiet_console()
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False  # the build's own progress display counts rows across the cluster
