@@ -30,8 +30,9 @@ TABLES = ("xwin_responses", "xwin_responses_shortfall")
 
 
 def sets(model: Path, prompts: Path) -> list[str]:
-    # top_k=2 and 6 tokens: duplicates come back, so prompts need several rounds and some are left short
-    return [f"prompts={prompts}", "n_unique=6", "max_samples=10", "sampling.top_k=2", "sampling.max_new_tokens=6",
+    # top_k=2 and 6 tokens: duplicates come back, so prompts need a second round (the last: 8 draws at most,
+    # and each round is an engine start) and some are left short
+    return [f"prompts={prompts}", "n_unique=6", "max_samples=8", "sampling.top_k=2", "sampling.max_new_tokens=6",
             "policy.backend=vllm", f"policy.model={model}", "policy.max_model_len=256", "policy.replicas=1"]
 
 
