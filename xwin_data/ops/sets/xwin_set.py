@@ -263,7 +263,13 @@ class SampleUnique(Op):
         wanted = 1 if greedy else params.n_unique
         cap = 1 if greedy else int(params.max_samples)
         ray = ctx.executor.connected()
-        replicas = ctx.executor.replicas(Resources.of(ctx.resources), True, len(prompts) * wanted) or 1
+        stage = Resources.of(ctx.resources)
+        tp = int(params.placement.get("tensor_parallel") or 1)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if stage.replicas or not gpus:
+            replicas = ctx.executor.replicas(stage, True, len(prompts) * wanted) or 1
+        else:  # as many engines as the cluster's GPUs hold, tensor_parallel GPUs each
+            replicas = max(1, gpus // tp)
 
         def progress(samples: int, tokens: int) -> None:
             samples_bar.advance(samples)
