@@ -119,7 +119,7 @@ def plan(recipe: Recipe, catalog: Catalog, force: list[str] | bool = False, veri
                                   line=recipe.line_of("stages", i, "id"), key=f"{st.id}")
             produced[t] = (st.id, t)
         planned[st.id] = PlannedStage(i, st.id, op, params, outputs, schemas, [],
-                                      resources=st.resources.model_dump())
+                                      resources=op.resources(params, st.resources.model_dump()))
 
     deps: dict[str, list[str]] = {}
     for i, st in enumerate(recipe.stages):

@@ -115,3 +115,37 @@ def load_chat_template(value: str | None) -> str | None:
     if "{" not in value and Path(value).is_file():
         return Path(value).read_text(encoding="utf-8")
     return value
+
+
+PLACEMENT_KEYS = ("replicas", "gpus", "tensor_parallel")
+
+
+class Placement(BaseModel):
+    """Where a model runs on a cluster, given with the model (`--set policy.replicas=8`): how many copies, the GPUs
+    each holds, tensor parallelism within one copy. Not part of what the model makes, so never in a fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+    replicas: int | None = Field(None, ge=1, description="data-parallel copies of the model (engine replicas)")
+    gpus: float | None = Field(None, ge=0, description="GPUs per copy (default: tensor_parallel, else the stage's)")
+    tensor_parallel: int | None = Field(None, ge=1, description="GPUs one copy is split across (vLLM engine kwarg)")
+
+    def resources(self, declared: dict | None) -> dict:
+        """The stage's `resources:` with what the model spec says on top of them."""
+        out = dict(declared or {})
+        if self.replicas is not None:
+            out["replicas"] = self.replicas
+        if self.gpus is not None:
+            out["gpus"] = self.gpus
+        elif self.tensor_parallel and self.tensor_parallel > 1:
+            out["gpus"] = float(self.tensor_parallel)
+        return out
+
+
+def split_placement(spec: Any) -> tuple[Any, dict]:
+    """(the spec without its placement keys, those keys): a spec dict may carry `replicas`, `gpus` and
+    `tensor_parallel` next to its model settings."""
+    if not isinstance(spec, dict):
+        return spec, {}
+    rest = {k: v for k, v in spec.items() if k not in PLACEMENT_KEYS}
+    placement = {k: spec[k] for k in PLACEMENT_KEYS if k in spec and spec[k] is not None}
+    return rest, Placement.model_validate(placement).model_dump(exclude_none=True)

@@ -78,6 +78,11 @@ class Op:
         """What outside the catalog the output depends on (input files, model revisions)."""
         return {}
 
+    def resources(self, params: Any, declared: dict[str, Any]) -> dict[str, Any]:
+        """What one replica of the stage needs on a cluster, and how many run: the stage's `resources:`, which a
+        model stage may add to from its model spec (`policy.replicas`)."""
+        return declared
+
     def estimate(self, ctx_plan: Any, params: Any) -> dict[str, Any] | None:
         """Optional plan-time estimate (calls, tokens, dollars) shown by `xwin-data plan`."""
         return None

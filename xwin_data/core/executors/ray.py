@@ -30,10 +30,10 @@ def connect(address: str | None = None):
     except ImportError:
         raise RuntimeError("the ray executor needs Ray Data: pip install 'xwin-data[ray]'") from None
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        # No address: the cluster of the job this build runs in (`ray job submit` sets RAY_ADDRESS), else a new
+        # local Ray, never whichever cluster was started last on this machine.
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     quiet_console()
     data_context = ray.data.DataContext.get_current()
     data_context.enable_progress_bars = False  # the build's own progress display counts rows across the cluster
@@ -83,6 +83,11 @@ class RayExecutor(Executor):
         if self._ray is None:
             self._ray = connect(self.address)
         return self._ray
+
+    def connected(self):
+        """The `ray` module, connected to this executor's cluster (for stages that run Ray Data pipelines of their
+        own, such as `ray.data.llm` processors)."""
+        return self._connect()
 
     def close(self) -> None:
         """Disconnect (a Ray started for the build stops with it; a cluster keeps running)."""

@@ -154,3 +154,48 @@ class VLLMScorer(Scorer):
 
     def close(self) -> None:
         self.llm = None
+
+
+def vllm_tokenizer(spec: GeneratorSpec):
+    """The tokenizer `VLLMGenerator` renders and tokenizes prompts with (the spec's chat template applied), for
+    callers that drive vLLM engines elsewhere (`ray.data.llm` replicas) and must send the same token ids."""
+    from transformers import AutoTokenizer
+
+    from xwin_data.llm.tiny import resolve_model
+
+    model_path = resolve_model(spec.model)
+    tok_path = resolve_model(spec.tokenizer) if spec.tokenizer else model_path
+    tokenizer = AutoTokenizer.from_pretrained(tok_path, revision=None if spec.tokenizer else spec.revision)
+    template = load_chat_template(spec.chat_template)
+    if template is not None:
+        tokenizer.chat_template = template
+    if tokenizer.chat_template is None:
+        raise ValueError(f"tokenizer of {spec.model!r} has no chat template; set chat_template in the spec")
+    return tokenizer
+
+
+def vllm_engine_kwargs(spec: GeneratorSpec, on_cpu: bool) -> tuple[dict, int]:
+    """(engine keyword arguments, max_model_len) equal to what `VLLMGenerator` starts its engine with, for an
+    engine started elsewhere; max_model_len is given explicitly so that both sides cap responses alike."""
+    from transformers import AutoConfig
+
+    from xwin_data.llm.tiny import resolve_model
+
+    model_path = resolve_model(spec.model)
+    kwargs = {k: v for k, v in spec.options.items() if k not in _OWN_KEYS}
+    kwargs.setdefault("enforce_eager", True)
+    kwargs.setdefault("seed", 0)
+    if spec.tokenizer:
+        kwargs["tokenizer"] = resolve_model(spec.tokenizer)
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    longest = spec.max_model_len or getattr(AutoConfig.from_pretrained(model_path, revision=spec.revision),
+                                            "max_position_embeddings", 0) or 0
+    if not longest:
+        raise ValueError(f"cannot tell the context length of {spec.model!r}: set policy.max_model_len")
+    kwargs["max_model_len"] = int(longest)
+    if on_cpu:
+        kwargs.setdefault("enable_chunked_prefill", False)  # see VLLMGenerator: seeded sampling on CPU
+        if not kwargs["enable_chunked_prefill"]:
+            kwargs.setdefault("max_num_batched_tokens", max(8192, int(longest)))
+    return kwargs, int(longest)

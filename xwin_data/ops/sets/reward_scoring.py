@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from xwin_data.conversation import with_response
 from xwin_data.core.context import sql_str
@@ -18,6 +18,19 @@ class ScoreParams(Params):
                                "(transformers | vllm | any registered scorer), model, revision, tokenizer, "
                                "chat_template, batch_size, max_length (default: the RM's own), options")
     rows_per_chunk: int = Field(4096, ge=1, description="responses read, scored and written at a time")
+    placement: dict[str, Any] = Field({}, exclude=True, description="rm.replicas / gpus / tensor_parallel: where "
+                                      "the reward model runs on a cluster (never in the fingerprint)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _placement(cls, data: Any) -> Any:
+        """`rm.replicas`, `rm.gpus` and `rm.tensor_parallel` say where the reward model runs, not what it scores."""
+        from xwin_data.llm.spec import split_placement
+
+        if isinstance(data, dict) and isinstance(data.get("rm"), dict):
+            rm, placement = split_placement(data["rm"])
+            data = {**data, "rm": rm, "placement": {**data.get("placement", {}), **placement}}
+        return data
 
     @field_validator("rm")
     @classmethod
@@ -45,6 +58,11 @@ class ScoreResponses(Op):
     version = "1"
     runs = "model"
     summary = "reward-model score per (prompt, response), cached; rank within the prompt (1 = best)"
+
+    def resources(self, params: ScoreParams, declared: dict) -> dict:
+        from xwin_data.llm.spec import Placement
+
+        return Placement.model_validate(params.placement).resources(declared)
 
     def external_fingerprint(self, params: ScoreParams) -> dict:
         from xwin_data.llm.reward import ScorerSpec

