@@ -299,6 +299,7 @@ def describe_plan(stages: list[PlannedStage], executor: Executor | None = None) 
 
 def where_it_runs(ps: PlannedStage, executor: Executor) -> str:
     """Where a stage's work would run: SQL stages in DuckDB on the driver, the others on the executor."""
-    if ps.op.runs == "driver":
-        return "driver: DuckDB (set-oriented SQL)"
-    return executor.describe(Resources.of(ps.resources), ps.op.runs == "model")
+    runs = ps.op.runs_for(ps.params)
+    if runs == "driver":
+        return "driver: DuckDB (set-oriented SQL)" if ps.op.runs == "driver" else "driver"
+    return executor.describe(Resources.of(ps.resources), runs == "model")

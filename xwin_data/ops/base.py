@@ -78,6 +78,10 @@ class Op:
         """What outside the catalog the output depends on (input files, model revisions)."""
         return {}
 
+    def runs_for(self, params: Any) -> str:
+        """Where this stage's work runs with these params (`runs`, unless the params decide, as a judge's kind)."""
+        return self.runs
+
     def resources(self, params: Any, declared: dict[str, Any]) -> dict[str, Any]:
         """What one replica of the stage needs on a cluster, and how many run: the stage's `resources:`, which a
         model stage may add to from its model spec (`policy.replicas`)."""

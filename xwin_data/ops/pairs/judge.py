@@ -86,6 +86,10 @@ class JudgePairs(Op):
 
             check_judge(j.base_url, j.api_key_env, url_flag="judge.base_url", key_flag="judge.api_key_env")
 
+    def runs_for(self, params: JudgePairsParams) -> str:
+        """A reward-model judge runs on the executor's replicas; an HTTP judge's client stays on the driver."""
+        return "model" if params.judge.kind == "reward_model" else "driver"
+
     def estimate(self, plan_view, params: JudgePairsParams) -> dict | None:
         from xwin_data.llm.costs import PriceTable
         from xwin_data.llm.judge import load_template
