@@ -1,5 +1,5 @@
-"""The chat client on both HTTP transports under the openai client (aiohttp and httpx): the same typed errors,
-Retry-After, key scrubbing, and every connection pool closed when a run ends."""
+"""The chat client on both HTTP transports (aiohttp directly, and the openai client on httpx): the same typed
+errors, Retry-After, key scrubbing, headers, and every connection pool closed when a run ends."""
 from __future__ import annotations
 
 import gc
@@ -14,8 +14,8 @@ from xwin_data.llm.cache import RequestCache
 from xwin_data.llm.client import (AuthError, ChatCall, ChatClient, ClientSettings, ConnectionFailed, Timeout,
                                   aiohttp_available)
 
-TRANSPORTS = ["httpx", pytest.param("aiohttp", marks=pytest.mark.skipif(
-    not aiohttp_available(), reason='openai\'s aiohttp extra is not installed (pip install "openai[aiohttp]")'))]
+TRANSPORTS = ["openai", pytest.param("aiohttp", marks=pytest.mark.skipif(
+    not aiohttp_available(), reason="aiohttp is not installed"))]
 
 
 def make_client(server, tmp_path: Path, transport: str, **overrides) -> ChatClient:
@@ -82,7 +82,7 @@ def test_every_connection_pool_is_closed(openai_server, tmp_path: Path, transpor
 def test_auto_transport_is_aiohttp_where_installed(openai_server, tmp_path: Path) -> None:
     client = make_client(openai_server, tmp_path, "auto")
     assert client.run(calls(1))[0].ok
-    assert client.transport == ("aiohttp" if aiohttp_available() else "httpx")
+    assert client.transport == ("aiohttp" if aiohttp_available() else "openai")
 
 
 def test_parameters_reach_the_server_and_unknown_ones_fail_first(openai_server, tmp_path: Path) -> None:

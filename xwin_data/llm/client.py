@@ -4,12 +4,12 @@ Every call goes through the request cache first (keyed by the endpoint's model i
 sampling parameters and whatever the caller adds, such as a template version and an attempt index) and is
 written to it durably as soon as it completes, so a killed run pays for nothing twice. New calls run with
 bounded concurrency under request-per-minute and token-per-minute limits paced evenly (no first-second burst),
-retried with jittered exponential backoff that honours `Retry-After` up to `retry_after_max_s` (the openai
-client's own retries are off), and are charged to a cost ledger whose budget is a hard cap. SIGINT/SIGTERM
-stop new calls; calls in flight finish and are cached (for at most `drain_timeout_s`) before the run raises
-KeyboardInterrupt, so stopping a run never pays for a call twice. Failures surface as typed errors. The openai
-client runs on aiohttp (openai's `aiohttp` extra, less CPU per request) where installed, else on httpx; every
-connection pool is closed when a run ends.
+retried with jittered exponential backoff that honours `Retry-After` up to `retry_after_max_s`, and are
+charged to a cost ledger whose budget is a hard cap. SIGINT/SIGTERM stop new calls; calls in flight finish and
+are cached (for at most `drain_timeout_s`) before the run raises KeyboardInterrupt, so stopping a run never pays
+for a call twice. Failures surface as typed errors. Requests go out over aiohttp directly where it imports, or
+through the openai client (`transport: openai`); see transport.py. Every connection pool is closed when a run
+ends.
 
 The API key is read from the environment variable named by `api_key_env` at call time; it is never part of a
 cache key, a cached value, a log line or an error message (errors are redacted).
@@ -32,7 +32,7 @@ from xwin_data.llm.costs import BudgetExceeded, CostLedger, PriceTable
 from xwin_data.llm.errors import (AuthError, BadResponse, ConnectionFailed, LLMError, MissingKey, RateLimited, RequestRejected,
                      ServerError, Timeout)
 from xwin_data.llm.spec import endpoint
-from xwin_data.llm.transport import ClientPool, Pacer, aiohttp_available, dropped_connection, retry_after_seconds
+from xwin_data.llm.transport import Pacer, StatusFailure, aiohttp_available, make_transport, retry_after_seconds
 
 __all__ = ["ClientSettings", "ChatCall", "ChatResult", "ChatClient", "LLMError", "RateLimited", "ServerError",
            "Timeout", "BadResponse", "ConnectionFailed", "RequestRejected", "AuthError", "MissingKey",
@@ -91,7 +91,7 @@ class ChatClient:
         self._pause_until = 0.0
         self.retries = 0  # retried attempts, all causes
         self.errors_by_kind: dict[str, int] = {}
-        self.transport = ""  # the HTTP transport of the last run that made calls (aiohttp or httpx)
+        self.transport = ""  # the HTTP transport of the last run that made calls (aiohttp or openai)
         self.stop_signal: int | None = None  # the signal that stopped the last run, if one did
         self._stop: asyncio.Event | None = None
         self._budget_moved: asyncio.Event | None = None
@@ -150,8 +150,8 @@ class ChatClient:
 
     async def _call_all(self, calls, todo, results, on_done) -> None:
         s = self.settings
-        client = ClientPool(self._api_key(), s.base_url, s.timeout_s, s.concurrency, s.transport)
-        self.transport = client.transport
+        client = make_transport(self._api_key(), s.base_url, s.timeout_s, s.concurrency, s.transport, s.headers)
+        self.transport = client.name
         rpm = Pacer(s.requests_per_minute) if s.requests_per_minute else None
         tpm = Pacer(s.tokens_per_minute) if s.tokens_per_minute else None
         self._stop, self._budget_moved, self.stop_signal = asyncio.Event(), asyncio.Event(), None
@@ -269,17 +269,32 @@ class ChatClient:
             result.attempts = attempts
             return result
 
-    async def _attempt(self, client, rpm, tpm, call: ChatCall, key: str) -> ChatResult:
-        import openai
+    def _status_error(self, err: StatusFailure) -> LLMError:
+        """An HTTP error status as a typed error: 429 RateLimited (a `Retry-After` within `retry_after_max_s`
+        pauses every call), 401/403 AuthError, 5xx/408/409 ServerError, any other RequestRejected."""
+        s, status = self.settings, err.status
+        if status == 429:
+            wait = retry_after_seconds(err.headers)
+            if wait and wait > s.retry_after_max_s:  # not honoured: this call backs off, the run goes on
+                return RateLimited(self.redact(f"429 rate limited: {err.message} (Retry-After {wait:g}s is more "
+                                               f"than retry_after_max_s={s.retry_after_max_s:g})"), wait)
+            if wait:
+                self._pause_until = max(self._pause_until, time.monotonic() + wait)
+            return RateLimited(self.redact(f"429 rate limited: {err.message}"), wait)
+        if status in (401, 403):
+            return AuthError(self.redact(f"{status} not authorised: {err.message}"))
+        if status >= 500 or status in (408, 409):
+            return ServerError(self.redact(f"{status}: {err.message}"))
+        return RequestRejected(self.redact(f"{status}: {err.message}"))
 
+    async def _attempt(self, client, rpm, tpm, call: ChatCall, key: str) -> ChatResult:
         s = self.settings
         max_tokens = int(call.params.get("max_tokens") or 1024)
         n = int(call.params.get("n") or 1)
         prompt_guess = sum(len(str(m.get("content") or "")) for m in call.messages) // 4 + 8
         reserved = 0.0
-        shard = await client.acquire()
+        slot = await client.acquire()
         try:
-            api = client.clients[shard]
             self._check_stop()
             reserved = await self._reserve(lambda: self.ledger.estimate(
                 s.model, self.ledger.expected_prompt_tokens(prompt_guess),
@@ -292,39 +307,18 @@ class ChatClient:
             if rpm is not None:
                 await self._nap(rpm.delay())
             self._check_stop()
-            try:
-                # the client's own POST: the same request, headers, time-out and typed status errors as
-                # `chat.completions.create`, without re-walking the messages through its TypedDict transform
-                # (a third of the client's CPU per request); parameter names were checked in `arun`
-                response = await api.post("/chat/completions", cast_to=client.response_type,
-                                          body=_request_body(s.model, call))
-                body = response.content
-            except openai.APITimeoutError as err:
-                if dropped_connection(err):
-                    raise ConnectionFailed(self.redact(f"connection failed: {err.__cause__ or err}")) from err
-                raise Timeout(f"no answer within {s.timeout_s:g}s") from err
-            except openai.APIConnectionError as err:
-                raise ConnectionFailed(self.redact(f"connection failed: {err}")) from err
-            except openai.RateLimitError as err:
-                wait = retry_after_seconds(err.response.headers)
-                if wait and wait > s.retry_after_max_s:  # not honoured: this call backs off, the run goes on
-                    raise RateLimited(self.redact(f"429 rate limited: {err.message} (Retry-After {wait:g}s is more "
-                                                  f"than retry_after_max_s={s.retry_after_max_s:g})"), wait) from err
-                if wait:
-                    self._pause_until = max(self._pause_until, time.monotonic() + wait)
-                raise RateLimited(self.redact(f"429 rate limited: {err.message}"), wait) from err
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
-                raise AuthError(self.redact(f"{err.status_code} not authorised: {err.message}")) from err
-            except openai.APIStatusError as err:
-                if err.status_code >= 500 or err.status_code in (408, 409):
-                    raise ServerError(self.redact(f"{err.status_code}: {err.message}")) from err
-                raise RequestRejected(self.redact(f"{err.status_code}: {err.message}")) from err
+            try:  # parameter names were checked in `arun`
+                body = await client.post_chat(slot, _request_body(s.model, call))
+            except (ConnectionFailed, Timeout) as err:
+                raise type(err)(self.redact(str(err))) from err
+            except StatusFailure as err:
+                raise self._status_error(err) from err
         except BaseException:
             self.ledger.release(reserved)
             self._budget_changed()
             raise
         finally:
-            client.release(shard)
+            client.release(slot)
         try:
             data = json.loads(body)
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
