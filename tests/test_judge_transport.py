@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from xwin_data.llm.cache import RequestCache
-from xwin_data.llm.client import (AuthError, ChatCall, ChatClient, ClientSettings, ConnectionFailed, RequestRejected,
-                                  ServerError, Timeout, aiohttp_available)
+from xwin_data.llm.client import (COMMON_PARAMS, AuthError, ChatCall, ChatClient, ClientSettings, ConnectionFailed, RequestRejected,
+                                  ServerError, Timeout, _chat_param_names, aiohttp_available)
 
 TRANSPORTS = ["openai", pytest.param("aiohttp", marks=pytest.mark.skipif(
     not aiohttp_available(), reason="aiohttp is not installed"))]
@@ -138,7 +138,8 @@ def test_parameters_reach_the_server_and_unknown_ones_fail_first(openai_server, 
     [body] = openai_server.requests
     assert body == {"model": "test-judge", "messages": [{"role": "user", "content": "q"}], "temperature": 0.5,
                     "max_tokens": 9, "stop": ["\n"], "top_k": 4}
-    for bad in ({"max_token": 9}, {"model": "other"}, {"stream": True}):
+    assert COMMON_PARAMS <= _chat_param_names()  # the names checked without openai are `create`'s own
+    for bad in ({"max_token": 9}, {"model": "other"}, {"stream": True}, {"temperature": 0, "tempreature": 1}):
         with pytest.raises(TypeError, match="not chat-completion parameters"):
             make_client(openai_server, tmp_path, "auto").run([ChatCall([{"role": "user", "content": "q"}], bad)])
     assert openai_server.total == 1

@@ -55,9 +55,16 @@ def _chat_param_names() -> frozenset:
     return frozenset(names)
 
 
+# long-standing `create` parameters: a run using only these need not import openai (half a second) to check them
+COMMON_PARAMS = frozenset({"temperature", "top_p", "max_tokens", "n", "seed", "stop", "frequency_penalty",
+                           "presence_penalty", "logprobs", "top_logprobs", "logit_bias", "extra_body"})
+
+
 def _check_params(calls: Sequence[ChatCall]) -> None:
     """Unknown or reserved parameter names fail before any request, as `create(**params)` would."""
     names = set().union(*(c.params.keys() for c in calls)) if calls else set()
+    if names <= COMMON_PARAMS:
+        return
     bad = names - _chat_param_names()
     if bad:
         raise TypeError(f"not chat-completion parameters: {sorted(bad)} (the model comes from the client "
@@ -70,6 +77,11 @@ def _request_body(model: str, call: ChatCall) -> dict:
     if extra:
         body.update(extra)
     return body
+
+
+def _wake(waker: asyncio.Future) -> None:
+    if not waker.done():
+        waker.set_result(None)
 
 
 class Stopped(LLMError):
@@ -94,6 +106,7 @@ class ChatClient:
         self.transport = ""  # the HTTP transport of the last run that made calls (aiohttp or openai)
         self.stop_signal: int | None = None  # the signal that stopped the last run, if one did
         self._stop: asyncio.Event | None = None
+        self._naps: set[asyncio.Future] = set()  # futures of calls sleeping in `_nap`, woken by a stop signal
         self._budget_moved: asyncio.Event | None = None
 
     # ------------------------------------------------------------------------------------------ keys
@@ -197,6 +210,8 @@ class ChatClient:
             if self.stop_signal is None:
                 self.stop_signal = signum
                 self._stop.set()  # type: ignore[union-attr]
+                for waker in list(self._naps):  # sleeping calls wake up and stop
+                    _wake(waker)
                 self._budget_moved.set()  # type: ignore[union-attr]  # wake calls waiting for budget: they stop
                 timers.append(loop.call_later(self.settings.drain_timeout_s, main.cancel))
             else:
@@ -212,16 +227,24 @@ class ChatClient:
         return installed, timers
 
     async def _nap(self, seconds: float) -> None:
-        """Sleep, waking early when the run is asked to stop."""
+        """Sleep, waking early when the run is asked to stop (a plain timer per nap: at 2,000 paced starts a
+        second, a task per nap would cost more than the request)."""
         if seconds <= 0:
             return
         if self._stop is None or self._sleep is not asyncio.sleep:
             await self._sleep(seconds)
             return
+        if self._stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        waker = loop.create_future()
+        timer = loop.call_later(seconds, _wake, waker)
+        self._naps.add(waker)
         try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+            await waker
+        finally:
+            timer.cancel()
+            self._naps.discard(waker)
 
     def _check_stop(self) -> None:
         if self._stop is not None and self._stop.is_set():
