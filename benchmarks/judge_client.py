@@ -2,11 +2,12 @@
 
 - sequential: one request at a time through ChatClient (what a plain loop gets: about 1 / latency);
 - ours: `--concurrency` requests in flight through ChatClient (cache lookups and durable cache writes included),
-  on each HTTP transport (aiohttp, the default where openai's aiohttp extra is installed, and httpx);
+  on each transport: aiohttp (a direct POST, the default where aiohttp imports) and openai (the openai client
+  on httpx, kept for proxies and Azure-style endpoints);
 - ideal: concurrency / latency, the most any client could do against that server;
 - raw openai stack: AsyncOpenAI alone at the same concurrency and latency, no cache, no limits, no retries:
-  `chat.completions.create` on each transport, and `client.post` on aiohttp (the call ChatClient makes), i.e.
-  the ceiling the openai client itself sets on this CPU;
+  `chat.completions.create` on each of its HTTP clients, and `client.post` on aiohttp (where openai's aiohttp
+  extra is installed), i.e. the ceiling the openai client itself sets on this CPU;
 - raw openai stack in 2 processes (`client.post` on aiohttp, half the concurrency each): whether spreading the
   requests over processes would lift that ceiling on this machine (the server shares its cores);
 - a bare client: one asyncio Protocol per connection writing HTTP/1.1 by hand and `json.loads`-ing each reply, no
@@ -18,7 +19,8 @@
 
 Two cases at provider-like settings (`--cases real,rpm`), each through the full client (request cache, cost ledger
 with a budget, request pacing, retries):
-- real: 1 s latency at concurrency 512, where the ideal is 512 req/s (target >= 95% of it);
+- real: 1 s latency at concurrency 512, where the ideal is 512 req/s (target >= 95% of it), and the first
+  answer's arrival after the run starts (ideal: the 1 s latency);
 - rpm: a server that enforces a per-minute limit with 429s (`--rpm-limit`), the client set to the same limit
   (target >= 95% of the limit sustained, with no 429).
 And `--cases curator`: Bespoke Curator (bespokelabs-curator, in its own virtual environment made by this script)
@@ -49,6 +51,17 @@ sys.path.insert(0, str(PROJECT))
 
 from xwin_data.llm.cache import RequestCache  # noqa: E402
 from xwin_data.llm.client import ChatCall, ChatClient, ClientSettings, aiohttp_available  # noqa: E402
+
+
+def openai_aiohttp_available() -> bool:
+    """Whether the installed openai can run on aiohttp (its `aiohttp` extra), for the raw-stack baselines."""
+    try:
+        from openai import DefaultAioHttpClient
+
+        DefaultAioHttpClient()
+    except (ImportError, RuntimeError):
+        return False
+    return True
 
 
 def start_server(latency: float, rpm_limit: float | None = None) -> tuple[subprocess.Popen, str]:
@@ -307,7 +320,8 @@ def main() -> None:
     if "default" not in cases:
         return
     load = os.getloadavg()[0]
-    transports = ["aiohttp", "httpx"] if aiohttp_available() else ["httpx"]
+    transports = ["aiohttp", "openai"] if aiohttp_available() else ["openai"]
+    openai_http = ["aiohttp", "httpx"] if openai_aiohttp_available() else ["httpx"]
     n, conc = args.requests, args.concurrency
 
     server, url = start_server(args.latency)
@@ -318,11 +332,12 @@ def main() -> None:
             sequential = client_rate(url, 1, args.sequential_requests, tmp / "seq.sqlite", "seq")
             runs = {f"ours_{t}": (lambda r, t=t: client_rate(url, conc, n, tmp / f"{t}{r}.sqlite", f"{t}{r}", t))
                     for t in transports}
-            runs.update({f"raw_create_{t}": (lambda r, t=t: raw_rate(url, conc, n, t, "create")) for t in transports})
+            runs.update({f"raw_openai_create_{h}": (lambda r, h=h: raw_rate(url, conc, n, h, "create"))
+                         for h in openai_http})
             runs["bare_client"] = lambda r: bare_rate(url, conc, n)
-            if "aiohttp" in transports:
-                runs["raw_post_aiohttp"] = lambda r: raw_rate(url, conc, n, "aiohttp", "post")
-                runs["raw_post_aiohttp_2_processes"] = lambda r: raw_rate_processes(url, conc, n, 2)
+            if "aiohttp" in openai_http:
+                runs["raw_openai_post_aiohttp"] = lambda r: raw_rate(url, conc, n, "aiohttp", "post")
+                runs["raw_openai_post_aiohttp_2_processes"] = lambda r: raw_rate_processes(url, conc, n, 2)
             for r in range(args.rounds):
                 for name, fn in runs.items():
                     rate, cpu = fn(r)
@@ -356,9 +371,11 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     ceiling = max(rate for name, (rate, _) in best.items() if name.startswith("raw_") and "processes" not in name)
+    ours_openai = best["ours_openai"][0]
     print(f"\nconcurrency {conc} at {args.latency * 1000:g} ms ({transports[0]}): {ours:.0f} req/s = "
           f"{100 * ours / ideal:.0f}% of the ideal {ideal:.0f} req/s (target >= 90%), "
-          f"{100 * ours / ceiling:.0f}% of the raw openai stack's {ceiling:.0f} req/s in one process, "
+          f"{ours / ceiling:.2f}x the raw openai stack's {ceiling:.0f} req/s in one process "
+          f"(transport openai: {ours_openai:.0f} req/s), "
           f"{ours / sequential[0]:.0f}x the sequential loop ({sequential[0]:.0f} req/s); "
           f"a bare client reaches {best['bare_client'][0]:.0f} req/s ({100 * best['bare_client'][0] / ideal:.0f}% "
           f"of the ideal) against the same server; "
