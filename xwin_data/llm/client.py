@@ -94,6 +94,8 @@ _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*.]{4,})")
 class ChatClient:
     """Cached, rate-limited, retried chat calls. `run(calls)` is the synchronous entry point ops use."""
 
+    START_CHUNK = 32  # calls started per event-loop turn at the start of a run
+
     def __init__(self, settings: ClientSettings, cache: RequestCache | None = None,
                  ledger: CostLedger | None = None, *, sleep: Callable[[float], Any] = asyncio.sleep):
         self.settings = settings
@@ -183,7 +185,23 @@ class ChatClient:
                 if on_done:
                     on_done(results[i])
 
-        main = asyncio.ensure_future(asyncio.gather(*(one(k, idxs) for k, idxs in todo.items())))
+        async def start_all() -> None:
+            """Start the calls a chunk per loop turn, so the first requests are on the wire while the rest are
+            prepared (one turn over every call would build the whole first wave before sending any)."""
+            started: list[asyncio.Future] = []
+            items = list(todo.items())
+            try:
+                for at in range(0, len(items), self.START_CHUNK):
+                    started.extend(asyncio.ensure_future(one(k, idxs)) for k, idxs in items[at:at + self.START_CHUNK])
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                for task in started:
+                    task.cancel()
+                await asyncio.gather(*started, return_exceptions=True)
+                raise
+            await asyncio.gather(*started)
+
+        main = asyncio.ensure_future(start_all())
         installed, timers = self._on_stop_signals(main)
         try:
             await main
