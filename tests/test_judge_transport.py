@@ -124,10 +124,16 @@ def test_every_connection_pool_is_closed(openai_server, tmp_path: Path, transpor
     assert not [r for r in caplog.records if "Unclosed" in r.getMessage()], caplog.text
 
 
-def test_auto_transport_is_aiohttp_where_installed(openai_server, tmp_path: Path) -> None:
-    client = make_client(openai_server, tmp_path, "auto")
+def test_auto_transport_is_aiohttp_unless_a_proxy_is_set(openai_server, tmp_path: Path, monkeypatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    client = make_client(openai_server, tmp_path / "a", "auto")
     assert client.run(calls(1))[0].ok
     assert client.transport == ("aiohttp" if aiohttp_available() else "openai")
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # only https:// URLs would go through it
+    client = make_client(openai_server, tmp_path / "p", "auto")
+    assert client.run(calls(1))[0].ok and client.transport == "openai"
 
 
 def test_parameters_reach_the_server_and_unknown_ones_fail_first(openai_server, tmp_path: Path) -> None:
