@@ -83,7 +83,7 @@ def _request_body(model: str, call: ChatCall) -> dict:
 
 @contextlib.contextmanager
 def fewer_collections(young: int = 20_000):
-    """Run the cyclic garbage collector less often while calls are in flight: at its default (every 700 new
+    """Run the cyclic garbage collector less often during a run: at its default (every 700 new
     objects) it walks the thousands of live tasks, futures and connections again and again, a quarter of the
     client's CPU at hundreds of calls a second, in pauses long enough to delay answers. Restored afterwards."""
     old = gc.get_threshold()
@@ -156,6 +156,10 @@ class ChatClient:
 
     async def arun(self, calls: Sequence[ChatCall],
                    on_done: Callable[[ChatResult], None] | None = None) -> list[ChatResult]:
+        with fewer_collections():
+            return await self._arun(calls, on_done)
+
+    async def _arun(self, calls: Sequence[ChatCall], on_done) -> list[ChatResult]:
         _check_params(calls)
         results: list[ChatResult | None] = [None] * len(calls)
         keys = [self.key(c) for c in calls]
@@ -180,10 +184,6 @@ class ChatClient:
                           choice_tokens=value.get("choice_tokens"))
 
     async def _call_all(self, calls, todo, results, on_done) -> None:
-        with fewer_collections():
-            await self._call_all_now(calls, todo, results, on_done)
-
-    async def _call_all_now(self, calls, todo, results, on_done) -> None:
         s = self.settings
         client = make_transport(self._api_key(), s.base_url, s.timeout_s, s.concurrency, s.transport, s.headers)
         self.transport = client.name
