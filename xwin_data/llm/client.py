@@ -25,6 +25,7 @@ import os
 import random
 import re
 import signal
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -81,18 +82,29 @@ def _request_body(model: str, call: ChatCall) -> dict:
     return body
 
 
+_gc_lock = threading.Lock()
+_gc_runs = [0, None]  # runs inside `fewer_collections` now, and the thresholds to restore when none is
+
+
 @contextlib.contextmanager
 def fewer_collections(young: int = 20_000):
-    """Run the cyclic garbage collector less often during a run: at its default (every 700 new
-    objects) it walks the thousands of live tasks, futures and connections again and again, a quarter of the
-    client's CPU at hundreds of calls a second, in pauses long enough to delay answers. Restored afterwards."""
-    old = gc.get_threshold()
-    if old[0] > 0:  # 0: the process turned automatic collection off; leave it so
-        gc.set_threshold(max(old[0], young), *old[1:])
+    """Run the cyclic garbage collector less often during a run: at its default (every 700 new objects) it
+    walks the thousands of live tasks, futures and connections again and again, a quarter of the client's CPU at
+    hundreds of calls a second, in pauses long enough to delay answers. The thresholds are restored when the
+    last of any overlapping runs ends."""
+    with _gc_lock:
+        if _gc_runs[0] == 0:
+            _gc_runs[1] = old = gc.get_threshold()
+            if old[0] > 0:  # 0: the process turned automatic collection off; leave it so
+                gc.set_threshold(max(old[0], young), *old[1:])
+        _gc_runs[0] += 1
     try:
         yield
     finally:
-        gc.set_threshold(*old)
+        with _gc_lock:
+            _gc_runs[0] -= 1
+            if _gc_runs[0] == 0:
+                gc.set_threshold(*_gc_runs[1])
 
 
 def _wake(waker: asyncio.Future) -> None:
