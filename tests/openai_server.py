@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           408: "Request Timeout", 409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error"}
 
 
 @dataclass
@@ -32,7 +33,8 @@ class Fault:
     """What to do to one request instead of answering it normally.
 
     kind: "429" (with optional Retry-After seconds), "500", "401" (an error that quotes the caller's API key,
-    as OpenAI's does), "hang" (never answer; the client must time out),
+    as OpenAI's does), any other status code such as "403", "408", "409" or "400" (an OpenAI-style error body
+    whose message names the code), "hang" (never answer; the client must time out),
     "malformed" (200 with a body that is not JSON), "drop" (close the connection without a reply)."""
 
     kind: str
@@ -139,6 +141,7 @@ class OpenAIServer:
         self.prompt_counts: collections.Counter = collections.Counter()  # per rendered prompt, every request
         self.served_counts: collections.Counter = collections.Counter()  # per exact body, served requests
         self.requests: list[dict] = []
+        self.request_headers: list[dict] = []  # each chat request's headers (lower-case names), as received
         self.in_flight = 0
         self.max_in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -187,6 +190,7 @@ class OpenAIServer:
         self.prompt_counts.clear()
         self.served_counts.clear()
         self.requests.clear()
+        self.request_headers.clear()
         self.max_in_flight = 0
         self.rate_limited = 0
         self._bucket = (0.0, 0.0)
@@ -331,6 +335,7 @@ class OpenAIServer:
             self.prompt_counts[rendered_prompt(body)] += 1
             if self.keep_requests:
                 self.requests.append(body)
+                self.request_headers.append(dict(headers or {}))
         fault = self.faults.popleft() if self.faults else None
         if fault is None and self.fault_fn is not None:
             fault = self.fault_fn(body, number)
@@ -383,6 +388,9 @@ class OpenAIServer:
             return False
         elif fault.kind == "drop":
             return False
+        elif fault.kind.isdigit():
+            status = int(fault.kind)
+            self._send(writer, status, self._error(f"The server answered {status}", "invalid_request_error"))
         else:
             raise ValueError(f"unknown fault kind {fault.kind!r}")
         await writer.drain()

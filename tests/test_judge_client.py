@@ -138,3 +138,18 @@ def test_missing_key_for_openai_is_a_clear_error(monkeypatch, tmp_path: Path) ->
     client = ChatClient(ClientSettings(model="gpt-4o", base_url="https://api.openai.com/v1", api_key_env="XWIN_TEST_KEY"))
     with pytest.raises(MissingKey, match="XWIN_TEST_KEY"):
         client.run(calls(1))
+
+
+def test_collector_thresholds_are_restored_after_a_run(openai_server, tmp_path: Path) -> None:
+    """A run collects garbage less often (thousands of live tasks), and leaves the process as it found it, also
+    when the run fails."""
+    import gc
+
+    before = gc.get_threshold()
+    seen: list[tuple] = []
+    results = make_client(openai_server, tmp_path).run(calls(3), on_done=lambda r: seen.append(gc.get_threshold()))
+    assert all(r.ok for r in results) and gc.get_threshold() == before
+    assert seen and all(t[0] >= 20_000 for t in seen)
+    with pytest.raises(TypeError):
+        make_client(openai_server, tmp_path).run([ChatCall([{"role": "user", "content": "q"}], {"bad_param": 1})])
+    assert gc.get_threshold() == before

@@ -1,8 +1,9 @@
-"""The chat client on both HTTP transports under the openai client (aiohttp and httpx): the same typed errors,
-Retry-After, key scrubbing, and every connection pool closed when a run ends."""
+"""The chat client on both HTTP transports (aiohttp directly, and the openai client on httpx): the same typed
+errors, Retry-After, key scrubbing, headers, and every connection pool closed when a run ends."""
 from __future__ import annotations
 
 import gc
+import socket
 import logging
 import time
 import warnings
@@ -11,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from xwin_data.llm.cache import RequestCache
-from xwin_data.llm.client import (AuthError, ChatCall, ChatClient, ClientSettings, ConnectionFailed, Timeout,
-                                  aiohttp_available)
+from xwin_data.llm.client import (COMMON_PARAMS, AuthError, ChatCall, ChatClient, ClientSettings, ConnectionFailed, RequestRejected,
+                                  ServerError, Timeout, _chat_param_names, aiohttp_available)
 
-TRANSPORTS = ["httpx", pytest.param("aiohttp", marks=pytest.mark.skipif(
-    not aiohttp_available(), reason='openai\'s aiohttp extra is not installed (pip install "openai[aiohttp]")'))]
+TRANSPORTS = ["openai", pytest.param("aiohttp", marks=pytest.mark.skipif(
+    not aiohttp_available(), reason="aiohttp is not installed"))]
 
 
 def make_client(server, tmp_path: Path, transport: str, **overrides) -> ChatClient:
@@ -44,6 +45,50 @@ def test_typed_errors_on_each_transport(openai_server, tmp_path: Path, transport
     openai_server.fail_next(1, "drop")  # ... and is retried
     [res] = make_client(openai_server, tmp_path / "d2", transport).run(calls(1))
     assert res.ok and res.attempts == 2
+
+    with socket.socket() as closed:  # a port nobody listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    [res] = make_client(openai_server, tmp_path / "c", transport, base_url=f"http://127.0.0.1:{port}/v1",
+                        max_retries=1).run(calls(1))
+    assert isinstance(res.error, ConnectionFailed) and res.attempts == 0, repr(res.error)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_status_codes_map_to_typed_errors_on_each_transport(openai_server, tmp_path: Path, transport: str) -> None:
+    """403 is an AuthError, 408/409/5xx are retried ServerErrors, other 4xx are RequestRejected with the
+    server's own message; none but the retryable ones is asked twice."""
+    for n, (code, kind, asked) in enumerate([("403", AuthError, 1), ("400", RequestRejected, 1),
+                                             ("422", RequestRejected, 1), ("409", ServerError, 2),
+                                             ("408", ServerError, 2), ("503", ServerError, 2)]):
+        openai_server.reset()
+        openai_server.fail_next(5, code)
+        [res] = make_client(openai_server, tmp_path / str(n), transport, max_retries=1).run(calls(1))
+        assert type(res.error) is kind, (code, repr(res.error))
+        assert f"The server answered {code}" in str(res.error) and code in str(res.error)
+        assert openai_server.total == asked, (code, openai_server.total)
+    openai_server.reset()
+    openai_server.fail_next(1, "409")  # a retryable status, then an answer
+    [res] = make_client(openai_server, tmp_path / "ok", transport).run(calls(1))
+    assert res.ok and res.attempts == 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_headers_and_credentials_in_the_url(openai_server, tmp_path: Path, transport: str, monkeypatch) -> None:
+    """The key from `api_key_env` travels as the bearer token with the settings' headers; a `user:password@`
+    part of the base URL is taken out before the request and never sent."""
+    monkeypatch.setenv("XWIN_HEADER_KEY", "sk-header-test-key-0123")
+    url = openai_server.base_url.replace("http://", "http://judge-user:url-password-987@")
+    client = make_client(openai_server, tmp_path, transport, base_url=url, api_key_env="XWIN_HEADER_KEY",
+                         headers={"X-Project": "xwin-test"})
+    [res] = client.run(calls(1))
+    assert res.ok, res.error
+    [headers] = openai_server.request_headers
+    assert headers["authorization"] == "Bearer sk-header-test-key-0123"
+    assert headers["x-project"] == "xwin-test" and headers["content-type"].startswith("application/json")
+    assert "url-password-987" not in repr(headers)
+    if transport == "aiohttp":
+        assert headers["user-agent"].startswith("xwin-data/")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -79,10 +124,16 @@ def test_every_connection_pool_is_closed(openai_server, tmp_path: Path, transpor
     assert not [r for r in caplog.records if "Unclosed" in r.getMessage()], caplog.text
 
 
-def test_auto_transport_is_aiohttp_where_installed(openai_server, tmp_path: Path) -> None:
-    client = make_client(openai_server, tmp_path, "auto")
+def test_auto_transport_is_aiohttp_unless_a_proxy_is_set(openai_server, tmp_path: Path, monkeypatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    client = make_client(openai_server, tmp_path / "a", "auto")
     assert client.run(calls(1))[0].ok
-    assert client.transport == ("aiohttp" if aiohttp_available() else "httpx")
+    assert client.transport == ("aiohttp" if aiohttp_available() else "openai")
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # only https:// URLs would go through it
+    client = make_client(openai_server, tmp_path / "p", "auto")
+    assert client.run(calls(1))[0].ok and client.transport == "openai"
 
 
 def test_parameters_reach_the_server_and_unknown_ones_fail_first(openai_server, tmp_path: Path) -> None:
@@ -93,7 +144,8 @@ def test_parameters_reach_the_server_and_unknown_ones_fail_first(openai_server, 
     [body] = openai_server.requests
     assert body == {"model": "test-judge", "messages": [{"role": "user", "content": "q"}], "temperature": 0.5,
                     "max_tokens": 9, "stop": ["\n"], "top_k": 4}
-    for bad in ({"max_token": 9}, {"model": "other"}, {"stream": True}):
+    assert COMMON_PARAMS <= _chat_param_names()  # the names checked without openai are `create`'s own
+    for bad in ({"max_token": 9}, {"model": "other"}, {"stream": True}, {"temperature": 0, "tempreature": 1}):
         with pytest.raises(TypeError, match="not chat-completion parameters"):
             make_client(openai_server, tmp_path, "auto").run([ChatCall([{"role": "user", "content": "q"}], bad)])
     assert openai_server.total == 1

@@ -4,12 +4,12 @@ Every call goes through the request cache first (keyed by the endpoint's model i
 sampling parameters and whatever the caller adds, such as a template version and an attempt index) and is
 written to it durably as soon as it completes, so a killed run pays for nothing twice. New calls run with
 bounded concurrency under request-per-minute and token-per-minute limits paced evenly (no first-second burst),
-retried with jittered exponential backoff that honours `Retry-After` up to `retry_after_max_s` (the openai
-client's own retries are off), and are charged to a cost ledger whose budget is a hard cap. SIGINT/SIGTERM
-stop new calls; calls in flight finish and are cached (for at most `drain_timeout_s`) before the run raises
-KeyboardInterrupt, so stopping a run never pays for a call twice. Failures surface as typed errors. The openai
-client runs on aiohttp (openai's `aiohttp` extra, less CPU per request) where installed, else on httpx; every
-connection pool is closed when a run ends.
+retried with jittered exponential backoff that honours `Retry-After` up to `retry_after_max_s`, and are
+charged to a cost ledger whose budget is a hard cap. SIGINT/SIGTERM stop new calls; calls in flight finish and
+are cached (for at most `drain_timeout_s`) before the run raises KeyboardInterrupt, so stopping a run never pays
+for a call twice. Failures surface as typed errors. Requests go out over aiohttp directly where it imports, or
+through the openai client (`transport: openai`); see transport.py. Every connection pool is closed when a run
+ends.
 
 The API key is read from the environment variable named by `api_key_env` at call time; it is never part of a
 cache key, a cached value, a log line or an error message (errors are redacted).
@@ -17,12 +17,15 @@ cache key, a cached value, a log line or an error message (errors are redacted).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import json
 import os
 import random
 import re
 import signal
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -32,7 +35,7 @@ from xwin_data.llm.costs import BudgetExceeded, CostLedger, PriceTable
 from xwin_data.llm.errors import (AuthError, BadResponse, ConnectionFailed, LLMError, MissingKey, RateLimited, RequestRejected,
                      ServerError, Timeout)
 from xwin_data.llm.spec import endpoint
-from xwin_data.llm.transport import ClientPool, Pacer, aiohttp_available, dropped_connection, retry_after_seconds
+from xwin_data.llm.transport import Pacer, StatusFailure, aiohttp_available, make_transport, retry_after_seconds
 
 __all__ = ["ClientSettings", "ChatCall", "ChatResult", "ChatClient", "LLMError", "RateLimited", "ServerError",
            "Timeout", "BadResponse", "ConnectionFailed", "RequestRejected", "AuthError", "MissingKey",
@@ -55,9 +58,16 @@ def _chat_param_names() -> frozenset:
     return frozenset(names)
 
 
+# long-standing `create` parameters: a run using only these need not import openai (half a second) to check them
+COMMON_PARAMS = frozenset({"temperature", "top_p", "max_tokens", "n", "seed", "stop", "frequency_penalty",
+                           "presence_penalty", "logprobs", "top_logprobs", "logit_bias", "extra_body"})
+
+
 def _check_params(calls: Sequence[ChatCall]) -> None:
     """Unknown or reserved parameter names fail before any request, as `create(**params)` would."""
     names = set().union(*(c.params.keys() for c in calls)) if calls else set()
+    if names <= COMMON_PARAMS:
+        return
     bad = names - _chat_param_names()
     if bad:
         raise TypeError(f"not chat-completion parameters: {sorted(bad)} (the model comes from the client "
@@ -72,6 +82,36 @@ def _request_body(model: str, call: ChatCall) -> dict:
     return body
 
 
+_gc_lock = threading.Lock()
+_gc_runs = [0, None]  # runs inside `fewer_collections` now, and the thresholds to restore when none is
+
+
+@contextlib.contextmanager
+def fewer_collections(young: int = 20_000):
+    """Run the cyclic garbage collector less often during a run: at its default (every 700 new objects) it
+    walks the thousands of live tasks, futures and connections again and again, a quarter of the client's CPU at
+    hundreds of calls a second, in pauses long enough to delay answers. The thresholds are restored when the
+    last of any overlapping runs ends."""
+    with _gc_lock:
+        if _gc_runs[0] == 0:
+            _gc_runs[1] = old = gc.get_threshold()
+            if old[0] > 0:  # 0: the process turned automatic collection off; leave it so
+                gc.set_threshold(max(old[0], young), *old[1:])
+        _gc_runs[0] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_runs[0] -= 1
+            if _gc_runs[0] == 0:
+                gc.set_threshold(*_gc_runs[1])
+
+
+def _wake(waker: asyncio.Future) -> None:
+    if not waker.done():
+        waker.set_result(None)
+
+
 class Stopped(LLMError):
     """The run was asked to stop (SIGINT/SIGTERM) before this call started; nothing was sent or paid."""
 
@@ -82,6 +122,8 @@ _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*.]{4,})")
 class ChatClient:
     """Cached, rate-limited, retried chat calls. `run(calls)` is the synchronous entry point ops use."""
 
+    START_CHUNK = 32  # calls started per event-loop turn at the start of a run
+
     def __init__(self, settings: ClientSettings, cache: RequestCache | None = None,
                  ledger: CostLedger | None = None, *, sleep: Callable[[float], Any] = asyncio.sleep):
         self.settings = settings
@@ -91,9 +133,10 @@ class ChatClient:
         self._pause_until = 0.0
         self.retries = 0  # retried attempts, all causes
         self.errors_by_kind: dict[str, int] = {}
-        self.transport = ""  # the HTTP transport of the last run that made calls (aiohttp or httpx)
+        self.transport = ""  # the HTTP transport of the last run that made calls (aiohttp or openai)
         self.stop_signal: int | None = None  # the signal that stopped the last run, if one did
         self._stop: asyncio.Event | None = None
+        self._naps: set[asyncio.Future] = set()  # futures of calls sleeping in `_nap`, woken by a stop signal
         self._budget_moved: asyncio.Event | None = None
 
     # ------------------------------------------------------------------------------------------ keys
@@ -125,6 +168,10 @@ class ChatClient:
 
     async def arun(self, calls: Sequence[ChatCall],
                    on_done: Callable[[ChatResult], None] | None = None) -> list[ChatResult]:
+        with fewer_collections():
+            return await self._arun(calls, on_done)
+
+    async def _arun(self, calls: Sequence[ChatCall], on_done) -> list[ChatResult]:
         _check_params(calls)
         results: list[ChatResult | None] = [None] * len(calls)
         keys = [self.key(c) for c in calls]
@@ -150,8 +197,8 @@ class ChatClient:
 
     async def _call_all(self, calls, todo, results, on_done) -> None:
         s = self.settings
-        client = ClientPool(self._api_key(), s.base_url, s.timeout_s, s.concurrency, s.transport)
-        self.transport = client.transport
+        client = make_transport(self._api_key(), s.base_url, s.timeout_s, s.concurrency, s.transport, s.headers)
+        self.transport = client.name
         rpm = Pacer(s.requests_per_minute) if s.requests_per_minute else None
         tpm = Pacer(s.tokens_per_minute) if s.tokens_per_minute else None
         self._stop, self._budget_moved, self.stop_signal = asyncio.Event(), asyncio.Event(), None
@@ -170,7 +217,23 @@ class ChatClient:
                 if on_done:
                     on_done(results[i])
 
-        main = asyncio.ensure_future(asyncio.gather(*(one(k, idxs) for k, idxs in todo.items())))
+        async def start_all() -> None:
+            """Start the calls a chunk per loop turn, so the first requests are on the wire while the rest are
+            prepared (one turn over every call would build the whole first wave before sending any)."""
+            started: list[asyncio.Future] = []
+            items = list(todo.items())
+            try:
+                for at in range(0, len(items), self.START_CHUNK):
+                    started.extend(asyncio.ensure_future(one(k, idxs)) for k, idxs in items[at:at + self.START_CHUNK])
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                for task in started:
+                    task.cancel()
+                await asyncio.gather(*started, return_exceptions=True)
+                raise
+            await asyncio.gather(*started)
+
+        main = asyncio.ensure_future(start_all())
         installed, timers = self._on_stop_signals(main)
         try:
             await main
@@ -197,6 +260,8 @@ class ChatClient:
             if self.stop_signal is None:
                 self.stop_signal = signum
                 self._stop.set()  # type: ignore[union-attr]
+                for waker in list(self._naps):  # sleeping calls wake up and stop
+                    _wake(waker)
                 self._budget_moved.set()  # type: ignore[union-attr]  # wake calls waiting for budget: they stop
                 timers.append(loop.call_later(self.settings.drain_timeout_s, main.cancel))
             else:
@@ -212,16 +277,24 @@ class ChatClient:
         return installed, timers
 
     async def _nap(self, seconds: float) -> None:
-        """Sleep, waking early when the run is asked to stop."""
+        """Sleep, waking early when the run is asked to stop (a plain timer per nap: at 2,000 paced starts a
+        second, a task per nap would cost more than the request)."""
         if seconds <= 0:
             return
         if self._stop is None or self._sleep is not asyncio.sleep:
             await self._sleep(seconds)
             return
+        if self._stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        waker = loop.create_future()
+        timer = loop.call_later(seconds, _wake, waker)
+        self._naps.add(waker)
         try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+            await waker
+        finally:
+            timer.cancel()
+            self._naps.discard(waker)
 
     def _check_stop(self) -> None:
         if self._stop is not None and self._stop.is_set():
@@ -269,17 +342,32 @@ class ChatClient:
             result.attempts = attempts
             return result
 
-    async def _attempt(self, client, rpm, tpm, call: ChatCall, key: str) -> ChatResult:
-        import openai
+    def _status_error(self, err: StatusFailure) -> LLMError:
+        """An HTTP error status as a typed error: 429 RateLimited (a `Retry-After` within `retry_after_max_s`
+        pauses every call), 401/403 AuthError, 5xx/408/409 ServerError, any other RequestRejected."""
+        s, status = self.settings, err.status
+        if status == 429:
+            wait = retry_after_seconds(err.headers)
+            if wait and wait > s.retry_after_max_s:  # not honoured: this call backs off, the run goes on
+                return RateLimited(self.redact(f"429 rate limited: {err.message} (Retry-After {wait:g}s is more "
+                                               f"than retry_after_max_s={s.retry_after_max_s:g})"), wait)
+            if wait:
+                self._pause_until = max(self._pause_until, time.monotonic() + wait)
+            return RateLimited(self.redact(f"429 rate limited: {err.message}"), wait)
+        if status in (401, 403):
+            return AuthError(self.redact(f"{status} not authorised: {err.message}"))
+        if status >= 500 or status in (408, 409):
+            return ServerError(self.redact(f"{status}: {err.message}"))
+        return RequestRejected(self.redact(f"{status}: {err.message}"))
 
+    async def _attempt(self, client, rpm, tpm, call: ChatCall, key: str) -> ChatResult:
         s = self.settings
         max_tokens = int(call.params.get("max_tokens") or 1024)
         n = int(call.params.get("n") or 1)
         prompt_guess = sum(len(str(m.get("content") or "")) for m in call.messages) // 4 + 8
         reserved = 0.0
-        shard = await client.acquire()
+        slot = await client.acquire()
         try:
-            api = client.clients[shard]
             self._check_stop()
             reserved = await self._reserve(lambda: self.ledger.estimate(
                 s.model, self.ledger.expected_prompt_tokens(prompt_guess),
@@ -292,39 +380,18 @@ class ChatClient:
             if rpm is not None:
                 await self._nap(rpm.delay())
             self._check_stop()
-            try:
-                # the client's own POST: the same request, headers, time-out and typed status errors as
-                # `chat.completions.create`, without re-walking the messages through its TypedDict transform
-                # (a third of the client's CPU per request); parameter names were checked in `arun`
-                response = await api.post("/chat/completions", cast_to=client.response_type,
-                                          body=_request_body(s.model, call))
-                body = response.content
-            except openai.APITimeoutError as err:
-                if dropped_connection(err):
-                    raise ConnectionFailed(self.redact(f"connection failed: {err.__cause__ or err}")) from err
-                raise Timeout(f"no answer within {s.timeout_s:g}s") from err
-            except openai.APIConnectionError as err:
-                raise ConnectionFailed(self.redact(f"connection failed: {err}")) from err
-            except openai.RateLimitError as err:
-                wait = retry_after_seconds(err.response.headers)
-                if wait and wait > s.retry_after_max_s:  # not honoured: this call backs off, the run goes on
-                    raise RateLimited(self.redact(f"429 rate limited: {err.message} (Retry-After {wait:g}s is more "
-                                                  f"than retry_after_max_s={s.retry_after_max_s:g})"), wait) from err
-                if wait:
-                    self._pause_until = max(self._pause_until, time.monotonic() + wait)
-                raise RateLimited(self.redact(f"429 rate limited: {err.message}"), wait) from err
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
-                raise AuthError(self.redact(f"{err.status_code} not authorised: {err.message}")) from err
-            except openai.APIStatusError as err:
-                if err.status_code >= 500 or err.status_code in (408, 409):
-                    raise ServerError(self.redact(f"{err.status_code}: {err.message}")) from err
-                raise RequestRejected(self.redact(f"{err.status_code}: {err.message}")) from err
+            try:  # parameter names were checked in `arun`
+                body = await client.post_chat(slot, _request_body(s.model, call))
+            except (ConnectionFailed, Timeout) as err:
+                raise type(err)(self.redact(str(err))) from err
+            except StatusFailure as err:
+                raise self._status_error(err) from err
         except BaseException:
             self.ledger.release(reserved)
             self._budget_changed()
             raise
         finally:
-            client.release(shard)
+            client.release(slot)
         try:
             data = json.loads(body)
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
