@@ -116,9 +116,13 @@ def test_position_biased_and_unparseable_judges(openai_server, workdir: Path) ->
     biased = pairwise_judge(prefer_first)
     openai_server.reply = serve(lambda req: unparseable(req) if "haiku" in req.text else biased(req))
     cat = workdir / "cat"
-    xwin_data.build(RECIPE, cat, sets_for(openai_server, workdir, **{"judge.parse_retries": 1}),
-                    show_progress=False)
+    sets = sets_for(openai_server, workdir, **{"judge.parse_retries": 1})
+    xwin_data.build(RECIPE, cat, sets + ["judge.transport=openai"], show_progress=False)
     stats = Catalog(cat).current("xwin_pair").stats
+    assert stats["transport"] == "openai"  # the openai client on httpx, chosen in the recipe
+    # how requests are sent is not what they ask: with the default transport every stage is already built
+    again = xwin_data.build(RECIPE, cat, sets, show_progress=False)
+    assert {st.status for st in again.stages} == {"skipped"}
     assert rows(cat, "SELECT count(*) FROM xwin_pair") == [(0,)]
     assert stats["not_kept_by_reason"] == {"tie": 15, "judge_unparseable": 3}
     assert stats["flip_rate"] == 1.0 and stats["first_position_win_rate"] == 1.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 from pydantic import AliasChoices, Field
 
@@ -44,6 +44,9 @@ class JudgeSpec(ModelSpec):
     retry_after_max_s: float = Field(60.0, ge=0, description="longest Retry-After honoured; longer asks are "
                                      "retried with backoff or failed, never stalling the stage")
     budget_usd: float | None = Field(None, ge=0, description="dollars of new calls this build may spend")
+    transport: Literal["auto", "aiohttp", "openai", "httpx"] = Field(
+        "auto", exclude=True, description="openai: how requests are sent (aiohttp, or the openai client on httpx "
+                                          "for proxies and Azure-style endpoints); not part of the fingerprint")
     prices: dict[str, list[float]] = Field(default_factory=dict)
     max_failed_calls: int = Field(0, ge=0, description="calls that may still fail after retries before the "
                                                        "stage fails (their pairs are dropped with a reason)")

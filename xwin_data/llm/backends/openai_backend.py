@@ -109,7 +109,7 @@ def _finish(reason: str | None) -> str:
 
 CLIENT_FIELDS = ("model", "base_url", "api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute",
                  "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s", "retry_after_max_s", "budget_usd",
-                 "prices")
+                 "prices", "transport")
 
 
 @register_backend("openai", kind="judge")
@@ -151,4 +151,5 @@ class OpenAIJudge(Judge):
                                f"{failed[0].error}); finished calls are cached, build again to resume "
                                f"(or allow judge.max_failed_calls)")
         return Verdicts(run, j.model, template.version_id,
-                        {"spend_this_build": client.ledger.summary(), "transport_retries": client.retries})
+                        {"spend_this_build": client.ledger.summary(), "transport_retries": client.retries,
+                         "transport": client.transport})
