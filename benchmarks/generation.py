@@ -18,8 +18,12 @@ generation stage (`sample_unique` built by a recipe: 64 distinct samples per pro
 Parquet writing) against raw `vllm.LLM.generate` on the same engine, prompts and sampling settings, and the
 toolkit's reward scoring (`score_cached`: chat template, tokenization, length buckets, cache) against raw
 `LLM.classify` on the same rendered conversations (target: >= 90% of raw for both). The engines are loaded once
-and kept across alternating rounds (a build's engine start is reported apart); each stage round builds into a
-fresh catalog, so nothing comes from a cache. The stage needs duckdb, pyarrow and rich, which the vllm venv
+and kept; both sides are warmed up untimed, then timed in rounds whose order alternates, and the median and every
+round's ratio are printed with the load average. Each stage round builds into a fresh catalog, so nothing comes
+from a cache; the stage's responses are checked to be raw generate's own (same seeds). Size: the real job is 64
+samples for each of many prompts, so the stage runs whole chunks of prompts (1024 samples by default) while its
+once-per-build costs (catalog, reading the prompts, fingerprints: about a second) are paid once; use enough prompts
+that those are a small part (`--prompts 16`: one full chunk, four of the engine's 256-sequence batches). The stage needs duckdb, pyarrow and rich, which the vllm venv
 lacks: they are installed once, without dependencies, into the benchmark's own folder
 (~/.cache/xwin-data/bench-overlay) on that venv's path.
 """
@@ -154,7 +158,7 @@ stages:
       max_samples: N
       sampling: SAMPLING
 """
-OVERLAY_PACKAGES = ["duckdb", "pyarrow", "rich", "markdown-it-py", "mdurl", "pygments", "aiolimiter"]
+OVERLAY_PACKAGES = ["duckdb", "pyarrow", "rich", "markdown-it-py", "mdurl", "pygments", "aiolimiter", "xxhash"]
 
 
 def ensure_overlay(python: Path) -> Path:
@@ -194,43 +198,69 @@ def stage_worker(cfg_json: str) -> None:
     load_gen = time.perf_counter() - t0
     gen.close = lambda: None  # the stage's `with` block leaves the engine loaded for the next round
     generation.make_generator = lambda spec: gen
-    work = Path(tempfile.mkdtemp(prefix="gen-stage-"))
-    (work / "prompts.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "messages": p}) + "\n"
-                                                for i, p in enumerate(prompts)))
-    ids = [gen.prompt_ids(p) for p in prompts]
+    engine_s = [0.0]   # time inside LLM.generate during a stage round: the rest is the toolkit's own
+    llm_generate = gen.llm.generate
 
-    def stage(r: int) -> dict:
-        sampling = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": new_tokens, "seed": r}
+    def timed_generate(*a, **k):
+        t = time.perf_counter()
+        try:
+            return llm_generate(*a, **k)
+        finally:
+            engine_s[0] += time.perf_counter() - t
+    work = Path(tempfile.mkdtemp(prefix="gen-stage-"))
+    for name, group in (("prompts", prompts), ("warm", prompts[:2])):
+        (work / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "messages": p}) + "\n"
+                                                   for i, p in enumerate(group)))
+
+    def stage(r: int, group: str = "prompts", tokens: int = new_tokens) -> dict:
+        sampling = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": tokens, "seed": r}
         recipe = work / f"stage{r}.yaml"
-        recipe.write_text(STAGE_RECIPE.replace("PROMPTS", json.dumps(str(work / "prompts.jsonl")))
+        recipe.write_text(STAGE_RECIPE.replace("PROMPTS", json.dumps(str(work / f"{group}.jsonl")))
                           .replace("POLICY", json.dumps(policy)).replace("SAMPLING", json.dumps(sampling))
                           .replace("N", str(n)))
+        engine_s[0] = 0.0
+        gen.llm.generate = timed_generate
         t = time.perf_counter()
-        report = xwin_data.build(recipe, work / f"catalog{r}", show_progress=False)
-        wall = time.perf_counter() - t
+        try:
+            report = xwin_data.build(recipe, work / f"catalog{r}", show_progress=False)
+        finally:
+            wall = time.perf_counter() - t
+            gen.llm.generate = llm_generate
         con = xwin_data.connect(work / f"catalog{r}")
-        tokens, rows = con.sql("SELECT sum(tokens), count(*) FROM samples").fetchall()[0]
+        tokens_out, rows = con.sql("SELECT sum(tokens), count(*) FROM samples").fetchall()[0]
+        texts = sorted(x[0] for x in con.sql("SELECT response FROM samples").fetchall())
         con.close()
         samples = next(s for s in report.stages if s.stage_id == "samples")
-        return {"wall_s": wall, "stage_s": samples.seconds, "tokens": int(tokens), "rows": int(rows),
-                "tokens_per_s": tokens / wall, "duplicates": samples.stats.get("duplicates")}
+        return {"wall_s": wall, "stage_s": samples.seconds, "engine_s": engine_s[0], "tokens": int(tokens_out),
+                "rows": int(rows), "calls": samples.stats.get("rounds"),
+                "tokens_per_s": tokens_out / wall, "duplicates": samples.stats.get("duplicates"), "texts": texts,
+                "load": os.getloadavg()[0]}
 
-    def raw(r: int) -> dict:
+    def raw(r: int, group: list = prompts, tokens: int = new_tokens) -> dict:
+        ids = [gen.prompt_ids(p) for p in group]
         params = [SamplingParams(n=n, seed=derive_seed(r, gen.render(p)), temperature=1.0, top_p=1.0,
-                                 max_tokens=new_tokens) for p in prompts]
+                                 max_tokens=tokens) for p in group]
         t = time.perf_counter()
         outs = gen.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
         wall = time.perf_counter() - t
-        tokens = sum(len(o.token_ids) for out in outs for o in out.outputs)
-        return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
-                "texts": [o.text for out in outs for o in out.outputs]}
+        tokens_out = sum(len(o.token_ids) for out in outs for o in out.outputs)
+        return {"wall_s": wall, "tokens": tokens_out, "tokens_per_s": tokens_out / wall,
+                "texts": [o.text for out in outs for o in sorted(out.outputs, key=lambda o: o.index)],
+                "load": os.getloadavg()[0]}
 
-    stage(999)  # warm-up (imports, first build)
+    # Untimed warm-up of both sides (imports, the first build, the engine's first batches of each shape).
+    stage(999, "warm", 8)
+    raw(999, prompts[:2], 8)
     gen_rows = {"stage": [], "raw": []}
+    same = []
     for r in range(rounds):
         for name in (("stage", "raw") if r % 2 == 0 else ("raw", "stage")):
             gen_rows[name].append(stage(r) if name == "stage" else raw(r))
-    texts = gen_rows["raw"][-1].pop("texts")
+        # The stage keeps the distinct responses, drawn with raw generate's seeds. vLLM is not batch-invariant (a
+        # bf16 logit can differ with the batch's make-up or a prefix-cache hit), so a few may differ.
+        s_texts, r_texts = gen_rows["stage"][-1].pop("texts"), set(gen_rows["raw"][-1]["texts"])
+        same.append(f"{sum(t in r_texts for t in s_texts)}/{len(s_texts)}")
+    texts = gen_rows["raw"][-1]["texts"]
     for x in gen_rows["raw"]:
         x.pop("texts", None)
 
@@ -241,26 +271,34 @@ def stage_worker(cfg_json: str) -> None:
     convs = [with_response(prompts[i // n], t) for i, t in enumerate(texts)]
     rendered = [scorer.render(c) for c in convs]
 
-    def toolkit_scores(r: int) -> dict:
+    def toolkit_scores(r: int, items: list = convs) -> dict:
         with RequestCache(work / f"reward{r}.sqlite") as cache:
             t = time.perf_counter()
-            score_cached(scorer, cache, convs)
+            scores = score_cached(scorer, cache, items)
             wall = time.perf_counter() - t
-        return {"wall_s": wall, "per_s": len(convs) / wall}
+        return {"wall_s": wall, "per_s": len(items) / wall, "scores": scores, "load": os.getloadavg()[0]}
 
-    def raw_scores(r: int) -> dict:
+    def raw_scores(r: int, items: list = rendered) -> dict:
         t = time.perf_counter()
-        scorer.llm.classify(rendered, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+        outs = scorer.llm.classify(items, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
         wall = time.perf_counter() - t
-        return {"wall_s": wall, "per_s": len(convs) / wall}
+        return {"wall_s": wall, "per_s": len(items) / wall, "scores": [float(o.outputs.probs[0]) for o in outs],
+                "load": os.getloadavg()[0]}
 
-    raw_scores(-1)
+    toolkit_scores(-1, convs[:64])
+    raw_scores(-1, rendered[:64])
     score_rows = {"toolkit": [], "raw": []}
     for r in range(rounds):
         for name in (("toolkit", "raw") if r % 2 == 0 else ("raw", "toolkit")):
             score_rows[name].append(toolkit_scores(r) if name == "toolkit" else raw_scores(r))
+    a, b = score_rows["toolkit"][-1]["scores"], score_rows["raw"][-1]["scores"]
+    score_diff = max(abs(x - y) for x, y in zip(a, b)) if a else 0.0
+    for rows in score_rows.values():
+        for x in rows:
+            x.pop("scores")
     print("RESULT " + json.dumps({"generation": gen_rows, "scoring": score_rows, "load_generator_s": load_gen,
-                                  "load_scorer_s": load_rm, "conversations": len(convs)}), flush=True)
+                                  "load_scorer_s": load_rm, "conversations": len(convs), "same_responses": same,
+                                  "max_score_difference": score_diff}), flush=True)
 
 
 def run_stage_comparison(python: Path, env: dict, args, model: str, reward_model: str) -> None:
@@ -278,21 +316,34 @@ def run_stage_comparison(python: Path, env: dict, args, model: str, reward_model
     res = json.loads(line[7:])
     gen, sc = res["generation"], res["scoring"]
     print(f"\nvllm-cpu ({args.dtype}), engines loaded once (generator {res['load_generator_s']:.1f} s, scorer "
-          f"{res['load_scorer_s']:.1f} s), {args.rounds} alternating rounds:")
+          f"{res['load_scorer_s']:.1f} s); {args.prompts} prompts x {args.n} samples x {args.max_new_tokens} new "
+          f"tokens; an untimed warm-up, then {args.rounds} rounds in alternating order:")
     for r, (s, w) in enumerate(zip(gen["stage"], gen["raw"])):
-        print(f"  round {r + 1}: stage {s['tokens_per_s']:.0f} tok/s ({s['tokens']} tokens, {s['rows']} rows, build "
-              f"{s['wall_s']:.2f} s of which the sampling stage {s['stage_s']:.2f} s) | raw LLM.generate "
-              f"{w['tokens_per_s']:.0f} tok/s ({w['tokens']} tokens, {w['wall_s']:.2f} s) | "
-              f"{s['tokens_per_s'] / w['tokens_per_s']:.2f}")
-    gen_ratio = median([s["tokens_per_s"] / w["tokens_per_s"] for s, w in zip(gen["stage"], gen["raw"])])
+        first = "stage" if r % 2 == 0 else "raw"
+        print(f"  round {r + 1} ({first} first): stage {s['tokens_per_s']:.0f} tok/s ({s['tokens']} tokens, "
+              f"{s['rows']} rows, build {s['wall_s']:.2f} s, sampling stage {s['stage_s']:.2f} s, inside "
+              f"LLM.generate {s['engine_s']:.2f} s) | raw "
+              f"LLM.generate {w['tokens_per_s']:.0f} tok/s ({w['tokens']} tokens, {w['wall_s']:.2f} s) | "
+              f"{s['tokens_per_s'] / w['tokens_per_s']:.2f} | load avg {s['load']:.1f}/{w['load']:.1f}")
+    gen_ratios = [s["tokens_per_s"] / w["tokens_per_s"] for s, w in zip(gen["stage"], gen["raw"])]
+    op_ratios = [w["wall_s"] / s["stage_s"] for s, w in zip(gen["stage"], gen["raw"])]
     for r, (s, w) in enumerate(zip(sc["toolkit"], sc["raw"])):
-        print(f"  round {r + 1}: score_cached {s['per_s']:.0f} conv/s | raw LLM.classify {w['per_s']:.0f} conv/s | "
-              f"{s['per_s'] / w['per_s']:.2f}")
-    score_ratio = median([s["per_s"] / w["per_s"] for s, w in zip(sc["toolkit"], sc["raw"])])
-    print(f"generation stage / raw LLM.generate (tokens/s, whole build): {gen_ratio:.2f} "
-          f"(target >= 0.90: {'met' if gen_ratio >= 0.9 else 'NOT met'})")
-    print(f"reward scoring / raw LLM.classify ({res['conversations']} conversations/s): {score_ratio:.2f} "
-          f"(target >= 0.90: {'met' if score_ratio >= 0.9 else 'NOT met'})")
+        first = "score_cached" if r % 2 == 0 else "raw"
+        print(f"  round {r + 1} ({first} first): score_cached {s['per_s']:.0f} conv/s | raw LLM.classify "
+              f"{w['per_s']:.0f} conv/s | {s['per_s'] / w['per_s']:.2f} | load avg {s['load']:.1f}/{w['load']:.1f}")
+    score_ratios = [s["per_s"] / w["per_s"] for s, w in zip(sc["toolkit"], sc["raw"])]
+    print(f"stage responses also drawn by raw generate (same seeds), per round: {', '.join(res['same_responses'])}; "
+          f"largest score difference score_cached vs classify: {res['max_score_difference']:.2g}")
+    print(f"generation stage / raw LLM.generate (tokens/s, whole build): {spread(gen_ratios)} "
+          f"(target >= 0.90: {'met' if median(gen_ratios) >= 0.9 else 'NOT met'}); the sampling stage alone "
+          f"(build overhead left out): {spread(op_ratios)}")
+    print(f"reward scoring / raw LLM.classify ({res['conversations']} conversations/s): {spread(score_ratios)} "
+          f"(target >= 0.90: {'met' if median(score_ratios) >= 0.9 else 'NOT met'})")
+    print(f"load average now {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+
+
+def spread(xs: list[float]) -> str:
+    return f"median {median(xs):.2f} (rounds: {', '.join(f'{x:.2f}' for x in xs)})"
 
 
 def median(xs: list[float]) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from xwin_data.llm.cache import RequestCache
-from xwin_data.llm.generation import (Completion, GeneratorSpec, SamplingConfig, derive_seed, generate_cached,
-                                      make_generator, model_identity)
+from xwin_data.llm.generation import (Completion, GeneratorSpec, SamplingConfig, derive_seed, draw_cached,
+                                      generate_cached, make_generator, model_identity)
 from xwin_data.llm.tiny import CHAT_TEMPLATE, ensure_tiny_models
 
 PROMPTS = [
@@ -265,3 +265,27 @@ def test_generate_cached_transformers_matches_direct_and_fills_gaps(gen, tmp_pat
     with RequestCache(tmp_path / "gen.sqlite") as cache:
         other = generate_cached(gen, cache, items, 2, SamplingConfig(seed=9, max_new_tokens=10, temperature=0.5))
     assert other != two   # a sampling parameter is part of the key
+
+
+def test_draw_cached_mixed_ranges_equal_separate_calls_and_resume(gen, tmp_path):
+    """Prompts with different sample ranges in one call (a uniqueness round) get exactly the samples that
+    separate calls give, and what is cached is not drawn again."""
+    sampling = SamplingConfig(seed=4, max_new_tokens=8)
+    requests = [("a", PROMPTS[0], 0, 3), ("b", PROMPTS[1], 2, 1), ("c", PROMPTS[2], 1, 2)]
+    with RequestCache(tmp_path / "mixed.sqlite") as cache:
+        stats: dict = {}
+        mixed = draw_cached(gen, cache, requests, sampling, stats=stats)
+        assert stats == {"cached": 0, "generated": 6}
+        stats = {}
+        assert draw_cached(gen, cache, requests, sampling, stats=stats) == mixed
+        assert stats == {"cached": 6, "generated": 0}
+    with RequestCache(tmp_path / "separate.sqlite") as cache:
+        separate = [generate_cached(gen, cache, [(pid, p)], n, sampling, start=start)[0]
+                    for pid, p, start, n in requests]
+    assert mixed == separate
+    assert [len(x) for x in mixed] == [3, 1, 2]
+    direct = gen.generate_mixed([p for _i, p, _s, _n in requests], [n for *_x, n in requests], sampling,
+                                [derive_seed(4, gen.render(p)) + start for _i, p, start, _n in requests])
+    assert direct == mixed
+    with pytest.raises(ValueError, match="at least 1"):
+        draw_cached(gen, cache, [("a", PROMPTS[0], 0, 0)], sampling)

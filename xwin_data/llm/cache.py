@@ -55,6 +55,20 @@ class RequestCache:
         with self._lock:
             self._con.execute("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", (key, namespace, text, time.time()))
 
+    def put_many(self, items: Iterable[tuple[str, Any]], namespace: str = "") -> None:
+        """Store the results of one call that answered many requests, in one transaction (one commit instead of
+        one per row: thousands of samples per engine call); durable when this returns."""
+        now = time.time()
+        rows = [(k, namespace, json.dumps(v, ensure_ascii=False, default=str), now) for k, v in items]
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                self._con.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", rows)
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
+
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return self._con.execute("SELECT 1 FROM requests WHERE key = ?", (key,)).fetchone() is not None

@@ -101,6 +101,33 @@ class Generator:
                   seeds: list[int]) -> list[list[Completion]]:
         raise NotImplementedError
 
+    def generate_mixed(self, prompts: Sequence[Messages], counts: Sequence[int], sampling: SamplingConfig,
+                       seeds: Sequence[int]) -> list[list[Completion]]:
+        """`counts[i]` completions of prompt i, completion j drawn with seed `seeds[i] + j`: the same samples as
+        `generate`, for requests of different sizes at once (the rounds of "sample until k unique")."""
+        if not (len(prompts) == len(counts) == len(seeds)):
+            raise ValueError(f"{len(prompts)} prompts, {len(counts)} counts and {len(seeds)} seeds")
+        if any(c < 1 for c in counts):
+            raise ValueError(f"every count must be at least 1, got {min(counts)}")
+        prompts = [validate_messages(p, i) for i, p in enumerate(prompts)]
+        if not prompts:
+            return []
+        return self._generate_mixed(prompts, [int(c) for c in counts], sampling, [int(s) for s in seeds])
+
+    def _generate_mixed(self, prompts: list[Messages], counts: list[int], sampling: SamplingConfig,
+                        seeds: list[int]) -> list[list[Completion]]:
+        """One `_generate` call per distinct count; a continuously batching engine overrides this to take them all
+        in one call, so small requests fill its batch instead of running alone."""
+        out: list[list[Completion]] = [[] for _ in prompts]
+        by_count: dict[int, list[int]] = {}
+        for i, count in enumerate(counts):
+            by_count.setdefault(count, []).append(i)
+        for count, members in by_count.items():
+            outs = self._generate([prompts[i] for i in members], count, sampling, [seeds[i] for i in members])
+            for i, comps in zip(members, outs):
+                out[i] = comps
+        return out
+
     def render(self, messages: Messages) -> str:
         """The exact prompt the model sees (chat template applied): the part of a cache key that names the input."""
         return json.dumps(messages, ensure_ascii=False, sort_keys=True)
@@ -160,10 +187,14 @@ def make_generator(spec: GeneratorSpec | dict) -> Generator:
 def sample_key(backend: str, model_id: str, rendered_prompt: str, sampling: SamplingConfig, seed: int) -> str:
     """Cache key of one sample: backend (samplers differ), model, exact prompt, sampling parameters and the
     sample's own seed."""
+    return _sample_key(backend, model_id, rendered_prompt, sampling.cache_params(), seed)
+
+
+def _sample_key(backend: str, model_id: str, rendered_prompt: str, params: dict, seed: int) -> str:
     from xwin_data.llm.cache import request_key
 
     return request_key(kind="generation", backend=backend, model=model_id, prompt=rendered_prompt,
-                       sampling=sampling.cache_params(), seed=int(seed))
+                       sampling=params, seed=int(seed))
 
 
 def generate_cached(generator: Generator, cache, prompts_with_ids: Sequence[tuple[str, Messages]], n: int,
@@ -176,16 +207,31 @@ def generate_cached(generator: Generator, cache, prompts_with_ids: Sequence[tupl
     `on_done(prompt_id, completions, from_cache)` is called once per prompt, in completion order.
     Returns the completions in input order. `stats` (if given) receives counts of cached and generated samples.
     """
+    return draw_cached(generator, cache, [(pid, messages, start, n) for pid, messages in prompts_with_ids],
+                       sampling, on_done=on_done, stats=stats)
+
+
+def draw_cached(generator: Generator, cache, requests: Sequence[tuple[str, Messages, int, int]],
+                sampling: SamplingConfig, on_done: Callable[[str, list[Completion], bool], None] | None = None,
+                stats: dict | None = None) -> list[list[Completion]]:
+    """`generate_cached` with each prompt's own range of samples: requests are (id, messages, start, count), and
+    prompt i gets samples start..start+count-1. What is missing goes to the generator in waves of
+    `prompts_per_call` prompts, one `generate_mixed` call each (whatever the counts), and each wave's samples are
+    stored in one cache transaction when it returns."""
     if stats is None:
         stats = {}
     stats.setdefault("cached", 0)
     stats.setdefault("generated", 0)
     items = []
-    for i, (pid, messages) in enumerate(prompts_with_ids):
+    backend, model_id = generator.spec.backend, generator.model_id
+    params = sampling.cache_params()
+    for i, (pid, messages, start, n) in enumerate(requests):
+        if n < 1:
+            raise ValueError(f"request {i}: the sample count must be at least 1, got {n}")
         messages = validate_messages(messages, i)
         rendered = generator.render(messages)
-        base = derive_seed(sampling.seed, rendered) + start
-        keys = [sample_key(generator.spec.backend, generator.model_id, rendered, sampling, base + j) for j in range(n)]
+        base = derive_seed(sampling.seed, rendered) + int(start)
+        keys = [_sample_key(backend, model_id, rendered, params, base + j) for j in range(n)]
         items.append((str(pid), messages, base, keys))
 
     found = cache.get_many(k for item in items for k in item[3])
@@ -195,32 +241,39 @@ def generate_cached(generator: Generator, cache, prompts_with_ids: Sequence[tupl
         missing = [j for j, k in enumerate(keys) if k not in found]
         if not missing:
             results[idx] = [Completion(**found[k]) for k in keys]
-            stats["cached"] += n
+            stats["cached"] += len(keys)
             if on_done:
                 on_done(pid, results[idx], True)
         else:
             first = missing[0]
             todo.append((idx, first, missing[-1] - first + 1))
+    if not todo:
+        return [r if r is not None else [] for r in results]
 
-    per_call = generator.prompts_per_call(n)
-    namespace = f"generation:{generator.spec.backend}:{generator.model_id}"
+    per_call = generator.prompts_per_call(max(count for _i, _f, count in todo))
+    namespace = f"generation:{backend}:{model_id}"
+    put_many = getattr(cache, "put_many", None)
     for lo in range(0, len(todo), per_call):
         wave = todo[lo:lo + per_call]
-        # One call per distinct sample count keeps `n` uniform within a call.
-        by_count: dict[int, list[tuple[int, int, int]]] = {}
-        for entry in wave:
-            by_count.setdefault(entry[2], []).append(entry)
-        for count, entries in by_count.items():
-            outs = generator.generate([items[idx][1] for idx, _f, _c in entries], count, sampling,
-                                      seeds=[items[idx][2] + first for idx, first, _c in entries])
-            for (idx, first, _c), comps in zip(entries, outs):
-                pid, _m, _base, keys = items[idx]
-                for j, comp in enumerate(comps):
-                    cache.put(keys[first + j], comp.to_dict(), namespace)
-                    found[keys[first + j]] = comp.to_dict()
-                stats["generated"] += len(comps)
-                stats["cached"] += n - len(comps)
-                results[idx] = [Completion(**found[k]) for k in keys]
-                if on_done:
-                    on_done(pid, results[idx], False)
+        outs = generator.generate_mixed([items[idx][1] for idx, _f, _c in wave], [count for _i, _f, count in wave],
+                                        sampling, [items[idx][2] + first for idx, first, _c in wave])
+        fresh = []
+        for (idx, first, _c), comps in zip(wave, outs):
+            keys = items[idx][3]
+            for j, comp in enumerate(comps):
+                value = comp.to_dict()
+                fresh.append((keys[first + j], value))
+                found[keys[first + j]] = value
+        if put_many is not None:
+            put_many(fresh, namespace)
+        else:
+            for key, value in fresh:
+                cache.put(key, value, namespace)
+        for (idx, first, _c), comps in zip(wave, outs):
+            pid, _m, _base, keys = items[idx]
+            stats["generated"] += len(comps)
+            stats["cached"] += len(keys) - len(comps)
+            results[idx] = [Completion(**found[k]) for k in keys]
+            if on_done:
+                on_done(pid, results[idx], False)
     return [r if r is not None else [] for r in results]

@@ -179,6 +179,7 @@ class DeferredGenerator(LocalGenerator):
         self.tokenizer = vllm_tokenizer(spec)
         self.model_id = spec.backend_class().identity(spec)
         self.max_model_len = vllm_engine_kwargs(spec, on_cpu=False)[1]
+        self.max_num_seqs = int(spec.options.get("max_num_seqs") or 256)  # vLLM's default; only groups lookups
         self._engine = None
 
     def prompts_per_call(self, n: int) -> int:

@@ -96,19 +96,31 @@ class Scorer:
 
     def encode(self, rendered: str, stats: dict | None = None) -> list[int]:
         """Token ids of a rendered conversation (the template supplies any BOS), keeping the last max_length."""
-        ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.max_length:
-            if stats is not None:
-                stats["truncated"] = stats.get("truncated", 0) + 1
-            ids = ids[-self.max_length:]
-        return ids
+        return self.encode_many([rendered], stats)[0]
+
+    def encode_many(self, rendered: Sequence[str], stats: dict | None = None) -> list[list[int]]:
+        """`encode` of many conversations in one tokenizer call (a fast tokenizer's batch path, not one Python
+        call per conversation)."""
+        if not rendered:
+            return []
+        out = self.tokenizer(list(rendered), add_special_tokens=False)["input_ids"]
+        long = [i for i, ids in enumerate(out) if len(ids) > self.max_length]
+        for i in long:
+            out[i] = out[i][-self.max_length:]
+        if long and stats is not None:
+            stats["truncated"] = stats.get("truncated", 0) + len(long)
+        return out
+
+    def bucket_size(self) -> int:
+        """Conversations per `_score` call: the forward batch of a padding backend (`batch_size`)."""
+        return self.spec.batch_size
 
     def score_ids(self, ids: Sequence[list[int]], on_bucket=None) -> list[float]:
         """Scores in input order, computed in buckets of `batch_size` sequences of similar length.
         `on_bucket(indices, scores)` is called as each bucket completes."""
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
         out: list[float] = [0.0] * len(ids)
-        bs = self.spec.batch_size
+        bs = self.bucket_size()
         for lo in range(0, len(order), bs):
             bucket = order[lo:lo + bs]
             scores = [float(s) for s in self._score([ids[i] for i in bucket])]
@@ -119,7 +131,7 @@ class Scorer:
         return out
 
     def score(self, conversations: Sequence[Messages], stats: dict | None = None) -> list[float]:
-        return self.score_ids([self.encode(self.render(c), stats) for c in conversations])
+        return self.score_ids(self.encode_many([self.render(c) for c in conversations], stats))
 
     def score_responses(self, prompts: Sequence[Messages], responses: Sequence[str],
                         stats: dict | None = None) -> list[float]:
@@ -186,15 +198,20 @@ def score_cached(scorer: Scorer, cache, conversations: Sequence[Messages], stats
     stats["cached"] += len(keys) - len(todo)
     namespace = f"reward:{scorer.model_id}"
 
+    put_many = getattr(cache, "put_many", None)
+
     def store(bucket: list[int], scores: list[float]) -> None:
-        for b, s in zip(bucket, scores):
-            key = keys[todo[b]]
-            cache.put(key, {"score": s}, namespace)
-            found[key] = {"score": s}
+        fresh = [(keys[todo[b]], {"score": s}) for b, s in zip(bucket, scores)]
+        if put_many is not None:   # one transaction per bucket
+            put_many(fresh, namespace)
+        else:
+            for key, value in fresh:
+                cache.put(key, value, namespace)
+        found.update(fresh)
         stats["scored"] += len(bucket)
         if on_scored:
             on_scored(len(bucket))
 
     if todo:
-        scorer.score_ids([scorer.encode(rendered[i], stats) for i in todo], on_bucket=store)
+        scorer.score_ids(scorer.encode_many([rendered[i] for i in todo], stats), on_bucket=store)
     return [float(found[k]["score"]) for k in keys]

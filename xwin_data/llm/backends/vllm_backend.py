@@ -24,6 +24,7 @@ from xwin_data.llm.reward import Scorer, ScorerSpec, truncation_length
 from xwin_data.llm.spec import load_chat_template
 
 _OWN_KEYS = {"model_id", "in_process"}
+SCORE_BUCKET = 2048   # conversations per classify call at least
 
 
 def _on_cpu() -> bool:
@@ -90,14 +91,23 @@ class VLLMGenerator(LocalGenerator):
                 kwargs.setdefault("max_num_batched_tokens", max(8192, int(longest)))
         self.llm = LLM(model=model_path, tokenizer=tok_path, revision=revision, **kwargs)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.max_num_seqs = int(getattr(self.llm.llm_engine.vllm_config.scheduler_config, "max_num_seqs", 256) or 256)
         self.model_id = self.identity(spec)
 
     def prompts_per_call(self, n: int) -> int:
-        # The engine batches continuously; give it enough work to fill its batch, but cache at a useful grain.
-        return max(1, max(self.spec.batch_size, 256) // max(1, n))
+        # The engine batches continuously and is fastest with many sequences at once: give it several batches'
+        # worth (its `max_num_seqs` each), so that one call's short sequences are replaced by waiting ones instead
+        # of leaving the batch part-empty, while each call's samples are still cached as it returns.
+        return max(1, max(self.spec.batch_size, 4 * self.max_num_seqs) // max(1, n))
 
     def _generate(self, prompts: list[Messages], n: int, sampling: SamplingConfig,
                   seeds: list[int]) -> list[list[Completion]]:
+        return self._generate_mixed(prompts, [n] * len(prompts), sampling, seeds)
+
+    def _generate_mixed(self, prompts: list[Messages], counts: list[int], sampling: SamplingConfig,
+                        seeds: list[int]) -> list[list[Completion]]:
+        # Every request in one `LLM.generate` call, each with its own `n` and seed: vLLM gives child j of a request
+        # seeded s the seed s + j, however the requests are batched.
         from vllm import SamplingParams
 
         encoded = [self.prompt_ids(p) for p in prompts]
@@ -107,7 +117,7 @@ class VLLMGenerator(LocalGenerator):
         params = [SamplingParams(n=n, seed=seed, temperature=sampling.temperature, top_p=sampling.top_p,
                                  top_k=sampling.top_k if sampling.top_k > 0 else 0,
                                  max_tokens=min(sampling.max_new_tokens, self.max_model_len - len(ids)))
-                  for ids, seed in zip(encoded, seeds)]
+                  for ids, n, seed in zip(encoded, counts, seeds)]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
         result = []
         for out in outputs:
@@ -144,6 +154,11 @@ class VLLMScorer(Scorer):
         if spec.tokenizer:
             kwargs["tokenizer"] = resolve_model(spec.tokenizer)
         self.llm = _import_llm()(model=path, **kwargs)
+
+    def bucket_size(self) -> int:
+        # The engine packs sequences into its own batches with no padding: a bucket is only the grain at which
+        # scores are cached, so it holds several engine batches and the last one of each call is rarely part-empty.
+        return max(self.spec.batch_size, SCORE_BUCKET)
 
     def _score(self, batch: list[list[int]]) -> list[float]:
         from vllm import PoolingParams

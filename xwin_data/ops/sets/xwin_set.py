@@ -64,6 +64,11 @@ def prompts_sql(source: str, columns: set[str], turns: str, max_prompts: int | N
     return keep, drops
 
 
+# Samples per chunk by default: several batches of a continuously batching engine (vLLM's default max_num_seqs
+# is 256), so the engine is not left with a part-empty batch while a chunk's last sequences finish.
+SAMPLES_PER_CHUNK = 1024
+
+
 class SampleParams(Params):
     policy: dict[str, Any] = Field({}, description="generation backend spec (GeneratorSpec): "
                                    "backend, model, tokenizer, chat_template, base_url, batch_size, ...")
@@ -76,8 +81,9 @@ class SampleParams(Params):
                              "message), or every turn up to the last user turn")
     max_prompts: int | None = Field(None, ge=1, description="use at most this many prompts (a seeded subset by "
                                                             "hash of the prompt id); null = all")
-    prompts_per_chunk: int = Field(8, ge=1, description="prompts sampled to completion before the next ones: "
-                                                        "the unit of work and of progress (bounds memory)")
+    prompts_per_chunk: int | None = Field(None, ge=1, description="prompts sampled to completion before the next "
+                                          "ones: the unit of work and of progress (bounds memory); default: enough "
+                                          f"for {SAMPLES_PER_CHUNK} samples (n_unique each), at least 8")
     placement: dict[str, Any] = Field({}, exclude=True, description="policy.replicas / gpus / tensor_parallel: "
                                       "where the policy runs on a cluster (never in the fingerprint)")
 
@@ -112,6 +118,11 @@ class SampleParams(Params):
         if self.max_samples is None:
             self.max_samples = 4 * self.n_unique
         return self
+
+
+def chunk_prompts(params: SampleParams) -> int:
+    """Prompts per unit of work: the recipe's `prompts_per_chunk`, or enough for SAMPLES_PER_CHUNK samples."""
+    return params.prompts_per_chunk or max(8, math.ceil(SAMPLES_PER_CHUNK / params.n_unique))
 
 
 @dataclass
@@ -206,7 +217,7 @@ class SampleUnique(Op):
                   "tokens_generated": 0}
         # One unit per chunk of prompts, sampled to completion by one replica of the policy; per-sample seeds,
         # not the replica or the order, decide every response.
-        step = params.prompts_per_chunk
+        step = chunk_prompts(params)
         units = [Unit(("prompts", [p["prompt_id"] for p in prompts[lo:lo + step]]), prompts[lo:lo + step],
                       len(prompts[lo:lo + step])) for lo in range(0, len(prompts), step)]
         spec = GeneratorSpec.model_validate(params.policy)
@@ -281,35 +292,36 @@ class SampleUnique(Op):
             return sampler.run(prompts, wanted, cap, PromptState, next_round, on_samples=progress)
 
     @staticmethod
-    def _sample_chunk(gen, cache, states, sampling, wanted, cap, gen_stats, totals, generate_cached) -> None:
+    def _sample_chunk(gen, cache, states, sampling, wanted, cap, gen_stats, totals, draw_cached) -> None:
+        """Rounds until every prompt has `wanted` distinct responses or `cap` draws; each round is one cached call
+        for all its prompts whatever each one still needs, so a continuously batching engine runs them together."""
         from xwin_data.llm.generation import PromptTooLongError
 
-        def draw(members: list[PromptState], start: int, count: int) -> None:
+        def draw(members: list[tuple[PromptState, int]]) -> None:
             try:
-                outs = generate_cached(gen, cache, [(st.prompt_id, st.prompt) for st in members], count, sampling,
-                                       start=start, stats=gen_stats)
+                outs = draw_cached(gen, cache, [(st.prompt_id, st.prompt, st.drawn, count) for st, count in members],
+                                   sampling, stats=gen_stats)
             except PromptTooLongError as err:
                 if len(members) == 1:
-                    members[0].failed = str(err)
+                    members[0][0].failed = str(err)
                     return
-                for st in members:  # find the prompt(s) at fault; the others go on
-                    draw([st], start, count)
+                for member in members:  # find the prompt(s) at fault; the others go on
+                    draw([member])
                 return
-            for st, comps in zip(members, outs):
-                st.take(comps, start, wanted)
+            for (st, _count), comps in zip(members, outs):
+                st.take(comps, st.drawn, wanted)
 
         while True:
-            groups: dict[tuple[int, int], list[PromptState]] = {}
+            members = []
             for st in states:
                 if st.failed is None and len(st.kept) < wanted and st.drawn < cap:
                     count = next_round(st, wanted, cap)
                     if count > 0:
-                        groups.setdefault((st.drawn, count), []).append(st)
-            if not groups:
+                        members.append((st, count))
+            if not members:
                 return
             totals["rounds"] += 1
-            for (start, count), members in sorted(groups.items()):
-                draw(members, start, count)
+            draw(members)
 
     @staticmethod
     def _rows(st: PromptState, policy: str) -> list[dict]:
@@ -327,6 +339,11 @@ class TokenCounter:
 
     def generate(self, *args: Any, **kwargs: Any):
         outs = self._gen.generate(*args, **kwargs)
+        self.tokens += sum(c.tokens or 0 for comps in outs for c in comps)
+        return outs
+
+    def generate_mixed(self, *args: Any, **kwargs: Any):
+        outs = self._gen.generate_mixed(*args, **kwargs)
         self.tokens += sum(c.tokens or 0 for comps in outs for c in comps)
         return outs
 
@@ -358,7 +375,7 @@ class ChunkSampler:
         self.outputs = outputs
 
     def __call__(self, prompts: list[dict]) -> tuple[dict, dict]:
-        from xwin_data.llm.generation import generate_cached
+        from xwin_data.llm.generation import draw_cached
 
         n_unique = self.params.n_unique
         gen_stats: dict[str, int] = {}
@@ -367,7 +384,7 @@ class ChunkSampler:
                   "prompts_failed": 0, "rounds": 0}
         states = [PromptState(p["prompt_id"], p["prompt"]) for p in prompts]
         SampleUnique._sample_chunk(self.gen, self.cache, states, self.sampling, self.wanted, self.cap, gen_stats,
-                                   counts, generate_cached)
+                                   counts, draw_cached)
         rows, short_rows, failed = [], [], []
         for st in states:
             if st.failed is not None:
@@ -395,6 +412,3 @@ class ChunkSampler:
     def close(self) -> None:
         self.gen.close()
         self.cache.close()
-
-
-# ------------------------------------------------------------------------------------------------ scoring
