@@ -65,7 +65,7 @@ def _write_except(ctx, dropped: str) -> None:
 
     ids = ctx.con.sql(f"SELECT id FROM {dropped}").to_arrow_table().column(0).combine_chunks()
     schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-    map_input_parallel(ctx, partial(_without_ids, ids=ids), schema, batch_size=20_000, threads=2,
+    map_input_parallel(ctx, partial(_without_ids, ids=ids), schema, batch_size=5_000, threads=2,
                        description=f"{ctx.stage_id}: writing the kept rows")
 
 
@@ -102,7 +102,7 @@ class DedupExact(Op):
 
         con = ctx.con
         con.execute("CREATE TEMP TABLE __keys (id VARCHAR, k UHUGEINT, ord BIGINT)")
-        reader = con.cursor().sql(f"SELECT id, {TEXT_SQL[params.on]} AS txt FROM {ctx.input()}").to_arrow_reader(20_000)
+        reader = con.cursor().sql(f"SELECT id, {TEXT_SQL[params.on]} AS txt FROM {ctx.input()}").to_arrow_reader(5_000)
         pending: deque = deque()
         seen = 0
 
