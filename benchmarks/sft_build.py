@@ -2,6 +2,7 @@
 
     python benchmarks/sft_build.py                 # 200K conversations
     python benchmarks/sft_build.py --n 1000000     # the 1M target (< 4 GB peak memory)
+    python benchmarks/sft_build.py --n 100000 --peer datatrove --rounds 2   # against datatrove, near-dedup on
 
 The input is real conversations from ../shared/data (FastChat, LLaMA-Factory demos, axolotl, MT-bench answers of
 32 models joined with their questions; the project's sample where that folder is absent), replicated with
@@ -16,8 +17,16 @@ The baseline is written the way such scripts usually are: `load_dataset("json")`
 calls and a Python set for dedup, then `save_to_disk`. It runs in two variants: `baseline-same` cleans each value
 with the recipe's own `clean_value` (identical output), `baseline-common` calls `ftfy.fix_text` on every value as
 such scripts usually do. Each pipeline runs in its own subprocess; wall time, CPU time and that process's peak RSS
-(from wait4) are reported, with the ratios and whether the kept ids are the same. The recipe runs with DuckDB's
-memory limit at 2 GB (`--memory-limit` of `xwin-data build`).
+(from wait4: the largest single process) and the peak of the summed proportional set sizes of the process tree
+(what the pipeline held at once, shared pages counted once) are reported, with the ratios and whether the kept ids
+are the same. For the recipe, the peaks per stage of the main process and of its workers are printed too. The
+recipe runs with DuckDB's memory limit at 2 GB (`--memory-limit` of `xwin-data build`; SFT_BUILD_MEMORY_LIMIT
+changes it).
+
+`--peer datatrove` runs the same input through datatrove (`benchmarks/sft_datatrove.py`, in a virtual environment
+of its own under ~/.cache/xwin-data/benchmark-venvs, created on first use) with as many tasks and worker processes
+as this process may use cores, beside the recipe with near-dedup on; the input is split into that many shards
+first (datatrove gives each task whole files), outside the timing.
 """
 from __future__ import annotations
 

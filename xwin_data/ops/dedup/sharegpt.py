@@ -239,8 +239,10 @@ class DedupNear(Op):
         found = np.zeros(0, np.int64)
         if band_path in writers:
             bands = pq.ParquetFile(band_path)
-            found = sorted_unique(np.concatenate([bucket_pairs(bands.read(columns=[f"b{j}"]).column(0).to_numpy())
-                                              for j in range(params.bands)]))
+            for j in range(params.bands):  # merged band by band: a copy's pair is found in every band, and
+                # holding all bands' pairs before merging them would take `bands` times the memory
+                pairs = bucket_pairs(bands.read(columns=[f"b{j}"]).column(0).to_numpy())
+                found = sorted_unique(np.concatenate([found, pairs])) if len(found) else sorted_unique(pairs)
         first, second = decode(found)
         estimated = _estimates(sig_path, first, second) if len(found) else np.zeros(0)
         floor = params.threshold - params.estimate_margin if params.verify else params.threshold
