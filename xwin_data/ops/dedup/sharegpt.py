@@ -65,7 +65,7 @@ def _write_except(ctx, dropped: str) -> None:
 
     ids = ctx.con.sql(f"SELECT id FROM {dropped}").to_arrow_table().column(0).combine_chunks()
     schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-    map_input_parallel(ctx, partial(_without_ids, ids=ids), schema, batch_size=20_000, threads=2,
+    map_input_parallel(ctx, partial(_without_ids, ids=ids), schema, batch_size=5_000, threads=2,
                        description=f"{ctx.stage_id}: writing the kept rows")
 
 
@@ -102,7 +102,7 @@ class DedupExact(Op):
 
         con = ctx.con
         con.execute("CREATE TEMP TABLE __keys (id VARCHAR, k UHUGEINT, ord BIGINT)")
-        reader = con.cursor().sql(f"SELECT id, {TEXT_SQL[params.on]} AS txt FROM {ctx.input()}").to_arrow_reader(20_000)
+        reader = con.cursor().sql(f"SELECT id, {TEXT_SQL[params.on]} AS txt FROM {ctx.input()}").to_arrow_reader(5_000)
         pending: deque = deque()
         seen = 0
 
@@ -239,8 +239,10 @@ class DedupNear(Op):
         found = np.zeros(0, np.int64)
         if band_path in writers:
             bands = pq.ParquetFile(band_path)
-            found = sorted_unique(np.concatenate([bucket_pairs(bands.read(columns=[f"b{j}"]).column(0).to_numpy())
-                                              for j in range(params.bands)]))
+            for j in range(params.bands):  # merged band by band: a copy's pair is found in every band, and
+                # holding all bands' pairs before merging them would take `bands` times the memory
+                pairs = bucket_pairs(bands.read(columns=[f"b{j}"]).column(0).to_numpy())
+                found = sorted_unique(np.concatenate([found, pairs])) if len(found) else sorted_unique(pairs)
         first, second = decode(found)
         estimated = _estimates(sig_path, first, second) if len(found) else np.zeros(0)
         floor = params.threshold - params.estimate_margin if params.verify else params.threshold

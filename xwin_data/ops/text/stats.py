@@ -99,6 +99,10 @@ class ConversationStats(Op):
         ctx.executor.map_input(ctx, partial(stats_batch, params=params), schema, batch_size=params.batch_size,
                                description=f"{ctx.stage_id}: stats + language", threads=None if approx else 1,
                                processes=approx)
+        if params.language:
+            from xwin_data.text.language import release_model
+
+            release_model()  # the workers had it; later stages of the build need not carry it
 
 
 def _prepare(params: StatsParams) -> None:
