@@ -4,10 +4,12 @@ replica driven by `ray.data.llm` draws the samples. The tables are the same row 
 fingerprints; a forced rebuild on Ray sends no sample to an engine (it starts none) and still makes the same table.
 
 The policy is the tiny model with a raised end-of-sequence logit, so that both finish reasons, blank and duplicate
-responses, several uniqueness rounds and shortfalls all occur."""
+responses, several uniqueness rounds and shortfalls all occur. The scoring stage is then built on those responses
+with `rm.backend=vllm` locally and on Ray through `ray.data.llm`'s classify task: the same scores within 1e-5."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -72,7 +74,105 @@ def builds(eos_prone_model, tmp_path_factory) -> dict:
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     print(f"\nvLLM on Ray test builds (s): {json.dumps({k: round(v, 1) for k, v in seconds.items()})}")
+    return {"work": work, "first": first, "first_stats": first_stats, "python": python, "recipe": recipe,
+            "prompts": prompts, "env": env}
+
+
+@pytest.fixture(scope="module")
+def scored(builds, eos_prone_model, tiny) -> dict:
+    """The scoring stage on the responses above, with `rm.backend=vllm`: locally (the in-process pooling engine)
+    and on Ray through `ray.data.llm`'s classify task, then a forced rebuild on Ray. A short `rm.max_length`
+    makes some conversations too long, so the truncation rule (keep the end) is exercised on both sides."""
+    work, python = builds["work"], builds["python"]
+    recipe = work / "scored.yaml"  # the responses recipe plus the scoring stage (the responses are already built)
+    recipe.write_text(XWIN_SET.read_text().split("  - id: rs_best_of\n")[0]
+                      .replace("${recipe_dir}/data/", f"{XWIN_SET.parent}/data/"))
+    ray_tmp = tempfile.mkdtemp(prefix="xs", dir="/tmp")
+    overlay = validation_overlay(python, work / "validation-packages")
+    env = {**builds["env"], "RAY_TMPDIR": ray_tmp,
+           "PYTHONPATH": builds["env"]["PYTHONPATH"] + os.pathsep + str(overlay)}
+
+    def build(catalog: str, *extra: str) -> float:
+        args = [str(python), "-m", "xwin_data.cli", "build", str(recipe), "-c", str(work / catalog), "-q", *extra]
+        for s in sets(eos_prone_model, builds["prompts"]) + ["rm.backend=vllm", f"rm.model={tiny.reward}",
+                                                              "rm.max_length=40", "rm.replicas=1"]:
+            args += ["--set", s]
+        start = time.monotonic()
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, cwd=work)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return time.monotonic() - start
+
+    try:
+        seconds = {"local": build("local")}
+        seconds["ray"] = build("ray", "--executor", "ray", "--ray-address", "local")
+        first_stats = Catalog(work / "ray").current("xwin_set").stats
+        first = table(work / "ray", "xwin_set")
+        seconds["ray_rebuild"] = build("ray", "--executor", "ray", "--ray-address", "local", "--force", "xwin_set")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    print(f"\nvLLM scoring on Ray test builds (s): {json.dumps({k: round(v, 1) for k, v in seconds.items()})}")
     return {"work": work, "first": first, "first_stats": first_stats}
+
+
+# The scoring stage's table is validated (great_expectations), which the vllm venv does not install: its build
+# there borrows this environment's copies of the distributions the venv lacks, on PYTHONPATH after the venv's own.
+VALIDATION_DISTRIBUTIONS = ("great_expectations", "altair", "narwhals", "marshmallow", "mistune", "pyparsing",
+                            "ruamel.yaml", "scipy", "tzlocal")
+
+
+def validation_overlay(python: Path, dest: Path) -> Path:
+    from importlib.metadata import distribution
+
+    probe = ("import importlib.metadata as m, sys\n"
+             "for n in sys.argv[1:]:\n"
+             "    try: m.version(n)\n"
+             "    except m.PackageNotFoundError: print(n)")
+    missing = subprocess.run([str(python), "-c", probe, *VALIDATION_DISTRIBUTIONS], capture_output=True, text=True,
+                             check=True, timeout=120).stdout.split()
+    dest.mkdir(exist_ok=True)
+    for name in missing:
+        dist = distribution(name)
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__")}:
+            if not (dest / top).exists():
+                (dest / top).symlink_to(dist.locate_file(top))
+    return dest
+
+
+def scores(rows: list) -> dict:
+    """response_id -> (score, rank, group_size, rm) of an xwin_set table."""
+    return {r[2]: (r[8], r[9], r[10], r[12]) for r in rows}
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_scoring_through_ray_data_llm_classify_equals_the_local_vllm_scorer(scored) -> None:
+    work = scored["work"]
+    local_fp, local_rows = table(work / "local", "xwin_set")
+    ray_fp, ray_rows = scored["first"]
+    assert ray_fp == local_fp
+    local, on_ray = scores(local_rows), scores(ray_rows)
+    assert set(on_ray) == set(local) and len(local) > 0
+    for rid, (score, rank, size, rm) in local.items():
+        assert on_ray[rid][0] == pytest.approx(score, abs=1e-5), rid
+        assert on_ray[rid][2:] == (size, rm), rid
+    assert len({round(v[0], 4) for v in local.values()}) > 1  # real, differing scores
+    stats, local_stats = scored["first_stats"], Catalog(work / "local").current("xwin_set").stats
+    assert stats["ray_data_llm"]["engine_replicas"] == 1
+    assert stats["ray_data_llm"]["scores_computed"] == stats["scores_computed"] == local_stats["scores_computed"] > 0
+    assert stats["truncated"] == local_stats["truncated"] > 0  # the same conversations cut to the RM's last tokens
+    assert stats["executor"]["name"] == "ray"
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rescoring_on_ray_sends_no_row_to_an_engine(scored) -> None:
+    work = scored["work"]
+    stats = Catalog(work / "ray").current("xwin_set").stats
+    assert stats["ray_data_llm"]["scores_computed"] == 0 and stats["ray_data_llm"]["engine_replicas"] == 0
+    assert stats["scores_computed"] == 0 and stats["scores_cached"] == stats["responses"] > 0
+    assert table(work / "ray", "xwin_set")[1] == scored["first"][1]
 
 
 def table(catalog: Path, name: str) -> tuple[str, list]:
