@@ -1,5 +1,5 @@
-"""Sampling and reward scoring through `ray.data.llm` on a Ray cluster: vLLM engine replicas (data parallel, `concurrency`), each split
-over `tensor_parallel` GPUs (`engine_kwargs`), fed one row per sample.
+"""Sampling and reward scoring through `ray.data.llm` on a Ray cluster: vLLM engine replicas (data parallel,
+`concurrency`), each split over `tensor_parallel` GPUs (`engine_kwargs`), fed one row per sample.
 
 The driver keeps what the local stage decides: which samples a prompt still needs (the same uniqueness rounds,
 `next_round`), their per-sample seeds and cache keys (`sample_key`). Each round, every sample missing from the

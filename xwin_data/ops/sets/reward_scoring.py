@@ -153,7 +153,8 @@ class ScoreResponses(Op):
 
         ray = ctx.executor.connected()
         replicas = ctx.executor.replicas(Resources.of(ctx.resources), True, total) or 1
-        convs = [with_response(p, r) for p, r in ctx.con.execute(f"SELECT prompt, response FROM ({rows_sql})").fetchall()]
+        pairs = ctx.con.execute(f"SELECT prompt, response FROM ({rows_sql})").fetchall()
+        convs = [with_response(p, r) for p, r in pairs]
         with ctx.track("scores", len(convs), unit="responses") as bar, \
                 RequestCache(str(ctx.cache_dir / "reward.sqlite")) as cache:
             scorer = RayScorer(ScorerSpec.model_validate(params.rm), cache, replicas=replicas, ray=ray)
