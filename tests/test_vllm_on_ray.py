@@ -30,6 +30,7 @@ from vllm_env import VLLMEnvUnavailable, ensure_vllm_python, vllm_env  # noqa: E
 PROJECT = Path(__file__).resolve().parents[1]
 XWIN_SET = PROJECT / "recipes" / "xwin_set.yaml"
 TABLES = ("xwin_responses", "xwin_responses_shortfall")
+SCORE_CHUNK = 4  # responses rendered and sent to the classify pass at a time: several blocks
 
 
 def sets(model: Path, prompts: Path) -> list[str]:
@@ -55,8 +56,10 @@ def builds(eos_prone_model, tiny, tmp_path_factory) -> dict:
     env = vllm_env(RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp)
     env["PYTHONPATH"] += os.pathsep + str(validation_overlay(python, work / "validation-packages"))
     env.pop("RAY_ADDRESS", None)
-    # a short rm.max_length makes some conversations too long: the truncation rule (keep the end) on both sides
-    rm = ["rm.backend=vllm", f"rm.model={tiny.reward}", "rm.max_length=40", "rm.replicas=1"]
+    # a short rm.max_length makes some conversations too long: the truncation rule (keep the end) on both sides;
+    # small chunks: the responses reach the classify pass as several blocks
+    rm = ["rm.backend=vllm", f"rm.model={tiny.reward}", "rm.max_length=40", "rm.replicas=1",
+          f"xwin_set.params.rows_per_chunk={SCORE_CHUNK}"]
 
     def build(catalog: str, *extra: str) -> float:
         args = [str(python), "-m", "xwin_data.cli", "build", str(recipe), "-c", str(work / catalog), "-q", *extra]
@@ -124,6 +127,7 @@ def test_scoring_through_ray_data_llm_classify_equals_the_local_vllm_scorer(buil
         assert on_ray[rid][0] == pytest.approx(score, abs=1e-5), rid
         assert on_ray[rid][2:] == (size, rm), rid
     assert len({round(v[0], 4) for v in local.values()}) > 1  # real, differing scores
+    assert len(local) > 2 * SCORE_CHUNK
     stats, local_stats = builds["first_stats"]["xwin_set"], Catalog(work / "local").current("xwin_set").stats
     assert stats["ray_data_llm"]["engine_replicas"] == 1
     assert stats["ray_data_llm"]["scores_computed"] == stats["scores_computed"] == local_stats["scores_computed"] > 0

@@ -17,11 +17,11 @@ back, then the stage's units read them through `DeferredScorer`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 from xwin_data.llm.generation import (Completion, GeneratorSpec, LocalGenerator, PromptTooLongError,
                                       SamplingConfig, derive_seed, sample_key, validate_messages)
-from xwin_data.llm.reward import Scorer, ScorerSpec, reward_key
+from xwin_data.llm.reward import Messages, Scorer, ScorerSpec, reward_key
 
 ROWS_PER_ENGINE_BATCH = 64  # rows Ray Data hands an engine replica at a time (the engine batches continuously)
 
@@ -246,6 +246,7 @@ class ScorePrefill:
     cached: int = 0
     truncated: int = 0
     replicas: int = 0
+    to_score: int = 0
 
 
 def _score_postprocess(row: dict) -> dict:
@@ -256,7 +257,7 @@ class RayScorer:
     """Fills the reward cache with the score of every conversation a `score_responses` stage will ask for, on vLLM
     classify engine replicas driven by `ray.data.llm`."""
 
-    def __init__(self, spec: ScorerSpec, cache, *, replicas: int, ray):
+    def __init__(self, spec: ScorerSpec, cache, *, replicas: int, ray, tensor_parallel: int | None = None):
         from xwin_data.llm.backends.vllm_backend import vllm_scorer_kwargs
         from xwin_data.llm.tiny import resolve_model
 
@@ -265,29 +266,39 @@ class RayScorer:
         self.model_path = resolve_model(spec.model)
         self.gpus = bool(ray.cluster_resources().get("GPU", 0))
         self.engine_kwargs = vllm_scorer_kwargs(spec, self.scorer.max_length)
+        if tensor_parallel:
+            self.engine_kwargs["tensor_parallel_size"] = int(tensor_parallel)
         self.namespace = f"reward:{self.scorer.model_id}"
 
-    def run(self, conversations, on_scored: Callable[[int], None] | None = None) -> ScorePrefill:
-        """Score every conversation whose score is not cached; `on_scored(n)` reports progress as rows come back."""
+    def run(self, batches: Iterable[Sequence[Messages]],
+            on_scored: Callable[[int], None] | None = None) -> ScorePrefill:
+        """Score every conversation whose score is not cached; `on_scored(n)` reports progress as rows come back.
+        Conversations come in batches, each rendered, keyed and tokenized on its own and put into Ray's object
+        store as a block of rows, so the driver holds one batch at a time, not the stage's responses."""
         out = ScorePrefill()
-        rendered = [self.scorer.render(c) for c in conversations]
-        keys = [reward_key(self.scorer, r) for r in rendered]
-        found = self.cache.get_many(keys)
-        todo = [i for i, k in enumerate(keys) if k not in found]
-        out.cached = len(keys) - len(todo)
-        if not todo:
-            return out
         stats: dict = {}
-        ids = self.scorer.encode_many([rendered[i] for i in todo], stats)
+        blocks = []
+        for conversations in batches:
+            rendered = [self.scorer.render(c) for c in conversations]
+            keys = [reward_key(self.scorer, r) for r in rendered]
+            found = self.cache.get_many(keys)
+            todo = [i for i, k in enumerate(keys) if k not in found]
+            out.cached += len(keys) - len(todo)
+            if todo:
+                ids = self.scorer.encode_many([rendered[i] for i in todo], stats)
+                blocks.append(self.ray.data.from_items(
+                    [{"key": keys[i], "tokenized_prompt": x, "pooling_params": {"use_activation": False}}
+                     for i, x in zip(todo, ids)]))
+                out.to_score += len(todo)
         out.truncated = stats.get("truncated", 0)
-        rows = [{"key": keys[i], "tokenized_prompt": x, "pooling_params": {"use_activation": False}}
-                for i, x in zip(todo, ids)]
-        out.replicas = max(1, min(self.replicas, len(rows)))
+        if not blocks:
+            return out
+        out.replicas = max(1, min(self.replicas, out.to_score))
         processor = build_processor(self.model_path, self.engine_kwargs, out.replicas, self.gpus,
                                     task_type="classify", postprocess=_score_postprocess)
         from xwin_data.core.executors.ray import quiet_console
 
-        ds = self.ray.data.from_items(rows)
+        ds = blocks[0].union(*blocks[1:]) if len(blocks) > 1 else blocks[0]
         quiet_console()
         pending: list[tuple[str, dict]] = []
         for row in processor(ds).iter_rows():

@@ -120,7 +120,8 @@ class ScoreResponses(Op):
             stats["cached"] -= prefill.scored
             stats["truncated"] += prefill.truncated
             ctx.stats["ray_data_llm"] = {"engine_replicas": prefill.replicas, "scores_computed": prefill.scored,
-                                         "scores_cached": prefill.cached}
+                                         "scores_cached": prefill.cached,
+                                         "tensor_parallel": params.placement.get("tensor_parallel", 1)}
         parts = [r.part("scores") for r in results if r.part("scores")]
         scored_path = ctx.work_dir / "scores-none.parquet"
         if not parts:
@@ -152,14 +153,24 @@ class ScoreResponses(Op):
         from xwin_data.llm.reward import ScorerSpec
 
         ray = ctx.executor.connected()
-        replicas = ctx.executor.replicas(Resources.of(ctx.resources), True, total) or 1
-        pairs = ctx.con.execute(f"SELECT prompt, response FROM ({rows_sql})").fetchall()
-        convs = [with_response(p, r) for p, r in pairs]
-        with ctx.track("scores", len(convs), unit="responses") as bar, \
+        stage = Resources.of(ctx.resources)
+        tp = int(params.placement.get("tensor_parallel") or 1)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if stage.replicas or not gpus:
+            replicas = ctx.executor.replicas(stage, True, total) or 1
+        else:  # as many engines as the cluster's GPUs hold, tensor_parallel GPUs each
+            replicas = max(1, gpus // tp)
+        def batches():  # the responses a chunk at a time: the driver never holds them all
+            cursor = ctx.con.execute(f"SELECT prompt, response FROM ({rows_sql})")
+            while chunk := cursor.fetchmany(params.rows_per_chunk):
+                yield [with_response(p, r) for p, r in chunk]
+
+        with ctx.track("scores", total, unit="responses") as bar, \
                 RequestCache(str(ctx.cache_dir / "reward.sqlite")) as cache:
-            scorer = RayScorer(ScorerSpec.model_validate(params.rm), cache, replicas=replicas, ray=ray)
+            scorer = RayScorer(ScorerSpec.model_validate(params.rm), cache, replicas=replicas, ray=ray,
+                               tensor_parallel=params.placement.get("tensor_parallel"))
             try:
-                return scorer.run(convs, on_scored=bar.advance)
+                return scorer.run(batches(), on_scored=bar.advance)
             finally:
                 scorer.close()
 
