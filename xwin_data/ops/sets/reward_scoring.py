@@ -142,7 +142,6 @@ class ScoreResponses(Op):
                           "scores_computed": stats.get("scored", 0), "truncated": stats.get("truncated", 0),
                           "rm": rm_id})
 
-
     @staticmethod
     def _score_on_ray(ctx, params: ScoreParams, rows_sql: str, total: int):
         """Every score the stage will ask for, computed through `ray.data.llm`'s classify task on vLLM engine
@@ -160,6 +159,7 @@ class ScoreResponses(Op):
             replicas = ctx.executor.replicas(stage, True, total) or 1
         else:  # as many engines as the cluster's GPUs hold, tensor_parallel GPUs each
             replicas = max(1, gpus // tp)
+
         def batches():  # the responses a chunk at a time: the driver never holds them all
             cursor = ctx.con.execute(f"SELECT prompt, response FROM ({rows_sql})")
             while chunk := cursor.fetchmany(params.rows_per_chunk):
