@@ -4,10 +4,13 @@ replica driven by `ray.data.llm` draws the samples. The tables are the same row 
 fingerprints; a forced rebuild on Ray sends no sample to an engine (it starts none) and still makes the same table.
 
 The policy is the tiny model with a raised end-of-sequence logit, so that both finish reasons, blank and duplicate
-responses, several uniqueness rounds and shortfalls all occur."""
+responses, several uniqueness rounds and shortfalls all occur. The same builds score those responses with
+`rm.backend=vllm`: locally with the in-process pooling engine, on Ray through `ray.data.llm`'s classify task (the same
+scores within 1e-5), and the forced rebuild on Ray sends no conversation to an engine."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +30,7 @@ from vllm_env import VLLMEnvUnavailable, ensure_vllm_python, vllm_env  # noqa: E
 PROJECT = Path(__file__).resolve().parents[1]
 XWIN_SET = PROJECT / "recipes" / "xwin_set.yaml"
 TABLES = ("xwin_responses", "xwin_responses_shortfall")
+SCORE_CHUNK = 4  # responses rendered and sent to the classify pass at a time: several blocks
 
 
 def sets(model: Path, prompts: Path) -> list[str]:
@@ -37,24 +41,29 @@ def sets(model: Path, prompts: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def builds(eos_prone_model, tmp_path_factory) -> dict:
+def builds(eos_prone_model, tiny, tmp_path_factory) -> dict:
     try:
         python, _took = ensure_vllm_python()
     except VLLMEnvUnavailable as exc:
         pytest.skip(str(exc))
     work = tmp_path_factory.mktemp("vllm-ray")
-    recipe = work / "responses.yaml"  # prompts and sampling only, from the shipped prompt file
-    recipe.write_text(XWIN_SET.read_text().split("  - id: xwin_set\n")[0]
+    recipe = work / "scored.yaml"  # prompts, sampling and scoring, from the shipped prompt file
+    recipe.write_text(XWIN_SET.read_text().split("  - id: rs_best_of\n")[0]
                       .replace("${recipe_dir}/data/", f"{XWIN_SET.parent}/data/"))
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "messages": p}) + "\n" for i, p in enumerate(PROMPTS)))
     ray_tmp = tempfile.mkdtemp(prefix="xr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = vllm_env(RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp)
+    env["PYTHONPATH"] += os.pathsep + str(validation_overlay(python, work / "validation-packages"))
     env.pop("RAY_ADDRESS", None)
+    # a short rm.max_length makes some conversations too long: the truncation rule (keep the end) on both sides;
+    # small chunks: the responses reach the classify pass as several blocks
+    rm = ["rm.backend=vllm", f"rm.model={tiny.reward}", "rm.max_length=40", "rm.replicas=1",
+          f"xwin_set.params.rows_per_chunk={SCORE_CHUNK}"]
 
     def build(catalog: str, *extra: str) -> float:
         args = [str(python), "-m", "xwin_data.cli", "build", str(recipe), "-c", str(work / catalog), "-q", *extra]
-        for s in sets(eos_prone_model, prompts):
+        for s in sets(eos_prone_model, prompts) + rm:
             args += ["--set", s]
         start = time.monotonic()
         proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, cwd=work)
@@ -65,14 +74,76 @@ def builds(eos_prone_model, tmp_path_factory) -> dict:
         seconds = {"local": build("local")}
         # `--ray-address local`: a Ray started for this build alone, whatever else runs on the machine
         seconds["ray"] = build("ray", "--executor", "ray", "--ray-address", "local")
-        first = {t: table(work / "ray", t) for t in TABLES}
-        first_stats = Catalog(work / "ray").current("xwin_responses").stats
+        first = {t: table(work / "ray", t) for t in (*TABLES, "xwin_set")}
+        first_stats = {t: Catalog(work / "ray").current(t).stats for t in ("xwin_responses", "xwin_set")}
         seconds["ray_rebuild"] = build("ray", "--executor", "ray", "--ray-address", "local", "--force",
-                                       "xwin_responses")
+                                       "xwin_responses", "--force", "xwin_set")
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     print(f"\nvLLM on Ray test builds (s): {json.dumps({k: round(v, 1) for k, v in seconds.items()})}")
     return {"work": work, "first": first, "first_stats": first_stats}
+
+
+# The scoring stage's table is validated (great_expectations), which the vllm venv does not install: its builds
+# there borrow this environment's copies of the distributions the venv lacks, on PYTHONPATH after the venv's own.
+VALIDATION_DISTRIBUTIONS = ("great_expectations", "altair", "narwhals", "marshmallow", "mistune", "pyparsing",
+                            "ruamel.yaml", "scipy", "tzlocal")
+
+
+def validation_overlay(python: Path, dest: Path) -> Path:
+    from importlib.metadata import distribution
+
+    probe = ("import importlib.metadata as m, sys\n"
+             "for n in sys.argv[1:]:\n"
+             "    try: m.version(n)\n"
+             "    except m.PackageNotFoundError: print(n)")
+    missing = subprocess.run([str(python), "-c", probe, *VALIDATION_DISTRIBUTIONS], capture_output=True, text=True,
+                             check=True, timeout=120).stdout.split()
+    dest.mkdir(exist_ok=True)
+    for name in missing:
+        dist = distribution(name)
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__")}:
+            if not (dest / top).exists():
+                (dest / top).symlink_to(dist.locate_file(top))
+    return dest
+
+
+def scores(rows: list) -> dict:
+    """response_id -> (score, rank, group_size, rm) of an xwin_set table."""
+    return {r[2]: (r[8], r[9], r[10], r[12]) for r in rows}
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_scoring_through_ray_data_llm_classify_equals_the_local_vllm_scorer(builds) -> None:
+    work = builds["work"]
+    local_fp, local_rows = table(work / "local", "xwin_set")
+    ray_fp, ray_rows = builds["first"]["xwin_set"]
+    assert ray_fp == local_fp
+    local, on_ray = scores(local_rows), scores(ray_rows)
+    assert set(on_ray) == set(local) and len(local) > 0
+    for rid, (score, rank, size, rm) in local.items():
+        assert on_ray[rid][0] == pytest.approx(score, abs=1e-5), rid
+        assert on_ray[rid][2:] == (size, rm), rid
+    assert len({round(v[0], 4) for v in local.values()}) > 1  # real, differing scores
+    assert len(local) > 2 * SCORE_CHUNK
+    stats, local_stats = builds["first_stats"]["xwin_set"], Catalog(work / "local").current("xwin_set").stats
+    assert stats["ray_data_llm"]["engine_replicas"] == 1
+    assert stats["ray_data_llm"]["scores_computed"] == stats["scores_computed"] == local_stats["scores_computed"] > 0
+    assert stats["truncated"] == local_stats["truncated"] > 0  # the same conversations cut to the RM's last tokens
+    assert stats["executor"]["name"] == "ray"
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rescoring_on_ray_sends_no_row_to_an_engine(builds) -> None:
+    work = builds["work"]
+    stats = Catalog(work / "ray").current("xwin_set").stats
+    assert stats["ray_data_llm"]["scores_computed"] == 0 and stats["ray_data_llm"]["engine_replicas"] == 0
+    assert stats["scores_computed"] == 0 and stats["scores_cached"] == stats["responses"] > 0
+    assert table(work / "ray", "xwin_set")[1] == builds["first"]["xwin_set"][1]
 
 
 def table(catalog: Path, name: str) -> tuple[str, list]:
@@ -91,7 +162,7 @@ def test_sampling_through_ray_data_llm_equals_the_local_vllm_build(builds) -> No
         assert on_ray == local, name  # same rows, same fingerprint (the executor and replicas are not in it)
     _fp, rows = builds["first"]["xwin_responses"]
     assert {r[7] for r in rows} == {"stop", "length"}  # finish reasons read from the engine's last token
-    stats = builds["first_stats"]
+    stats = builds["first_stats"]["xwin_responses"]
     local_stats = Catalog(work / "local").current("xwin_responses").stats
     for key in ("responses", "samples_drawn", "duplicates", "blank", "prompts_short", "samples_generated",
                 "tokens_generated"):
@@ -110,7 +181,8 @@ def test_rebuild_on_ray_repeats_no_sample(builds) -> None:
     stats = Catalog(work / "ray").current("xwin_responses").stats
     # Counted at the engines: no row went to one, and none was started.
     assert stats["ray_data_llm"]["samples_generated"] == 0 and stats["ray_data_llm"]["engine_replicas"] == 0
-    assert stats["ray_data_llm"]["samples_cached"] == stats["samples_drawn"] == builds["first_stats"]["samples_drawn"]
+    drawn = builds["first_stats"]["xwin_responses"]["samples_drawn"]
+    assert stats["ray_data_llm"]["samples_cached"] == stats["samples_drawn"] == drawn
     assert stats["samples_generated"] == 0 and stats["samples_cached"] == stats["samples_drawn"]
     for name in TABLES:
         assert table(work / "ray", name)[1] == builds["first"][name][1], name

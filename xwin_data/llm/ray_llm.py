@@ -1,5 +1,5 @@
-"""Sampling through `ray.data.llm` on a Ray cluster: vLLM engine replicas (data parallel, `concurrency`), each split
-over `tensor_parallel` GPUs (`engine_kwargs`), fed one row per sample.
+"""Sampling and reward scoring through `ray.data.llm` on a Ray cluster: vLLM engine replicas (data parallel,
+`concurrency`), each split over `tensor_parallel` GPUs (`engine_kwargs`), fed one row per sample.
 
 The driver keeps what the local stage decides: which samples a prompt still needs (the same uniqueness rounds,
 `next_round`), their per-sample seeds and cache keys (`sample_key`). Each round, every sample missing from the
@@ -8,14 +8,20 @@ of a request seeded s with seed s + j, so a row gives exactly the sample the loc
 back as the replicas finish them and are stored in the cache at once, so a killed build repeats no finished
 sample. When every round is done the stage runs as usual from the cache (the samplers on the executor load a
 tokenizer, not an engine) and commits its parts per unit: the same tables, shortfalls and drops as a local build.
+
+Scoring (`RayScorer`) is the same with the processor's classify task: the driver renders and truncates each
+conversation as the local vllm scorer does (the RM's chat template, the last `max_length` tokens), one row of token
+ids per score not yet cached, `PoolingParams(use_activation=False)` (the raw logit); scores are cached as rows come
+back, then the stage's units read them through `DeferredScorer`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 from xwin_data.llm.generation import (Completion, GeneratorSpec, LocalGenerator, PromptTooLongError,
                                       SamplingConfig, derive_seed, sample_key, validate_messages)
+from xwin_data.llm.reward import Messages, Scorer, ScorerSpec, reward_key
 
 ROWS_PER_ENGINE_BATCH = 64  # rows Ray Data hands an engine replica at a time (the engine batches continuously)
 
@@ -49,7 +55,7 @@ def stop_token_ids(tokenizer: Any, model_path: str) -> set[int]:
 
 
 def build_processor(model_path: str, engine_kwargs: dict, replicas: int,
-                    gpus_in_cluster: bool):
+                    gpus_in_cluster: bool, task_type: str = "generate", postprocess: Callable | None = None):
     """A `ray.data.llm` vLLM processor that takes token ids (no chat template, tokenize or detokenize stage: the
     driver renders prompts as the local backend does, and vLLM's own text is kept)."""
     from ray.data.llm import build_processor as build, vLLMEngineProcessorConfig
@@ -60,10 +66,10 @@ def build_processor(model_path: str, engine_kwargs: dict, replicas: int,
         extra["placement_group_config"] = {"bundles": [{"CPU": 1}] * tp}
         extra["runtime_env"] = {"env_vars": _cpu_env()}
     config = vLLMEngineProcessorConfig(
-        model_source=model_path, engine_kwargs=engine_kwargs, task_type="generate", concurrency=replicas,
+        model_source=model_path, engine_kwargs=engine_kwargs, task_type=task_type, concurrency=replicas,
         batch_size=ROWS_PER_ENGINE_BATCH, chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
         log_engine_metrics=False, **extra)
-    return build(config, postprocess=_postprocess)
+    return build(config, postprocess=postprocess or _postprocess)
 
 
 def _cpu_env() -> dict[str, str]:
@@ -199,3 +205,118 @@ class DeferredGenerator(LocalGenerator):
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+class DeferredScorer(Scorer):
+    """The vllm scorer as the stage sees it once `RayScorer` has filled the cache: the same tokenizer, template,
+    truncation length and identity (so the same cache keys), and an engine only if a score is still missing."""
+
+    def __init__(self, spec: ScorerSpec):
+        from transformers import AutoConfig
+
+        from xwin_data.llm.reward import truncation_length
+
+        path, _opts = self._prepare(spec)
+        self.max_length = truncation_length(spec.max_length, AutoConfig.from_pretrained(path, revision=spec.revision),
+                                            self.tokenizer)
+        self._engine = None
+
+    def bucket_size(self) -> int:
+        from xwin_data.llm.backends.vllm_backend import SCORE_BUCKET
+
+        return max(self.spec.batch_size, SCORE_BUCKET)
+
+    def _score(self, batch: list[list[int]]) -> list[float]:
+        if self._engine is None:
+            self._engine = self.spec.build()
+        return self._engine._score(batch)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+@dataclass
+class ScorePrefill:
+    """What the classify pass on the cluster did: scores computed and found in the cache, conversations truncated
+    (of those computed), engine replicas started (none when every score was cached)."""
+
+    scored: int = 0
+    cached: int = 0
+    truncated: int = 0
+    replicas: int = 0
+    to_score: int = 0
+
+
+def _score_postprocess(row: dict) -> dict:
+    return {"key": row["key"], "score": float(row["embeddings"][0])}
+
+
+class RayScorer:
+    """Fills the reward cache with the score of every conversation a `score_responses` stage will ask for, on vLLM
+    classify engine replicas driven by `ray.data.llm`."""
+
+    def __init__(self, spec: ScorerSpec, cache, *, replicas: int, ray, tensor_parallel: int | None = None):
+        from xwin_data.llm.backends.vllm_backend import vllm_scorer_kwargs
+        from xwin_data.llm.tiny import resolve_model
+
+        self.scorer = DeferredScorer(spec)  # renders, truncates and keys exactly as the local vllm scorer
+        self.cache, self.ray, self.replicas = cache, ray, replicas
+        self.model_path = resolve_model(spec.model)
+        self.gpus = bool(ray.cluster_resources().get("GPU", 0))
+        self.engine_kwargs = vllm_scorer_kwargs(spec, self.scorer.max_length)
+        if tensor_parallel:
+            self.engine_kwargs["tensor_parallel_size"] = int(tensor_parallel)
+        self.namespace = f"reward:{self.scorer.model_id}"
+
+    def run(self, batches: Iterable[Sequence[Messages]],
+            on_scored: Callable[[int], None] | None = None) -> ScorePrefill:
+        """Score every conversation whose score is not cached; `on_scored(n)` reports progress as rows come back.
+        Conversations come in batches, each rendered, keyed and tokenized on its own and put into Ray's object
+        store as a block of rows, so the driver holds one batch at a time, not the stage's responses."""
+        out = ScorePrefill()
+        stats: dict = {}
+        blocks = []
+        for conversations in batches:
+            rendered = [self.scorer.render(c) for c in conversations]
+            keys = [reward_key(self.scorer, r) for r in rendered]
+            found = self.cache.get_many(keys)
+            todo = [i for i, k in enumerate(keys) if k not in found]
+            out.cached += len(keys) - len(todo)
+            if todo:
+                ids = self.scorer.encode_many([rendered[i] for i in todo], stats)
+                blocks.append(self.ray.data.from_items(
+                    [{"key": keys[i], "tokenized_prompt": x, "pooling_params": {"use_activation": False}}
+                     for i, x in zip(todo, ids)]))
+                out.to_score += len(todo)
+        out.truncated = stats.get("truncated", 0)
+        if not blocks:
+            return out
+        out.replicas = max(1, min(self.replicas, out.to_score))
+        processor = build_processor(self.model_path, self.engine_kwargs, out.replicas, self.gpus,
+                                    task_type="classify", postprocess=_score_postprocess)
+        from xwin_data.core.executors.ray import quiet_console
+
+        ds = blocks[0].union(*blocks[1:]) if len(blocks) > 1 else blocks[0]
+        quiet_console()
+        pending: list[tuple[str, dict]] = []
+        for row in processor(ds).iter_rows():
+            pending.append((str(row["key"]), {"score": float(row["score"])}))
+            if len(pending) >= ROWS_PER_ENGINE_BATCH:
+                self._store(pending, out, on_scored)
+        self._store(pending, out, on_scored)
+        return out
+
+    def _store(self, pending: list[tuple[str, dict]], out: ScorePrefill, on_scored) -> None:
+        """Scores into the cache in one transaction (a killed build loses at most one engine batch's worth)."""
+        if not pending:
+            return
+        self.cache.put_many(list(pending), self.namespace)
+        out.scored += len(pending)
+        if on_scored is not None:
+            on_scored(len(pending))
+        pending.clear()
+
+    def close(self) -> None:
+        self.scorer.close()

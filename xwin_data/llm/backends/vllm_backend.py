@@ -142,18 +142,11 @@ class VLLMScorer(Scorer):
     def __init__(self, spec: ScorerSpec):
         from transformers import AutoConfig
 
-        from xwin_data.llm.tiny import resolve_model
-
         path, opts = self._prepare(spec)
         _cpu_defaults(bool(opts.pop("in_process", True)))
         self.max_length = truncation_length(spec.max_length, AutoConfig.from_pretrained(path, revision=spec.revision),
                                             self.tokenizer)
-        kwargs = {"runner": "pooling", "enforce_eager": True, "max_model_len": self.max_length, "seed": 0, **opts}
-        if spec.revision:
-            kwargs["revision"] = spec.revision
-        if spec.tokenizer:
-            kwargs["tokenizer"] = resolve_model(spec.tokenizer)
-        self.llm = _import_llm()(model=path, **kwargs)
+        self.llm = _import_llm()(model=path, runner="pooling", **vllm_scorer_kwargs(spec, self.max_length))
 
     def bucket_size(self) -> int:
         # The engine packs sequences into its own batches with no padding: a bucket is only the grain at which
@@ -214,3 +207,17 @@ def vllm_engine_kwargs(spec: GeneratorSpec, on_cpu: bool) -> tuple[dict, int]:
         if not kwargs["enable_chunked_prefill"]:
             kwargs.setdefault("max_num_batched_tokens", max(8192, int(longest)))
     return kwargs, int(longest)
+
+
+def vllm_scorer_kwargs(spec: ScorerSpec, max_length: int) -> dict:
+    """Engine keyword arguments (besides the model and the runner) that `VLLMScorer` starts its pooling engine
+    with, for a classify engine started elsewhere (`ray.data.llm` replicas) that must give the same logits."""
+    from xwin_data.llm.tiny import resolve_model
+
+    opts = {k: v for k, v in spec.options.items() if k not in _OWN_KEYS}
+    kwargs = {"enforce_eager": True, "max_model_len": max_length, "seed": 0, **opts}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    if spec.tokenizer:
+        kwargs["tokenizer"] = resolve_model(spec.tokenizer)
+    return kwargs

@@ -102,10 +102,26 @@ class ScoreResponses(Op):
                 stats[name] += extra[name]
             stats["rm"] = extra["rm"]
 
+        from xwin_data.llm.reward import ScorerSpec
+
+        on_llm = getattr(ctx.executor, "name", "") == "ray" and ScorerSpec.model_validate(params.rm).backend == "vllm"
+        prefill = resources = None
+        if on_llm:  # every score computed on vLLM classify replicas first; the units below then read the cache
+            from xwin_data.core.executors import Resources
+
+            prefill = self._score_on_ray(ctx, params, rows_sql, total)
+            resources = Resources(cpus=1.0, gpus=0.0, replicas=Resources.of(ctx.resources).replicas)
         worker = Model(RowGroupScorer, {"rm": params.rm, "cache_path": str(ctx.cache_dir / "reward.sqlite"),
-                                        "rows_per_chunk": params.rows_per_chunk})
+                                        "rows_per_chunk": params.rows_per_chunk, "deferred": on_llm})
         results = ctx.executor.run(ctx, worker, units, {"scores": SCORED_SCHEMA}, on_result=record, publish=False,
-                                   description="reward-model scores", unit="responses")
+                                   description="reward-model scores", unit="responses", resources=resources)
+        if prefill is not None:
+            stats["scored"] += prefill.scored
+            stats["cached"] -= prefill.scored
+            stats["truncated"] += prefill.truncated
+            ctx.stats["ray_data_llm"] = {"engine_replicas": prefill.replicas, "scores_computed": prefill.scored,
+                                         "scores_cached": prefill.cached,
+                                         "tensor_parallel": params.placement.get("tensor_parallel", 1)}
         parts = [r.part("scores") for r in results if r.part("scores")]
         scored_path = ctx.work_dir / "scores-none.parquet"
         if not parts:
@@ -126,16 +142,54 @@ class ScoreResponses(Op):
                           "scores_computed": stats.get("scored", 0), "truncated": stats.get("truncated", 0),
                           "rm": rm_id})
 
+    @staticmethod
+    def _score_on_ray(ctx, params: ScoreParams, rows_sql: str, total: int):
+        """Every score the stage will ask for, computed through `ray.data.llm`'s classify task on vLLM engine
+        replicas (`rm.replicas` of them) and stored in the reward cache (see `xwin_data.llm.ray_llm`)."""
+        from xwin_data.core.executors import Resources
+        from xwin_data.llm.cache import RequestCache
+        from xwin_data.llm.ray_llm import RayScorer
+        from xwin_data.llm.reward import ScorerSpec
+
+        ray = ctx.executor.connected()
+        stage = Resources.of(ctx.resources)
+        tp = int(params.placement.get("tensor_parallel") or 1)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if stage.replicas or not gpus:
+            replicas = ctx.executor.replicas(stage, True, total) or 1
+        else:  # as many engines as the cluster's GPUs hold, tensor_parallel GPUs each
+            replicas = max(1, gpus // tp)
+
+        def batches():  # the responses a chunk at a time: the driver never holds them all
+            cursor = ctx.con.execute(f"SELECT prompt, response FROM ({rows_sql})")
+            while chunk := cursor.fetchmany(params.rows_per_chunk):
+                yield [with_response(p, r) for p, r in chunk]
+
+        with ctx.track("scores", total, unit="responses") as bar, \
+                RequestCache(str(ctx.cache_dir / "reward.sqlite")) as cache:
+            scorer = RayScorer(ScorerSpec.model_validate(params.rm), cache, replicas=replicas, ray=ray,
+                               tensor_parallel=params.placement.get("tensor_parallel"))
+            try:
+                return scorer.run(batches(), on_scored=bar.advance)
+            finally:
+                scorer.close()
+
 
 class RowGroupScorer:
     """One replica of the reward model: scores the non-blank responses of one row group of sampled responses
     through the request cache. Loaded once per replica, wherever the executor runs it."""
 
-    def __init__(self, rm: dict, cache_path: str, rows_per_chunk: int):
+    def __init__(self, rm: dict, cache_path: str, rows_per_chunk: int, deferred: bool = False):
         from xwin_data.llm.cache import RequestCache
         from xwin_data.llm.reward import RewardSpec, make_scorer
 
-        self.scorer = make_scorer(RewardSpec.model_validate(rm))
+        spec = RewardSpec.model_validate(rm)
+        if deferred:  # scores computed through ray.data.llm beforehand: render and key them, load no engine
+            from xwin_data.llm.ray_llm import DeferredScorer
+
+            self.scorer = DeferredScorer(spec)
+        else:
+            self.scorer = make_scorer(spec)
         self.cache = RequestCache(cache_path)
         self.rows_per_chunk = rows_per_chunk
 
