@@ -149,3 +149,12 @@ def split_placement(spec: Any) -> tuple[Any, dict]:
     rest = {k: v for k, v in spec.items() if k not in PLACEMENT_KEYS}
     placement = {k: spec[k] for k in PLACEMENT_KEYS if k in spec and spec[k] is not None}
     return rest, Placement.model_validate(placement).model_dump(exclude_none=True)
+
+
+def move_placement(data: Any, key: str) -> Any:
+    """Stage params with the model spec under `key` stripped of its placement keys, which go to `placement`: they
+    say where the model runs, not what it makes, so they stay out of the spec (and the fingerprint)."""
+    if isinstance(data, dict) and isinstance(data.get(key), dict):
+        spec, placement = split_placement(data[key])
+        data = {**data, key: spec, "placement": {**data.get("placement", {}), **placement}}
+    return data

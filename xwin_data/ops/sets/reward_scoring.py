@@ -25,12 +25,9 @@ class ScoreParams(Params):
     @classmethod
     def _placement(cls, data: Any) -> Any:
         """`rm.replicas`, `rm.gpus` and `rm.tensor_parallel` say where the reward model runs, not what it scores."""
-        from xwin_data.llm.spec import split_placement
+        from xwin_data.llm.spec import move_placement
 
-        if isinstance(data, dict) and isinstance(data.get("rm"), dict):
-            rm, placement = split_placement(data["rm"])
-            data = {**data, "rm": rm, "placement": {**data.get("placement", {}), **placement}}
-        return data
+        return move_placement(data, "rm")
 
     @field_validator("rm")
     @classmethod

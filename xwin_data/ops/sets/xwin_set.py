@@ -92,12 +92,9 @@ class SampleParams(Params):
     def _placement(cls, data: Any) -> Any:
         """`policy.replicas`, `policy.gpus` and `policy.tensor_parallel` say where the policy runs, not what it
         makes: they move to `placement`, out of the spec that names the model."""
-        from xwin_data.llm.spec import split_placement
+        from xwin_data.llm.spec import move_placement
 
-        if isinstance(data, dict) and isinstance(data.get("policy"), dict):
-            policy, placement = split_placement(data["policy"])
-            data = {**data, "policy": policy, "placement": {**data.get("placement", {}), **placement}}
-        return data
+        return move_placement(data, "policy")
 
     @field_validator("policy")
     @classmethod
