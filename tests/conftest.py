@@ -48,6 +48,23 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
     return proc
 
 
+def invoke_in(d: Path, *args: str):
+    """The real command run in this process, in folder `d` (for tests making many calls, each well under a second);
+    `.text` is the output without the console's line wraps (long paths wrap)."""
+    from typer.testing import CliRunner
+
+    from xwin_data.cli import app
+
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        res = CliRunner().invoke(app, list(args))
+    finally:
+        os.chdir(old)
+    res.text = res.output.replace("\n", "")
+    return res
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import invoke_in as invoke
 
 import xwin_data
-from xwin_data.cli import app
 from xwin_data.core.catalog import Catalog
 
 RECIPE = """\
@@ -41,15 +39,6 @@ ROWS = [{"id": str(i), "messages": [{"role": "user", "content": "x" * (i % 5)},
                                     {"role": "assistant", "content": "answer " * 20}]} for i in range(200)]
 
 
-def invoke(d: Path, *args: str):
-    old = os.getcwd()
-    os.chdir(d)
-    try:
-        res = CliRunner().invoke(app, list(args))
-    finally:
-        os.chdir(old)
-    res.text = res.output.replace("\n", "")  # long paths wrap in the console
-    return res
 
 
 @pytest.fixture

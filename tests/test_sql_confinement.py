@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import os
-
 import duckdb
 import pytest
-from typer.testing import CliRunner
-
-from xwin_data.cli import app
+from conftest import invoke_in as _invoke
 
 from xwin_data.core.catalog import Catalog
 from xwin_data.core.recipe import load_recipe
@@ -54,15 +50,6 @@ def built(tmp_path_factory) -> Path:
     return d
 
 
-def _invoke(d: Path, *args: str):
-    """The real command, run in this process (many calls, each well under a second)."""
-    old = os.getcwd()
-    os.chdir(d)
-    try:
-        res = CliRunner().invoke(app, list(args))
-    finally:
-        os.chdir(old)
-    return res
 
 
 def _sql(d: Path, query: str, *extra: str):
