@@ -133,7 +133,7 @@ def test_xwin_set_on_ray_equals_local_with_a_worker_killed(cluster, tmp_path) ->
         # Once the first unit of the sampling stage is committed, kill a policy replica that is still working.
         while proc.poll() is None and time.monotonic() < deadline and killed is None:
             if done_units(catalog, "xwin_responses"):
-                replicas = ray_processes("MapWorker")
+                replicas = ray_processes("ModelReplica")
                 if replicas:
                     killed = replicas[0]
                     os.kill(killed, signal.SIGKILL)

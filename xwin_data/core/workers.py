@@ -46,6 +46,17 @@ def cancel_warm_ups() -> None:
         _queued.clear()
 
 
+def start_warm_ups() -> None:
+    """Start the queued warm-ups now: once a pool has forked, or where a stage's work runs in no forked worker
+    (on a Ray cluster)."""
+    with _lock:
+        queued, _queued[:] = list(_queued), []
+        for fn in queued:
+            thread = threading.Thread(target=_run_quietly, args=(fn,), name="xwin-warm-up", daemon=True)
+            thread.start()
+            _running.append(thread)
+
+
 def wait_for_warm_ups() -> None:
     with _lock:
         running = list(_running)
@@ -69,12 +80,7 @@ def pool(n: int) -> Iterator[ProcessPoolExecutor]:
     executor = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
     try:
         executor.submit(os.getpid).result()  # forks every worker now, before any thread of ours starts
-        with _lock:
-            queued, _queued[:] = list(_queued), []
-            for fn in queued:
-                thread = threading.Thread(target=_run_quietly, args=(fn,), name="xwin-warm-up", daemon=True)
-                thread.start()
-                _running.append(thread)
+        start_warm_ups()
         yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)

@@ -1,22 +1,23 @@
-"""The Ray executor: a stage's units run as Ray Data tasks (row batches) or on a pool of Ray actors that each hold
-one model (generation, reward scoring), across every node of a cluster.
+"""The Ray executor: a stage's units run as Ray tasks (row batches) or as calls on a pool of Ray actors that each
+hold one model (generation, reward scoring), across every node of a cluster.
 
-The units go into a Ray dataset, one block each; `map_batches` runs the same batch functions the local executor
-runs, and each task commits its unit to the stage's work folder (which must be on a filesystem every node can
-reach) before it returns its small record. The driver streams the records back as units finish, so progress,
-drops and costs are counted here, in one place. Ray retries a unit whose worker or node died; a killed driver
-leaves committed units behind, and the next build skips them. Ray is imported only when this executor runs.
+Each task commits its unit to the stage's work folder (which must be on a filesystem every node can reach) before
+it returns its small record, so the executor needs no more of Ray than tasks, actors and `ray.wait`: the driver
+keeps two units per worker submitted and takes the records back as units finish, so progress, drops and costs are
+counted here, in one place. Ray retries a unit whose worker or node died; a killed driver leaves committed units
+behind, and the next build skips them. Stages that run a Ray Data pipeline of their own (the `ray.data.llm`
+processors) ask for it through `connected(data=True)`. Ray is imported only when this executor runs.
 """
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Any, Iterable
 
 import pyarrow as pa
 
 from xwin_data.core.executors.base import BatchFn, Executor, Model, Resources, Unit, commit_unit
+from xwin_data.core.workers import start_warm_ups
 
 TASK_RETRIES = 3  # a unit whose worker died runs again (its result is committed once: same key, same parts)
 
@@ -34,11 +35,19 @@ def connect(address: str | None = None):
         # local Ray, never whichever cluster was started last on this machine.
         address = address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    return ray
+
+
+def quiet_data():
+    """Ray Data set up for a build: no progress bars or INFO lines of its own (the build's display reports
+    progress across the cluster)."""
+    import ray.data
+
     quiet_console()
     data_context = ray.data.DataContext.get_current()
-    data_context.enable_progress_bars = False  # the build's own progress display counts rows across the cluster
+    data_context.enable_progress_bars = False
     data_context.print_on_execution_start = False
-    return ray
+    return ray.data
 
 
 def quiet_console() -> None:
@@ -51,24 +60,20 @@ def quiet_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
-def _run_units(batch: pa.Table, fn: BatchFn, part_dir: str, schemas: dict[str, pa.Schema], main: str) -> pa.Table:
-    """A Ray Data task: commit each unit of the batch (one, as the driver asks for batch_size=1)."""
-    records = []
-    for row in batch.to_pylist():
-        record = commit_unit(fn, pickle.loads(row["payload"]), row["key"], part_dir, schemas, main)
-        records.append(pickle.dumps(record))
-    return pa.table({"index": batch.column("index"), "record": pa.array(records, pa.binary())})
+def _commit(fn: BatchFn, payload: Any, key: str, part_dir: str, schemas: dict[str, pa.Schema], main: str) -> dict:
+    """A Ray task: run one unit and commit it where every node can reach (the stage's work folder)."""
+    return commit_unit(fn, payload, key, part_dir, schemas, main)
 
 
-class _Replica:
-    """A Ray actor holding one model; commits the units it is given."""
+class ModelReplica:
+    """A Ray actor holding one model; commits the units it is given, one call each."""
 
     def __init__(self, model: Model, part_dir: str, schemas: dict[str, pa.Schema], main: str):
         self.instance = model.cls(**model.kwargs)
         self.part_dir, self.schemas, self.main = part_dir, schemas, main
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return _run_units(batch, self.instance, self.part_dir, self.schemas, self.main)
+    def run(self, payload: Any, key: str) -> dict:
+        return commit_unit(self.instance, payload, key, self.part_dir, self.schemas, self.main)
 
 
 class RayExecutor(Executor):
@@ -84,10 +89,13 @@ class RayExecutor(Executor):
             self._ray = connect(self.address)
         return self._ray
 
-    def connected(self):
-        """The `ray` module, connected to this executor's cluster (for stages that run Ray Data pipelines of their
-        own, such as `ray.data.llm` processors)."""
-        return self._connect()
+    def connected(self, data: bool = True):
+        """The `ray` module, connected to this executor's cluster, with Ray Data set up (for stages that run Ray
+        Data pipelines of their own, such as `ray.data.llm` processors)."""
+        ray = self._connect()
+        if data:
+            quiet_data()
+        return ray
 
     def close(self) -> None:
         """Disconnect (a Ray started for the build stops with it; a cluster keeps running)."""
@@ -97,7 +105,7 @@ class RayExecutor(Executor):
 
     def describe(self, resources: Resources, model: bool) -> str:
         where = f"ray ({self.address})" if self.address else "ray (started for the build)"
-        kind = "actors holding one model each" if model else "Ray Data tasks"
+        kind = "actors holding one model each" if model else "Ray tasks"
         n = resources.replicas if resources.replicas else "auto"
         need = f"{resources.cpus:g} cpu" + (f", {resources.gpus:g} gpu" if resources.gpus else "")
         return f"{where}: {kind}, replicas {n}, {need} each"
@@ -123,26 +131,56 @@ class RayExecutor(Executor):
     def _execute(self, ctx, fn: BatchFn | Model, todo: list[tuple[int, str, Unit]], part_dir: str,
                  schemas: dict[str, pa.Schema], main: str, resources: Resources,
                  options: dict) -> Iterable[tuple[int, dict]]:
+        """Each unit is one Ray task (or one call on a model replica). At most two units per worker are submitted
+        at a time, so a worker finds its next unit queued when it finishes one, and a killed driver leaves at most
+        that many units unfinished."""
         if not todo:
             return
         ray = self._connect()
-        items = [{"index": i, "key": key, "payload": pickle.dumps(unit.payload)} for i, key, unit in todo]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        args: dict[str, Any] = {"batch_size": 1, "batch_format": "pyarrow", "num_cpus": resources.cpus}
-        if resources.gpus:
-            args["num_gpus"] = resources.gpus
         model = isinstance(fn, Model)
-        replicas = self.replicas(resources, model, len(todo))
+        placement: dict[str, Any] = {"num_cpus": resources.cpus}
+        if resources.gpus:
+            placement["num_gpus"] = resources.gpus
+        workers = self.workers(resources, model, len(todo))
+        queue = list(reversed(todo))
         if model:
-            ds = ds.map_batches(_Replica, fn_constructor_kwargs={"model": fn, "part_dir": part_dir,
-                                                                 "schemas": schemas, "main": main},
-                                compute=ray.data.ActorPoolStrategy(size=replicas), max_restarts=-1,
-                                max_task_retries=TASK_RETRIES, **args)
+            replica = ray.remote(ModelReplica).options(max_restarts=-1, max_task_retries=TASK_RETRIES, **placement)
+            actors = [replica.remote(fn, part_dir, schemas, main) for _ in range(workers)]
+            load = {i: 0 for i in range(len(actors))}
+
+            def submit(slot: int | None = None) -> tuple[Any, tuple[int, int]]:
+                slot = min(load, key=load.get) if slot is None else slot
+                index, key, unit = queue.pop()
+                load[slot] += 1
+                return actors[slot].run.remote(unit.payload, key), (index, slot)
         else:
-            if replicas:
-                args["compute"] = ray.data.TaskPoolStrategy(size=replicas)
-            ds = ds.map_batches(_run_units, fn_kwargs={"fn": fn, "part_dir": part_dir, "schemas": schemas,
-                                                       "main": main}, max_retries=TASK_RETRIES, **args)
-        quiet_console()
-        for row in ds.iter_rows():
-            yield int(row["index"]), pickle.loads(row["record"])
+            task = ray.remote(_commit).options(max_retries=TASK_RETRIES, **placement)
+            shared = ray.put(fn), ray.put(schemas)  # sent to the cluster once, not with every unit
+
+            def submit(slot: int | None = None) -> tuple[Any, tuple[int, int]]:
+                index, key, unit = queue.pop()
+                return task.remote(shared[0], unit.payload, key, part_dir, shared[1], main), (index, -1)
+
+        pending: dict[Any, tuple[int, int]] = {}
+        start_warm_ups()  # no pool forks here: the validation library loads while the cluster works
+        try:
+            while queue and len(pending) < 2 * workers:
+                ref, where = submit()
+                pending[ref] = where
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                index, slot = pending.pop(ready[0])
+                record = ray.get(ready[0])
+                if model:
+                    load[slot] -= 1
+                if queue:
+                    ref, where = submit(slot if model else None)
+                    pending[ref] = where
+                yield index, record
+        finally:
+            if model:  # the replicas' models are released with their processes (and their queued calls dropped)
+                for actor in actors:
+                    ray.kill(actor)
+            else:
+                for ref in pending:  # a failed or abandoned stage: what is still running or queued stops
+                    ray.cancel(ref, force=True)
