@@ -1,6 +1,6 @@
 """The same stages on the local executor and on a Ray cluster of 1 and 2 one-CPU nodes, as ratios from one run.
 
-    python benchmarks/ray_scaling.py                                   # 200K conversations; 24 prompts x 16 samples
+    python benchmarks/ray_scaling.py                                   # 200K conversations; 64 prompts x 16 samples
     python benchmarks/ray_scaling.py --n 20000 --prompts 8 --rounds 1  # a short version
 
 Two workloads: cleaning + stats (`clean_conversations`, `conversation_stats`) over N ShareGPT-form conversations
@@ -150,7 +150,7 @@ def measure(workload: str, recipe: Path, base: Path, sets: list[str], stages: li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200_000, help="conversations for cleaning + stats")
-    parser.add_argument("--prompts", type=int, default=24, help="prompts for generation")
+    parser.add_argument("--prompts", type=int, default=64, help="prompts for generation")
     parser.add_argument("--samples", type=int, default=16, help="distinct responses per prompt")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the three configurations, alternating")
     parser.add_argument("--only", choices=["clean_stats", "generation"], default=None, help="one workload only")

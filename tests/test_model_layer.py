@@ -231,3 +231,25 @@ def test_one_score_for_a_long_conversation_from_every_path(short_rm, tmp_path):
         assert path_scores == pytest.approx(expected, abs=1e-5)
     assert judged == pytest.approx(expected, abs=1e-5)  # the judge prints 6 decimals
     assert abs(expected[0] - expected[1]) > 1e-3  # two different scores, so equality means something
+
+
+# ------------------------------------------------------------------------------------------------ models that are not there
+def test_a_model_that_is_missing_or_does_not_load_is_one_line_naming_it(tmp_path):
+    import subprocess
+
+    from xwin_data.core.errors import ModelLoadError, XwinError
+    from xwin_data.llm.generation import make_generator
+    from xwin_data.llm.reward import ScorerSpec, make_scorer
+
+    missing = subprocess.run([sys.executable, "-m", "xwin_data.cli", "build", str(PROJECT / "recipes" / "xwin_set.yaml"),
+                              "-q", "-c", str(tmp_path / "a"), "--set", f"policy.model={tmp_path}/no-such-model"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2, missing.stderr[-2000:]
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: model {tmp_path}/no-such-model: no such folder")
+    assert "Traceback" not in missing.stderr and "╭" not in missing.stderr
+    empty = tmp_path / "empty-model"  # there, but not a model: the backend that loads it says so, naming it
+    empty.mkdir()
+    for make, spec in ((make_generator, GeneratorSpec(model=str(empty))), (make_scorer, ScorerSpec(model=str(empty)))):
+        with pytest.raises(ModelLoadError, match=f"^model {re.escape(str(empty))}: cannot load it: ") as err:
+            make(spec)
+        assert isinstance(err.value, XwinError) and "\n" not in str(err.value)

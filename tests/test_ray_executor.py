@@ -282,3 +282,19 @@ def test_reward_model_judge_on_ray_equals_local(cluster, tmp_path) -> None:
     assert stats["judge_model_calls"]["scored"] + stats["judge_model_calls"]["cached"] == 8
     local_stats = Catalog(tmp_path / "local").current("xwin_pair").stats
     assert local_stats["executor"]["name"] == "local" and local_stats["judge_model_calls"]["scored"] == 8
+
+
+def test_a_unit_that_fails_on_the_cluster_is_reported_in_one_line(cluster, tmp_path) -> None:
+    # The policy folder is there (so the plan takes it) but holds no model: every replica fails to load it, on the
+    # cluster, and the build says so as it would locally, not with Ray's wrapper and remote traceback.
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    args = [sys.executable, "-m", "xwin_data.cli", "build", str(XWIN_SET), "-c", str(tmp_path / "cat"), "-q",
+            "--executor", "ray", "--ray-address", cluster.address, "--set", f"policy.model={empty}"]
+    for s in SMALL_SET:
+        args += ["--set", s]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: model {empty}: cannot load it: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "RayTaskError" not in proc.stderr and "ActorDiedError" not in proc.stderr
+    assert not done_units(tmp_path / "cat", "xwin_responses")

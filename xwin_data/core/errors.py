@@ -47,6 +47,10 @@ class OverrideError(XwinError, ValueError):
     """A `--set key=value` override that cannot be parsed or applied."""
 
 
+class ModelLoadError(XwinError, OSError):
+    """A model named by a spec is there but does not load (no config, no weights, not a model folder)."""
+
+
 class MissingModelError(XwinError, FileNotFoundError):
     """A model folder the command needs does not exist; the message names the command that makes it."""
 

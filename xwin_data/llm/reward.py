@@ -156,10 +156,12 @@ class Scorer:
 def load_tokenizer(spec: ScorerSpec, model_path: str):
     from transformers import AutoTokenizer
 
+    from xwin_data.llm.loading import loading
     from xwin_data.llm.tiny import resolve_model
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(spec.tokenizer) if spec.tokenizer else model_path,
-                                        revision=None if spec.tokenizer else spec.revision)
+    with loading(spec.tokenizer or spec.model):
+        tok = AutoTokenizer.from_pretrained(resolve_model(spec.tokenizer) if spec.tokenizer else model_path,
+                                            revision=None if spec.tokenizer else spec.revision)
     template = load_chat_template(spec.chat_template)
     if template is not None:
         tok.chat_template = template

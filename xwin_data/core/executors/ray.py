@@ -69,10 +69,18 @@ class ModelReplica:
     """A Ray actor holding one model; commits the units it is given, one call each."""
 
     def __init__(self, model: Model, part_dir: str, schemas: dict[str, pa.Schema], main: str):
-        self.instance = model.cls(**model.kwargs)
         self.part_dir, self.schemas, self.main = part_dir, schemas, main
+        # A model that does not load is reported by the first unit, as that unit's error: an exception raised
+        # here would only say that the actor died.
+        self.instance, self.error = None, None
+        try:
+            self.instance = model.cls(**model.kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised by run()
+            self.error = err
 
     def run(self, payload: Any, key: str) -> dict:
+        if self.error is not None:
+            raise self.error
         return commit_unit(self.instance, payload, key, self.part_dir, self.schemas, self.main)
 
 
@@ -170,7 +178,13 @@ class RayExecutor(Executor):
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 index, slot = pending.pop(ready[0])
-                record = ray.get(ready[0])
+                try:
+                    record = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as err:
+                    # the unit's own error (a bad record, a model that would not load), not Ray's wrapper with its
+                    # remote traceback: the build reports it in one line as it would locally
+                    cause = getattr(err, "cause", None)
+                    raise (cause if isinstance(cause, Exception) else err) from None
                 if model:
                     load[slot] -= 1
                 if queue:
@@ -178,9 +192,15 @@ class RayExecutor(Executor):
                     pending[ref] = where
                 yield index, record
         finally:
-            if model:  # the replicas' models are released with their processes (and their queued calls dropped)
+            # A failed or abandoned stage: what is still running or queued stops, and its outcome is collected here
+            # (Ray would log an uncollected failure as an error of its own).
+            for ref in pending:
+                ray.cancel(ref, force=not model)
+            for ref in pending:
+                try:
+                    ray.get(ref, timeout=10)
+                except Exception:  # noqa: BLE001 - cancelled, or failed after the error being raised
+                    pass
+            if model:  # the replicas' models are released with their processes
                 for actor in actors:
                     ray.kill(actor)
-            else:
-                for ref in pending:  # a failed or abandoned stage: what is still running or queued stops
-                    ray.cancel(ref, force=True)

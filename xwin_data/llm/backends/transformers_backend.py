@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from xwin_data.llm.generation import (Completion, GeneratorSpec, LocalGenerator, Messages, PromptTooLongError,
                                       SamplingConfig)
+from xwin_data.llm.loading import loading
 from xwin_data.llm.registry import register_backend
 from xwin_data.llm.reward import Scorer, ScorerSpec, require_template, truncation_length
 from xwin_data.llm.spec import load_chat_template, local_identity
@@ -68,7 +69,8 @@ class TransformersGenerator(LocalGenerator):
         revision = spec.revision
         model_path = resolve_model(spec.model)
         tok_path = resolve_model(spec.tokenizer) if spec.tokenizer else model_path
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_path, revision=None if spec.tokenizer else revision)
+        with loading(spec.tokenizer or spec.model):
+            self.tokenizer = AutoTokenizer.from_pretrained(tok_path, revision=None if spec.tokenizer else revision)
         self.tokenizer.padding_side = "left"
         template = load_chat_template(spec.chat_template)
         if template is not None:
@@ -76,7 +78,8 @@ class TransformersGenerator(LocalGenerator):
         if self.tokenizer.chat_template is None:
             raise ValueError(f"tokenizer of {spec.model!r} has no chat template; set chat_template in the spec")
         device, dtype = _device_and_dtype(opts)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype).to(device)
+        with loading(spec.model):
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=dtype).to(device)
         self.model.eval()
         self.device = device
         eos = self.model.generation_config.eos_token_id
@@ -153,7 +156,8 @@ class TransformersScorer(Scorer):
 
         path, opts = self._prepare(spec)
         device, dtype = _device_and_dtype(opts)
-        model = AutoModelForSequenceClassification.from_pretrained(path, revision=spec.revision, dtype=dtype)
+        with loading(spec.model):
+            model = AutoModelForSequenceClassification.from_pretrained(path, revision=spec.revision, dtype=dtype)
         self._attach(model.to(device).eval())
 
     @classmethod
