@@ -31,6 +31,22 @@ def test_plan_shows_where_each_stage_runs(tmp_path, cli) -> None:
     assert from_recipe["xwin_set"].startswith("ray (started for the build): actors holding one model each")
 
 
+
+def test_plan_shows_vllm_models_on_a_ray_data_llm_processor(tmp_path, cli) -> None:
+    """On Ray a vLLM policy and a vLLM reward model run as `ray.data.llm` engine replicas (tensor_parallel GPUs
+    each), not on the executor's actors: `plan` says so, with the replicas the spec sets or `auto`."""
+    recipe = PROJECT / "recipes" / "xwin_set.yaml"
+    proc = cli("plan", str(recipe), "-c", str(tmp_path / "cat"), "--json", "--executor", "ray", "--ray-address",
+               "auto", "--set", "policy.backend=vllm", "--set", "policy.replicas=4", "--set",
+               "policy.tensor_parallel=2", "--set", "rm.backend=vllm")
+    rows = {r["stage"]: r["runs_on"] for r in json.loads(proc.stdout)}
+    assert rows["xwin_responses"] == ("ray (auto): ray.data.llm vLLM processor (generate), replicas 4, "
+                                      "tensor_parallel 2, 2 gpu each (2 cpu on a cluster without GPUs)")
+    assert rows["xwin_set"] == ("ray (auto): ray.data.llm vLLM processor (classify), replicas auto (the cluster's "
+                                "GPUs / tensor_parallel), tensor_parallel 1, 1 gpu each (1 cpu on a cluster without "
+                                "GPUs)")
+    assert rows["dpo_pairs"] == "driver: DuckDB (set-oriented SQL)"
+
 def test_executor_and_resources_are_checked_before_any_work(tmp_path, cli) -> None:
     recipe = PROJECT / "recipes" / "sharegpt_sft.yaml"
     bad = cli("build", str(recipe), "-c", str(tmp_path / "cat"), "--executor", "spark", check=False)

@@ -77,3 +77,43 @@ def test_a_missing_object_is_a_recipe_error(s3, tmp_path, cli) -> None:
     recipe.write_text(RECIPE)
     proc = cli("build", str(recipe), "-c", str(tmp_path / "cat"), "--set", "input=s3://data/nope.jsonl", check=False)
     assert proc.returncode == 2 and "nope.jsonl" in proc.stdout + proc.stderr
+
+
+def drops(catalog: Path) -> list:
+    found = list(catalog.glob("**/drops/*.parquet"))
+    return duckdb.sql(f"SELECT source_id, reason, detail FROM read_parquet({[str(f) for f in found]}) "
+                      "ORDER BY ALL").fetchall() if found else []
+
+
+def test_a_folder_or_glob_of_objects_reads_like_a_local_folder_of_shards(s3, tmp_path) -> None:
+    """`s3://bucket/folder` and `s3://bucket/folder/*.jsonl` expand to their objects in name order, copied into the
+    catalog under their names; the table and the drops (which name the shard) equal a local folder's, `_SUCCESS` is
+    not data, and a new object in the folder rebuilds the stage."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    lines = gzip.decompress(SAMPLE.read_bytes()).splitlines(keepends=True)
+    shards = {"a.jsonl": b"".join(lines[:40]), "b.jsonl": b"".join(lines[40:70]) + b'{"id": "broken", \n',
+              "notes.txt": b"not data\n", "_SUCCESS": b""}
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for name, body in shards.items():
+        (folder / name).write_bytes(body)
+        s3.put_object(Bucket="data", Key=f"sets/shards/{name}", Body=body)
+    xwin_data.build(recipe, tmp_path / "local", [f"input={folder}"], show_progress=False)
+    xwin_data.build(recipe, tmp_path / "s3", ["input=s3://data/sets/shards"], show_progress=False)
+    xwin_data.build(recipe, tmp_path / "glob", ["input=s3://data/sets/shards/*.jsonl"], show_progress=False)
+
+    local = rows(tmp_path / "local", "raw")
+    assert 60 <= len(local) <= 70 and rows(tmp_path / "s3", "raw") == local == rows(tmp_path / "glob", "raw")
+    local_drops = drops(tmp_path / "local")
+    assert {(d[0].split(":")[0], d[1]) for d in local_drops} >= {("b.jsonl", "broken_json"),
+                                                                ("notes.txt", "not_a_data_file")}
+    assert drops(tmp_path / "s3") == local_drops
+    assert drops(tmp_path / "glob") == [d for d in local_drops if d[1] != "not_a_data_file"]
+    copies = sorted(p.name for p in (tmp_path / "s3" / "cache" / "inputs").glob("*/shards/*"))
+    assert copies == ["a.jsonl", "b.jsonl", "notes.txt"]
+
+    s3.put_object(Bucket="data", Key="sets/shards/c.jsonl", Body=b"".join(lines[70:80]))
+    again = xwin_data.build(recipe, tmp_path / "s3", ["input=s3://data/sets/shards"], show_progress=False)
+    assert [st.status for st in again.stages] == ["built"]
+    assert len(rows(tmp_path / "s3", "raw")) > len(local)

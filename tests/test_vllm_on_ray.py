@@ -206,8 +206,8 @@ def test_policy_placement_from_the_command_line(tmp_path) -> None:
         return next(st for st in json.loads(proc.stdout) if st["stage"] == "xwin_responses")
 
     declared, placed = plan(), plan("policy.replicas=8", "policy.tensor_parallel=2")
-    assert "replicas 3, 2 cpu each" in declared["runs_on"]
-    assert "replicas 8, 2 cpu, 2 gpu each" in placed["runs_on"]
+    assert "ray.data.llm vLLM processor (generate), replicas 3, tensor_parallel 1, 1 gpu each" in declared["runs_on"]
+    assert "ray.data.llm vLLM processor (generate), replicas 8, tensor_parallel 2, 2 gpu each" in placed["runs_on"]
     assert placed["fingerprint"] == declared["fingerprint"]
     bad = subprocess.run([sys.executable, "-m", "xwin_data.cli", "plan", str(recipe), "-c", str(tmp_path / "cat"),
                           "--set", "policy.replicas=0"], capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ import pytest
 
 import xwin_data
 from xwin_data.core.catalog import Catalog
-from xwin_data.ops.sets.xwin_set import PromptState, normalise
+from xwin_data.ops.sets.sample_rounds import PromptState, normalise
 
 PROJECT = Path(__file__).resolve().parents[1]
 RECIPE = PROJECT / "recipes" / "xwin_set.yaml"

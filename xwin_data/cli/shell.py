@@ -24,7 +24,7 @@ def _names(con: duckdb.DuckDBPyConnection, kind: str) -> list[str]:
 
 def dot_command(con: duckdb.DuckDBPyConnection, catalog: Catalog, line: str, state: dict) -> bool:
     """Run a dot command; False means leave the shell."""
-    from xwin_data.cli.app import print_rows
+    from xwin_data.cli.tables import print_rows
     from xwin_data.core.connection import create_canned_views
 
     cmd, _, arg = line.strip().partition(" ")
@@ -64,7 +64,7 @@ def interactive_shell(con: duckdb.DuckDBPyConnection, catalog: Catalog, fmt: str
         except OSError:
             pass
         readline.set_history_length(5000)
-    from xwin_data.cli.app import print_rows
+    from xwin_data.cli.tables import print_rows
 
     state = {"format": fmt}
     names = _names(con, "VIEW") + _names(con, "BASE TABLE")

@@ -298,8 +298,9 @@ def describe_plan(stages: list[PlannedStage], executor: Executor | None = None) 
 
 
 def where_it_runs(ps: PlannedStage, executor: Executor) -> str:
-    """Where a stage's work would run: SQL stages in DuckDB on the driver, the others on the executor."""
+    """Where a stage's work would run: SQL stages in DuckDB on the driver, the others on the executor (a model the
+    stage runs in a `ray.data.llm` processor, as its resources say, is described as such)."""
     runs = ps.op.runs_for(ps.params)
     if runs == "driver":
         return "driver: DuckDB (set-oriented SQL)" if ps.op.runs == "driver" else "driver"
-    return executor.describe(Resources.of(ps.resources), runs == "model")
+    return executor.describe(Resources.of(ps.resources), runs == "model", ps.resources.get("ray_data_llm"))

@@ -35,7 +35,7 @@ from xwin_data.llm.costs import BudgetExceeded, CostLedger, PriceTable
 from xwin_data.llm.errors import (AuthError, BadResponse, ConnectionFailed, LLMError, MissingKey, RateLimited, RequestRejected,
                      ServerError, Timeout)
 from xwin_data.llm.spec import endpoint
-from xwin_data.llm.transport import Pacer, StatusFailure, aiohttp_available, make_transport, retry_after_seconds
+from xwin_data.llm.transport import Pacer, StatusFailure, aiohttp_available, make_transport, status_error
 
 __all__ = ["ClientSettings", "ChatCall", "ChatResult", "ChatClient", "LLMError", "RateLimited", "ServerError",
            "Timeout", "BadResponse", "ConnectionFailed", "RequestRejected", "AuthError", "MissingKey",
@@ -342,24 +342,6 @@ class ChatClient:
             result.attempts = attempts
             return result
 
-    def _status_error(self, err: StatusFailure) -> LLMError:
-        """An HTTP error status as a typed error: 429 RateLimited (a `Retry-After` within `retry_after_max_s`
-        pauses every call), 401/403 AuthError, 5xx/408/409 ServerError, any other RequestRejected."""
-        s, status = self.settings, err.status
-        if status == 429:
-            wait = retry_after_seconds(err.headers)
-            if wait and wait > s.retry_after_max_s:  # not honoured: this call backs off, the run goes on
-                return RateLimited(self.redact(f"429 rate limited: {err.message} (Retry-After {wait:g}s is more "
-                                               f"than retry_after_max_s={s.retry_after_max_s:g})"), wait)
-            if wait:
-                self._pause_until = max(self._pause_until, time.monotonic() + wait)
-            return RateLimited(self.redact(f"429 rate limited: {err.message}"), wait)
-        if status in (401, 403):
-            return AuthError(self.redact(f"{status} not authorised: {err.message}"))
-        if status >= 500 or status in (408, 409):
-            return ServerError(self.redact(f"{status}: {err.message}"))
-        return RequestRejected(self.redact(f"{status}: {err.message}"))
-
     async def _attempt(self, client, rpm, tpm, call: ChatCall, key: str) -> ChatResult:
         s = self.settings
         max_tokens = int(call.params.get("max_tokens") or 1024)
@@ -385,7 +367,10 @@ class ChatClient:
             except (ConnectionFailed, Timeout) as err:
                 raise type(err)(self.redact(str(err))) from err
             except StatusFailure as err:
-                raise self._status_error(err) from err
+                typed, pause = status_error(err, s.retry_after_max_s, self.redact)
+                if pause:  # a 429 asked everyone to wait
+                    self._pause_until = max(self._pause_until, time.monotonic() + pause)
+                raise typed from err
         except BaseException:
             self.ledger.release(reserved)
             self._budget_changed()

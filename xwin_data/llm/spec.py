@@ -129,8 +129,10 @@ class Placement(BaseModel):
     gpus: float | None = Field(None, ge=0, description="GPUs per copy (default: tensor_parallel, else the stage's)")
     tensor_parallel: int | None = Field(None, ge=1, description="GPUs one copy is split across (vLLM engine kwarg)")
 
-    def resources(self, declared: dict | None) -> dict:
-        """The stage's `resources:` with what the model spec says on top of them."""
+    def resources(self, declared: dict | None, ray_data_llm: str | None = None) -> dict:
+        """The stage's `resources:` with what the model spec says on top of them. `ray_data_llm` names the task
+        (generate, classify) of a model that a Ray cluster runs in a `ray.data.llm` vLLM processor rather than on
+        the executor's replicas, so that `plan` can say so."""
         out = dict(declared or {})
         if self.replicas is not None:
             out["replicas"] = self.replicas
@@ -138,6 +140,8 @@ class Placement(BaseModel):
             out["gpus"] = self.gpus
         elif self.tensor_parallel and self.tensor_parallel > 1:
             out["gpus"] = float(self.tensor_parallel)
+        if ray_data_llm:
+            out["ray_data_llm"] = {"task": ray_data_llm, "tensor_parallel": self.tensor_parallel or 1}
         return out
 
 

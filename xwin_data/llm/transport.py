@@ -10,7 +10,7 @@ Two transports, one interface (`acquire` a request slot, `post_chat` a body and 
   own request headers. httpx scans every pooled connection on each request, so the slots are spread over
   clients of 8 connections each to keep that scan short.
 
-Both raise the same things: `StatusFailure` (an HTTP error status, its message and headers; the client maps it
+Both raise the same things: `StatusFailure` (an HTTP error status, its message and headers; `status_error` maps it
 to a typed error), `Timeout` and `ConnectionFailed`. Messages are not redacted here; the client redacts them."""
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ import json
 import os
 import time
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
-from xwin_data.llm.errors import ConnectionFailed, Timeout
+from xwin_data.llm.errors import (AuthError, ConnectionFailed, LLMError, RateLimited, RequestRejected, ServerError,
+                                  Timeout)
 
 OPENAI_URL = "https://api.openai.com/v1"
 TRANSPORTS = ("auto", "aiohttp", "openai", "httpx")  # "httpx": the earlier name of "openai"
@@ -67,6 +68,25 @@ class StatusFailure(Exception):
     def __init__(self, status: int, message: str, headers: Any = None):
         super().__init__(f"{status}: {message}")
         self.status, self.message, self.headers = status, message, headers
+
+
+def status_error(err: StatusFailure, retry_after_max_s: float,
+                 redact: Callable[[str], str]) -> tuple[LLMError, float | None]:
+    """An HTTP error status as a typed error, and how long every call should pause: 429 RateLimited (a
+    `Retry-After` within `retry_after_max_s` pauses every call; a longer one only backs this call off), 401/403
+    AuthError, 5xx/408/409 ServerError, any other RequestRejected. `redact` cleans the message of keys."""
+    status = err.status
+    if status == 429:
+        wait = retry_after_seconds(err.headers)
+        if wait and wait > retry_after_max_s:  # not honoured: this call backs off, the run goes on
+            return RateLimited(redact(f"429 rate limited: {err.message} (Retry-After {wait:g}s is more than "
+                                      f"retry_after_max_s={retry_after_max_s:g})"), wait), None
+        return RateLimited(redact(f"429 rate limited: {err.message}"), wait), wait or None
+    if status in (401, 403):
+        return AuthError(redact(f"{status} not authorised: {err.message}")), None
+    if status >= 500 or status in (408, 409):
+        return ServerError(redact(f"{status}: {err.message}")), None
+    return RequestRejected(redact(f"{status}: {err.message}")), None
 
 
 def error_message(raw: bytes) -> str:

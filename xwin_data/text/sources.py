@@ -5,6 +5,7 @@ a record, so the reader can keep going; memory stays bounded by one batch (or on
 
 A damaged container does not stop a build (`xwin_data.text.gzip_stream`): a truncated gzip yields what it holds and then one `Unreadable` for the
 rest, a file named `.gz` that is not gzip or a Parquet file that cannot be opened is one `Unreadable` for the file.
+The pieces many workers read one input in (a row group, an Arrow data file) are in `xwin_data.text.source_units`.
 """
 from __future__ import annotations
 
@@ -367,70 +368,57 @@ def _iter_json(path: Path, name: str) -> Iterator[tuple[int, Any]]:
 
 def _iter_parquet(path: Path, name: str) -> Iterator[tuple[int, Any]]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    index = 0
-    try:
-        if path.suffix == ".gz":
+    source: Any = path
+    if path.suffix == ".gz":
+        try:
             with open_binary(path) as fh:
                 data = fh.read()
                 problem = stream_problem(fh, name, 0)
-            if problem is not None:
-                yield 0, problem
-                return
-            source: Any = pa.BufferReader(data)
-        else:
-            source = path
-        for batch in pq.ParquetFile(source).iter_batches(batch_size=10_000):
-            for rec in batch.to_pylist():
-                yield index, rec
-                index += 1
-    except (OSError, pa.ArrowException, ValueError) as err:
-        reason = "unreadable_file" if index == 0 else "truncated_file"
-        yield index, Unreadable(reason, f"{name}: not a readable Parquet file from row {index} on: "
-                                f"{type(err).__name__}: {err}", source_id=name)
+        except (OSError, pa.ArrowException, ValueError) as err:
+            yield 0, parquet_failure(name, "not a readable Parquet file", 0, err)
+            return
+        if problem is not None:
+            yield 0, problem
+            return
+        source = pa.BufferReader(data)
+    yield from parquet_records(source, name, "not a readable Parquet file")
 
 
-def parquet_row_groups(path: Path) -> list[int] | None:
-    """Rows of each row group of a plain (not gzipped) Parquet file, the units it is read in; None where its footer
-    cannot be read (the file is then read whole, and is one drop)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if path.suffix == ".gz":
-        return None
-    try:
-        meta = pq.ParquetFile(path).metadata
-    except (OSError, pa.ArrowException, ValueError):
-        return None
-    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-
-
-def iter_parquet_row_group(path: Path, row_group: int, first: int, name: str) -> Iterator[tuple[int, Any]]:
-    """The records of one row group, numbered from `first` as `iter_records` numbers the file's rows; a row group
-    that cannot be read is one drop for its rows."""
+def parquet_records(source: Any, name: str, what: str, first: int = 0, row_groups: list[int] | None = None
+                    ) -> Iterator[tuple[int, Any]]:
+    """The rows of a Parquet file (or of some of its row groups), numbered from `first`; what cannot be read ends
+    the stream as one drop for the rest, which `what` names."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     index = first
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, row_groups=[row_group]):
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=10_000, row_groups=row_groups):
             for rec in batch.to_pylist():
                 yield index, rec
                 index += 1
     except (OSError, pa.ArrowException, ValueError) as err:
-        reason = "unreadable_file" if index == 0 else "truncated_file"
-        yield index, Unreadable(reason, f"{name}: row group {row_group} is not readable from row {index} on: "
-                                f"{type(err).__name__}: {err}", source_id=name)
+        yield index, parquet_failure(name, what, index, err)
 
 
-def _load_hf(path: str, split: str):
+def parquet_failure(name: str, what: str, index: int, err: BaseException) -> Unreadable:
+    reason = "unreadable_file" if index == 0 else "truncated_file"
+    return Unreadable(reason, f"{name}: {what} from row {index} on: {type(err).__name__}: {err}", source_id=name)
+
+
+def saved_to_disk(path: Path) -> bool:
+    """A folder written by `save_to_disk` (no loading script): `datasets.load_from_disk` reads it."""
+    return path.is_dir() and any((path / m).exists() for m in HF_MARKERS) and not any(path.glob("*.py"))
+
+
+def load_hf(path: str, split: str):
     """The split of a saved dataset folder (`save_to_disk`), a folder with a loading script, or a hub id."""
     import datasets
 
     p = Path(path)
     try:
-        if p.is_dir() and any((p / name).exists() for name in HF_MARKERS) and not any(p.glob("*.py")):
+        if saved_to_disk(p):
             ds = datasets.load_from_disk(str(p))
         else:
             ds = datasets.load_dataset(path, split=split)
@@ -445,44 +433,8 @@ def _load_hf(path: str, split: str):
     return ds
 
 
-def hf_data_files(path: str, split: str) -> list[tuple[Path, int]] | None:
-    """The Arrow files a saved dataset's split is made of, with their rows, in order: the units it is read in.
-    None where the dataset is not exactly those files (a loading script or hub id, an indices mapping left by
-    `select` / `shuffle`, a dataset held in memory): it is then read where the build runs."""
-    import pyarrow as pa
-
-    p = Path(path)
-    if not (p.is_dir() and any((p / name).exists() for name in HF_MARKERS) and not any(p.glob("*.py"))):
-        return None
-    ds = _load_hf(path, split)
-    if getattr(ds, "_indices", None) is not None or not ds.cache_files:
-        return None
-    files = []
-    for cache_file in ds.cache_files:
-        with pa.memory_map(cache_file["filename"]) as source:
-            rows = sum(batch.num_rows for batch in pa.ipc.open_stream(source))
-        files.append((Path(cache_file["filename"]), rows))
-    if sum(rows for _, rows in files) != ds.num_rows:
-        return None
-    return files
-
-
-def iter_arrow_file(path: Path, first: int) -> Iterator[tuple[int, Any]]:
-    """The records of one Arrow data file of a saved dataset, numbered from `first` as `iter_records` numbers the
-    dataset's rows."""
-    import pyarrow as pa
-
-    index = first
-    with pa.memory_map(str(path)) as source:
-        for batch in pa.ipc.open_stream(source):
-            for lo in range(0, batch.num_rows, 10_000):
-                for rec in batch.slice(lo, 10_000).to_pylist():
-                    yield index, rec
-                    index += 1
-
-
 def _iter_hf(path: str, split: str) -> Iterator[tuple[int, Any]]:
-    ds = _load_hf(path, split)
+    ds = load_hf(path, split)
     index = 0
     for batch in ds.with_format("arrow").iter(batch_size=10_000):
         for rec in batch.to_pylist():

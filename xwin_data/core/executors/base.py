@@ -199,7 +199,9 @@ class Executor:
     name = "base"
     distributes = False  # True where units run on other machines: ops then split work that is cheap to keep here
 
-    def describe(self, resources: Resources, model: bool) -> str:
+    def describe(self, resources: Resources, model: bool, ray_data_llm: dict | None = None) -> str:
+        """Where a stage's units would run, for `plan`; `ray_data_llm` ({task, tensor_parallel}): its model runs in
+        a `ray.data.llm` processor where the executor is Ray."""
         return self.name
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ class LocalExecutor(Executor):
 
         return 1 if model else max(1, available_workers())
 
-    def describe(self, resources: Resources, model: bool) -> str:
+    def describe(self, resources: Resources, model: bool, ray_data_llm: dict | None = None) -> str:
         return "local: this process (model loaded once)" if model else "local: forked workers / threads"
 
     @contextmanager

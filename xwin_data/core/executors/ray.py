@@ -1,5 +1,6 @@
 """The Ray executor: a stage's units run as Ray tasks (row batches) or as calls on a pool of Ray actors that each
-hold one model (generation, reward scoring), across every node of a cluster.
+hold one model (generation, reward scoring), across every node of a cluster. (A model on vLLM runs in a
+`ray.data.llm` processor instead, which its stage drives: see `xwin_data.llm.ray_llm`.)
 
 Each task commits its unit to the stage's work folder (which must be on a filesystem every node can reach) before
 it returns its small record, so the executor needs no more of Ray than tasks, actors and `ray.wait`: the driver
@@ -111,8 +112,13 @@ class RayExecutor(Executor):
             self._ray.shutdown()
             self._ray = None
 
-    def describe(self, resources: Resources, model: bool) -> str:
+    def describe(self, resources: Resources, model: bool, ray_data_llm: dict | None = None) -> str:
         where = f"ray ({self.address})" if self.address else "ray (started for the build)"
+        if ray_data_llm:  # vLLM engine replicas driven by ray.data.llm (xwin_data.llm.ray_llm), tp GPUs each
+            tp = int(ray_data_llm.get("tensor_parallel") or 1)
+            n = resources.replicas if resources.replicas else "auto (the cluster's GPUs / tensor_parallel)"
+            return (f"{where}: ray.data.llm vLLM processor ({ray_data_llm.get('task', 'generate')}), replicas {n}, "
+                    f"tensor_parallel {tp}, {tp} gpu each ({tp} cpu on a cluster without GPUs)")
         kind = "actors holding one model each" if model else "Ray tasks"
         n = resources.replicas if resources.replicas else "auto"
         need = f"{resources.cpus:g} cpu" + (f", {resources.gpus:g} gpu" if resources.gpus else "")

@@ -78,7 +78,8 @@ class ReadConversations(Op):
     def run(self, ctx, params: ReadParams) -> None:
         from xwin_data.core.storage import is_remote, localize
         from xwin_data.text.conversation_rows import RowOptions
-        from xwin_data.text.sources import InputFile, detect_file_type, hf_data_files, input_files, is_sharded
+        from xwin_data.text.source_units import hf_data_files
+        from xwin_data.text.sources import InputFile, detect_file_type, input_files, is_sharded
 
         source = params.source or Path(params.path).name
         if is_remote(params.path):  # read from the catalog's copy, which every node of a cluster can reach
@@ -223,7 +224,7 @@ def parse_unit(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
     number of records go back."""
     from xwin_data.text.conversation_rows import parse_jsonl_block
     from xwin_data.text.gzip_stream import open_binary
-    from xwin_data.text.sources import iter_arrow_file, iter_parquet_row_group, iter_records
+    from xwin_data.text.source_units import iter_arrow_file, iter_parquet_row_group, iter_whole_file
 
     kind = payload[0]
     if kind == "unreadable":
@@ -231,7 +232,7 @@ def parse_unit(payload: tuple) -> tuple[pa.Table, tuple[list, list, list, int]]:
         return RAW_SCHEMA.empty_table(), ([], [], [(problem.source_id, problem.reason, problem.detail)], 1)
     if kind == "file":
         _, path, file_kind, name, options, source = payload
-        return _records_table(iter_records(path, file_kind, name=name), options, source)
+        return _records_table(iter_whole_file(path, file_kind, name), options, source)
     if kind == "row_group":
         _, path, row_group, first, name, options, source = payload
         return _records_table(iter_parquet_row_group(Path(path), row_group, first, name), options, source)
@@ -251,7 +252,7 @@ def _units(params: ReadParams, files, hf_files, options, source: str, sharded: b
     """The reader's units, in input order: JSONL files as blocks of lines (a damaged gzip's lost rest as a unit of
     its own), Parquet files by row group, a saved HF dataset by its Arrow data files, JSON shards whole."""
     from xwin_data.core.executors import Unit
-    from xwin_data.text.sources import parquet_row_groups
+    from xwin_data.text.source_units import parquet_row_groups
 
     units = []
     first = 0

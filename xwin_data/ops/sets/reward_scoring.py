@@ -57,9 +57,11 @@ class ScoreResponses(Op):
     summary = "reward-model score per (prompt, response), cached; rank within the prompt (1 = best)"
 
     def resources(self, params: ScoreParams, declared: dict) -> dict:
+        from xwin_data.llm.reward import ScorerSpec
         from xwin_data.llm.spec import Placement
 
-        return Placement.model_validate(params.placement).resources(declared)
+        on_llm = ScorerSpec.model_validate(params.rm).backend == "vllm"  # on Ray: a ray.data.llm classify processor
+        return Placement.model_validate(params.placement).resources(declared, "classify" if on_llm else None)
 
     def external_fingerprint(self, params: ScoreParams) -> dict:
         from xwin_data.llm.reward import ScorerSpec

@@ -4,34 +4,21 @@ and ranks them.
 `sample_unique` samples in rounds until a prompt has `n_unique` responses that differ after whitespace and case
 normalisation, or until `max_samples` draws; what a prompt lacks is written to `<table>_shortfall`, never hidden.
 Every draw goes through the request cache (sample j of a prompt has its own seed), so a killed build resumes
-without sampling again, and a rebuild reproduces the same responses.
+without sampling again, and a rebuild reproduces the same responses. This module chooses the prompts and splits
+them into units; `sample_rounds.py` samples a unit with one replica of the policy, and `sample_on_ray.py` drives the
+rounds through `ray.data.llm` where the policy runs on vLLM on a Ray cluster.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from xwin_data.conversation import MESSAGES_SQL_TYPE, MESSAGES_TYPE, ROLES_SQL, prompt_turns_sql
+from xwin_data.conversation import MESSAGES_SQL_TYPE, ROLES_SQL, prompt_turns_sql
 from xwin_data.ops.base import Op, Params, register
-
-RESPONSES_SCHEMA = pa.schema([
-    ("prompt_id", pa.string()), ("prompt", MESSAGES_TYPE), ("response_id", pa.string()), ("sample_index", pa.int32()),
-    ("attempt", pa.int32()), ("response", pa.string()), ("tokens", pa.int32()), ("finish_reason", pa.string()),
-    ("policy", pa.string()),
-])
-SHORTFALL_SCHEMA = pa.schema([
-    ("prompt_id", pa.string()), ("wanted", pa.int32()), ("unique_responses", pa.int32()), ("shortfall", pa.int32()),
-    ("samples_drawn", pa.int32()), ("duplicates", pa.int32()), ("blank", pa.int32()), ("reason", pa.string()),
-])
-
-
-def normalise(text: str) -> str:
-    """What makes two responses the same: equal after collapsing whitespace and folding case."""
-    return " ".join(text.split()).casefold()
+from xwin_data.ops.sets.sample_on_ray import sample_on_ray
+from xwin_data.ops.sets.sample_rounds import RESPONSES_SCHEMA, SHORTFALL_SCHEMA, ChunkSampler
 
 
 def prompts_sql(source: str, columns: set[str], turns: str, max_prompts: int | None) -> tuple[str, str]:
@@ -122,40 +109,6 @@ def chunk_prompts(params: SampleParams) -> int:
     return params.prompts_per_chunk or max(8, math.ceil(SAMPLES_PER_CHUNK / params.n_unique))
 
 
-@dataclass
-class PromptState:
-    prompt_id: str
-    prompt: list[dict]
-    kept: list[tuple[int, Any]] = field(default_factory=list)  # (attempt, Completion)
-    seen: set[str] = field(default_factory=set)
-    drawn: int = 0
-    duplicates: int = 0
-    blank: int = 0
-    failed: str | None = None  # why this prompt cannot be sampled (it becomes a drop)
-
-    def take(self, completions: list, first_attempt: int, wanted: int) -> None:
-        for j, comp in enumerate(completions):
-            key = normalise(comp.text)
-            if not key:
-                self.blank += 1
-            elif key in self.seen:
-                self.duplicates += 1
-            elif len(self.kept) < wanted:
-                self.seen.add(key)
-                self.kept.append((first_attempt + j, comp))
-        self.drawn = max(self.drawn, first_attempt + len(completions))
-
-
-def next_round(state: PromptState, wanted: int, cap: int) -> int:
-    """Draws for the next round: what is missing, scaled by the yield of distinct responses so far, rounded up to
-    a power of two (prompts in the same situation share a call), within the cap."""
-    need = wanted - len(state.kept)
-    if state.drawn == 0:
-        return min(cap, wanted)
-    rate = max(len(state.kept) / state.drawn, 1 / 8)
-    return max(0, min(cap - state.drawn, 1 << max(0, math.ceil(math.log2(max(1, need / rate))))))
-
-
 @register
 class SampleUnique(Op):
     """n_unique distinct responses per prompt from a policy, in cached rounds; shortfalls in <table>_shortfall."""
@@ -180,9 +133,11 @@ class SampleUnique(Op):
         return "responses" if table == main else "prompts"
 
     def resources(self, params: SampleParams, declared: dict) -> dict:
+        from xwin_data.llm.generation import GeneratorSpec
         from xwin_data.llm.spec import Placement
 
-        return Placement.model_validate(params.placement).resources(declared)
+        on_llm = GeneratorSpec.model_validate(params.policy).backend == "vllm"  # on Ray: a ray.data.llm processor
+        return Placement.model_validate(params.placement).resources(declared, "generate" if on_llm else None)
 
     def external_fingerprint(self, params: SampleParams) -> dict:
         from xwin_data.llm.generation import GeneratorSpec
@@ -219,7 +174,9 @@ class SampleUnique(Op):
                       len(prompts[lo:lo + step])) for lo in range(0, len(prompts), step)]
         spec = GeneratorSpec.model_validate(params.policy)
         on_llm = getattr(ctx.executor, "name", "") == "ray" and spec.backend == "vllm"
-        worker = Model(ChunkSampler, {"params": params.model_dump(mode="json"),
+        dumped = params.model_dump(mode="json")
+        worker = Model(ChunkSampler, {"policy": dumped["policy"], "sampling": dumped["sampling"],
+                                      "n_unique": params.n_unique, "max_samples": int(params.max_samples),
                                       "cache_path": str(ctx.cache_dir / "generation.sqlite"),
                                       "outputs": ctx.outputs, "deferred": on_llm})
         # At least n_unique samples per prompt are drawn (more where duplicates come back): the bar's total is
@@ -228,7 +185,7 @@ class SampleUnique(Op):
                 ctx.track("generated tokens", None, unit="tokens") as tokens_bar:
             prefill = None
             if on_llm:  # every sample drawn on vLLM engine replicas first; the units below then read the cache
-                prefill = self._sample_on_ray(ctx, params, spec, sampling, prompts, samples_bar, tokens_bar)
+                prefill = sample_on_ray(ctx, params, spec, sampling, prompts, samples_bar, tokens_bar)
 
             def record(extra: dict) -> None:
                 for pid, why in extra.pop("failed"):
@@ -259,153 +216,4 @@ class SampleUnique(Op):
             ctx.log(f"{totals['prompts_short']} of {len(prompts)} prompts have fewer than {params.n_unique} distinct "
                     f"responses: see table {ctx.outputs[1]}")
 
-    @staticmethod
-    def _sample_on_ray(ctx, params: SampleParams, spec, sampling, prompts: list[dict], samples_bar, tokens_bar):
-        """Every sample the stage will ask for, drawn through `ray.data.llm` on vLLM engine replicas and stored in
-        the request cache (see `xwin_data.llm.ray_llm`)."""
-        from xwin_data.core.executors import Resources
-        from xwin_data.llm.cache import RequestCache
-        from xwin_data.llm.ray_llm import RaySampler
 
-        greedy = sampling.temperature == 0
-        wanted = 1 if greedy else params.n_unique
-        cap = 1 if greedy else int(params.max_samples)
-        ray = ctx.executor.connected()
-        stage = Resources.of(ctx.resources)
-        tp = int(params.placement.get("tensor_parallel") or 1)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        if stage.replicas or not gpus:
-            replicas = ctx.executor.replicas(stage, True, len(prompts) * wanted) or 1
-        else:  # as many engines as the cluster's GPUs hold, tensor_parallel GPUs each
-            replicas = max(1, gpus // tp)
-
-        def progress(samples: int, tokens: int) -> None:
-            samples_bar.advance(samples)
-            tokens_bar.advance(tokens)
-
-        with RequestCache(str(ctx.cache_dir / "generation.sqlite")) as cache:
-            sampler = RaySampler(spec, sampling, cache, replicas=replicas,
-                                 tensor_parallel=params.placement.get("tensor_parallel"), ray=ray)
-            return sampler.run(prompts, wanted, cap, PromptState, next_round, on_samples=progress)
-
-    @staticmethod
-    def _sample_chunk(gen, cache, states, sampling, wanted, cap, gen_stats, totals, draw_cached) -> None:
-        """Rounds until every prompt has `wanted` distinct responses or `cap` draws; each round is one cached call
-        for all its prompts whatever each one still needs, so a continuously batching engine runs them together."""
-        from xwin_data.llm.generation import PromptTooLongError
-
-        def draw(members: list[tuple[PromptState, int]]) -> None:
-            try:
-                outs = draw_cached(gen, cache, [(st.prompt_id, st.prompt, st.drawn, count) for st, count in members],
-                                   sampling, stats=gen_stats)
-            except PromptTooLongError as err:
-                if len(members) == 1:
-                    members[0][0].failed = str(err)
-                    return
-                for member in members:  # find the prompt(s) at fault; the others go on
-                    draw([member])
-                return
-            for (st, _count), comps in zip(members, outs):
-                st.take(comps, st.drawn, wanted)
-
-        while True:
-            members = []
-            for st in states:
-                if st.failed is None and len(st.kept) < wanted and st.drawn < cap:
-                    count = next_round(st, wanted, cap)
-                    if count > 0:
-                        members.append((st, count))
-            if not members:
-                return
-            totals["rounds"] += 1
-            draw(members)
-
-    @staticmethod
-    def _rows(st: PromptState, policy: str) -> list[dict]:
-        return [{"prompt_id": st.prompt_id, "prompt": st.prompt, "response_id": f"{st.prompt_id}#{i}",
-                 "sample_index": i, "attempt": attempt, "response": comp.text, "tokens": comp.tokens,
-                 "finish_reason": comp.finish_reason, "policy": policy}
-                for i, (attempt, comp) in enumerate(st.kept)]
-
-
-class TokenCounter:
-    """A generator that counts the tokens it generates (for tokens/s across replicas); otherwise the same."""
-
-    def __init__(self, gen):
-        self._gen, self.tokens = gen, 0
-
-    def generate(self, *args: Any, **kwargs: Any):
-        outs = self._gen.generate(*args, **kwargs)
-        self.tokens += sum(c.tokens or 0 for comps in outs for c in comps)
-        return outs
-
-    def generate_mixed(self, *args: Any, **kwargs: Any):
-        outs = self._gen.generate_mixed(*args, **kwargs)
-        self.tokens += sum(c.tokens or 0 for comps in outs for c in comps)
-        return outs
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._gen, name)
-
-
-class ChunkSampler:
-    """One replica of the policy: samples a chunk of prompts to completion through the request cache and returns
-    its response rows, its shortfall rows and its counts. Loaded once per replica, wherever the executor runs it."""
-
-    def __init__(self, params: dict, cache_path: str, outputs: list[str], deferred: bool = False):
-        from xwin_data.llm.cache import RequestCache
-        from xwin_data.llm.generation import GeneratorSpec, SamplingConfig, make_generator
-
-        self.params = SampleParams.model_validate(params)
-        self.sampling = SamplingConfig.model_validate(self.params.sampling)
-        self.greedy = self.sampling.temperature == 0
-        self.wanted = 1 if self.greedy else self.params.n_unique  # greedy decoding has one answer per prompt
-        self.cap = 1 if self.greedy else int(self.params.max_samples)
-        spec = GeneratorSpec.model_validate(self.params.policy)
-        if deferred:  # samples drawn through ray.data.llm beforehand: render and key them, start no engine
-            from xwin_data.llm.ray_llm import DeferredGenerator
-
-            self.gen = TokenCounter(DeferredGenerator(spec))
-        else:
-            self.gen = TokenCounter(make_generator(spec))
-        self.cache = RequestCache(cache_path)
-        self.outputs = outputs
-
-    def __call__(self, prompts: list[dict]) -> tuple[dict, dict]:
-        from xwin_data.llm.generation import draw_cached
-
-        n_unique = self.params.n_unique
-        gen_stats: dict[str, int] = {}
-        self.gen.tokens = 0
-        counts = {"responses": 0, "samples_drawn": 0, "duplicates": 0, "blank": 0, "prompts_short": 0,
-                  "prompts_failed": 0, "rounds": 0}
-        states = [PromptState(p["prompt_id"], p["prompt"]) for p in prompts]
-        SampleUnique._sample_chunk(self.gen, self.cache, states, self.sampling, self.wanted, self.cap, gen_stats,
-                                   counts, draw_cached)
-        rows, short_rows, failed = [], [], []
-        for st in states:
-            if st.failed is not None:
-                failed.append((st.prompt_id, st.failed))
-                counts["prompts_failed"] += 1
-                continue
-            rows.extend(SampleUnique._rows(st, self.gen.model_id))
-            if len(st.kept) < n_unique:
-                reason = ("greedy decoding (temperature 0) gives one response" if self.greedy else
-                          f"{st.drawn} samples drawn (max_samples) gave {len(st.kept)} distinct")
-                short_rows.append({"prompt_id": st.prompt_id, "wanted": n_unique, "unique_responses": len(st.kept),
-                                   "shortfall": n_unique - len(st.kept), "samples_drawn": st.drawn,
-                                   "duplicates": st.duplicates, "blank": st.blank, "reason": reason})
-                counts["prompts_short"] += 1
-            counts["responses"] += len(st.kept)
-            counts["samples_drawn"] += st.drawn
-            counts["duplicates"] += st.duplicates
-            counts["blank"] += st.blank
-        tables = {self.outputs[0]: pa.Table.from_pylist(rows, schema=RESPONSES_SCHEMA),
-                  self.outputs[1]: pa.Table.from_pylist(short_rows, schema=SHORTFALL_SCHEMA)}
-        return tables, {**counts, "failed": failed, "samples_cached": gen_stats.get("cached", 0),
-                        "samples_generated": gen_stats.get("generated", 0),
-                        "tokens_generated": self.gen.tokens}
-
-    def close(self) -> None:
-        self.gen.close()
-        self.cache.close()
