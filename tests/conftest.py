@@ -48,6 +48,86 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
     return proc
 
 
+def run_here(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None
+             ) -> subprocess.CompletedProcess:
+    """`run_cli` without starting Python again: the console script's `main` in this process, in folder `cwd`, with
+    `env` set for the call. For builds and trainings, where a new interpreter would import DuckDB, validation and
+    TRL again (seconds a call). Output is caught at the file descriptors, as a subprocess's would be: what C
+    libraries and forked workers write is in it too; warnings and log records reach stderr as in a new process."""
+    import io
+    import logging
+    import tempfile
+    import traceback
+    import warnings
+
+    from xwin_data.cli import main
+
+    full_env = {"COLUMNS": "200", **(env or {})}
+    saved_env = {k: os.environ.get(k) for k in full_env}
+    old_cwd, old_streams = os.getcwd(), (sys.stdout, sys.stderr)
+    root, root_handlers = logging.getLogger(), logging.getLogger().handlers[:]
+    code: int | str | None = 0
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        for stream in old_streams:
+            stream.flush()
+        saved_fds = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", line_buffering=True)
+        try:
+            os.environ.update(full_env)
+            root.handlers = []  # as in a new process: records of warning and up reach stderr (logging.lastResort)
+            if cwd is not None:
+                os.chdir(cwd)
+            with warnings.catch_warnings():
+                warnings.resetwarnings()  # the interpreter's own defaults, not pytest's: what a user would see
+                warnings.showwarning = _print_warning  # printed, where pytest would record them
+                for action, category in (("default", DeprecationWarning), ("ignore", DeprecationWarning),
+                                         ("ignore", PendingDeprecationWarning), ("ignore", ImportWarning),
+                                         ("ignore", ResourceWarning)):
+                    warnings.filterwarnings(action, category=category, append=True,
+                                            module="__main__" if action == "default" else "")
+                try:
+                    main(list(args))
+                except SystemExit as exc:
+                    code = exc.code
+                except Exception:  # noqa: BLE001 - as an uncaught error ends a process: traceback, exit 1
+                    traceback.print_exc()
+                    code = 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            sys.stdout, sys.stderr = old_streams
+            root.handlers = root_handlers
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
+            os.chdir(old_cwd)
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        if isinstance(code, str):  # sys.exit("message"): printed, exit status 1
+            err.write((code + "\n").encode())
+            code = 1
+        out.seek(0)
+        err.seek(0)
+        proc = subprocess.CompletedProcess(["xwin-data", *args], int(code or 0), out.read().decode(errors="replace"),
+                                           err.read().decode(errors="replace"))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"xwin-data {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    import warnings
+
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def invoke_in(d: Path, *args: str):
     """The real command run in this process, in folder `d` (for tests making many calls, each well under a second);
     `.text` is the output without the console's line wraps (long paths wrap)."""

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_here
 
 import xwin_data
 from xwin_data.core.catalog import Catalog
@@ -45,23 +46,23 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_build_skip_and_partial_rebuild(workdir: Path, cli) -> None:
-    cli("build", "r.yaml", cwd=workdir)
+def test_build_skip_and_partial_rebuild(workdir: Path) -> None:
+    run_here("build", "r.yaml", cwd=workdir)
     cat = Catalog(workdir / "xwin-catalog")
     raw_v, kept_v = cat.current("raw"), cat.current("kept")
     assert (raw_v.rows, kept_v.rows, kept_v.n_drops) == (3, 1, 2)
 
-    out = cli("build", "r.yaml", cwd=workdir)
+    out = run_here("build", "r.yaml", cwd=workdir)
     assert "nothing to do" in out.stderr
     assert cat.current("kept").version == kept_v.version
 
-    cli("build", "r.yaml", "--set", "min_len=1", cwd=workdir)
+    run_here("build", "r.yaml", "--set", "min_len=1", cwd=workdir)
     assert cat.current("raw").version == raw_v.version  # upstream untouched
     assert cat.current("kept").version == kept_v.version + 1
     assert cat.current("kept").rows == 2
 
     # Going back to the first config restores the stored version without recomputing.
-    cli("build", "r.yaml", cwd=workdir)
+    run_here("build", "r.yaml", cwd=workdir)
     assert cat.current("kept").version == kept_v.version
 
     con = xwin_data.connect(workdir / "xwin-catalog")
@@ -71,11 +72,11 @@ def test_build_skip_and_partial_rebuild(workdir: Path, cli) -> None:
     assert statuses == ["ok"] * 4
 
 
-def test_sql_json_and_readonly(workdir: Path, cli) -> None:
-    cli("build", "r.yaml", cwd=workdir)
-    out = cli("sql", "--format", "json", "SELECT id FROM kept ORDER BY id", cwd=workdir)
+def test_sql_json_and_readonly(workdir: Path) -> None:
+    run_here("build", "r.yaml", cwd=workdir)
+    out = run_here("sql", "--format", "json", "SELECT id FROM kept ORDER BY id", cwd=workdir)
     assert json.loads(out.stdout) == [{"id": "b"}]
-    bad = cli("sql", "DELETE FROM catalog_db.builds", cwd=workdir, check=False)
+    bad = run_here("sql", "DELETE FROM catalog_db.builds", cwd=workdir, check=False)
     assert bad.returncode != 0
 
 
@@ -105,10 +106,10 @@ def test_unknown_set_key_fails_before_work(workdir: Path, cli) -> None:
     assert not (workdir / "xwin-catalog" / "tables").exists()
 
 
-def test_failed_validation_blocks_publish(workdir: Path, cli) -> None:
+def test_failed_validation_blocks_publish(workdir: Path) -> None:
     bad = RECIPE.replace('too_short: "len(messages) >= 2"', 'too_short: "len(messages) >= 1"')
     (workdir / "bad.yaml").write_text(bad)
-    out = cli("build", "bad.yaml", "--set", "min_len=1", cwd=workdir, check=False)
+    out = run_here("build", "bad.yaml", "--set", "min_len=1", cwd=workdir, check=False)
     assert out.returncode == 1
     assert "last_turn_assistant" in out.stderr and "'c'" in out.stderr
     cat = Catalog(workdir / "xwin-catalog")
@@ -144,13 +145,14 @@ def test_second_build_fails_clearly_or_waits(workdir: Path, cli) -> None:
     assert cat.current("kept").rows == 1
 
 
-def test_sql_write_is_opt_in(workdir: Path, cli) -> None:
-    cli("build", "r.yaml", cwd=workdir)
-    cli("sql", "CREATE TABLE notes AS SELECT 1 AS x", cwd=workdir)
-    assert cli("sql", "--format", "csv", "SELECT count(*) FROM information_schema.tables WHERE table_name = 'notes'",
-               cwd=workdir).stdout.splitlines()[1] == "0"
-    cli("sql", "--write", "CREATE TABLE catalog_db.notes AS SELECT 1 AS x", cwd=workdir)
-    out = cli("sql", "--write", "--format", "csv", "SELECT x FROM catalog_db.notes", cwd=workdir)
+def test_sql_write_is_opt_in(workdir: Path) -> None:
+    run_here("build", "r.yaml", cwd=workdir)
+    run_here("sql", "CREATE TABLE notes AS SELECT 1 AS x", cwd=workdir)
+    assert run_here("sql", "--format", "csv",
+                    "SELECT count(*) FROM information_schema.tables WHERE table_name = 'notes'",
+                    cwd=workdir).stdout.splitlines()[1] == "0"
+    run_here("sql", "--write", "CREATE TABLE catalog_db.notes AS SELECT 1 AS x", cwd=workdir)
+    out = run_here("sql", "--write", "--format", "csv", "SELECT x FROM catalog_db.notes", cwd=workdir)
     assert out.stdout.splitlines() == ["x", "1"]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_here
 
 import xwin_data
 from xwin_data.evals.stats import cohen_kappa, length_controlled_win_rate
@@ -43,12 +44,12 @@ def test_shipped_mtbench_prompts_are_fastchats(shared_data: Path) -> None:
         assert "Apache-2.0" in shipped[name]["source"]
 
 
-def test_recorded_vicuna_reviews_win_tie_loss(shared_data: Path, tmp_path: Path, cli) -> None:
+def test_recorded_vicuna_reviews_win_tie_loss(shared_data: Path, tmp_path: Path) -> None:
     base = shared_data / VICUNA
     files = sorted((base / "review").rglob("review_*.jsonl"))
     out = tmp_path / "rec"
-    proc = cli("eval", "recorded", *map(str, files), "--answers", str(base / "answer"), "--out", str(out),
-               "--n-boot", "200", "--catalog", str(tmp_path / "cat"))
+    proc = run_here("eval", "recorded", *map(str, files), "--answers", str(base / "answer"), "--out", str(out),
+                    "--n-boot", "200", "--catalog", str(tmp_path / "cat"))
     rows = {r["judge"]: r for r in _eval_results(tmp_path / "cat")}
     assert len(rows) == 13
     results = {r["review"]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
@@ -94,7 +95,7 @@ def test_kappa_textbook_value() -> None:
     assert cohen_kappa(a, b) == pytest.approx(0.4)
 
 
-def test_live_alpaca_against_local_judge(shared_data: Path, tmp_path: Path, cli, openai_server) -> None:
+def test_live_alpaca_against_local_judge(shared_data: Path, tmp_path: Path, openai_server) -> None:
     from openai_server import pairwise_judge, prefer_longer
 
     base = shared_data / VICUNA
@@ -107,7 +108,7 @@ def test_live_alpaca_against_local_judge(shared_data: Path, tmp_path: Path, cli,
     args = ("eval", "alpaca", "--model", "tiny-policy", "--reference", str(ref_file), "--judge-model", "test-judge",
             "--judge-base-url", openai_server.base_url, "--max-new-tokens", "24",
             "--catalog", str(tmp_path / "cat"), "--out", str(tmp_path / "out"))
-    cli(*args)
+    run_here(*args)
     assert openai_server.total == 8  # 4 instructions x 2 presentation orders
     recs = pq.read_table(tmp_path / "out" / "records.parquet").to_pylist()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -128,11 +129,11 @@ def test_live_alpaca_against_local_judge(shared_data: Path, tmp_path: Path, cli,
     assert row["win_rate"] == pytest.approx(100 * (expected.count("win") + 0.5 * expected.count("tie")) / 4)
     assert row["template"].startswith("pairwise-abc@v") and row["png"] == str(tmp_path / "out" / "alpaca.png")
     _png_ok(tmp_path / "out" / "alpaca.png")
-    cli(*args)  # a second run is answered from the request cache
+    run_here(*args)  # a second run is answered from the request cache
     assert openai_server.total == 8
 
 
-def test_live_mtbench_single_and_pairwise(shared_data: Path, tmp_path: Path, cli, openai_server) -> None:
+def test_live_mtbench_single_and_pairwise(shared_data: Path, tmp_path: Path, openai_server) -> None:
     from openai_server import ChatRequest, judge_answers, prefer_longer
 
     src = shared_data / FASTCHAT / "mt_bench"
@@ -150,10 +151,10 @@ def test_live_mtbench_single_and_pairwise(shared_data: Path, tmp_path: Path, cli
         return "Fine. Rating: [[8]]" if "Conversation with User" not in req.text else "Rating: [[6]]"
 
     openai_server.reply = reply
-    cli("eval", "mtbench", "--model", "tiny-policy", "--questions", str(tmp_path / "q.jsonl"),
-        "--reference-answers", str(src / "reference_answer" / "gpt-4.jsonl"), "--baseline", str(baseline),
-        "--judge-model", "test-judge", "--judge-base-url", openai_server.base_url, "--max-new-tokens", "16",
-        "--catalog", str(tmp_path / "cat"), "--out", str(tmp_path / "out"))
+    run_here("eval", "mtbench", "--model", "tiny-policy", "--questions", str(tmp_path / "q.jsonl"),
+             "--reference-answers", str(src / "reference_answer" / "gpt-4.jsonl"), "--baseline", str(baseline),
+             "--judge-model", "test-judge", "--judge-base-url", openai_server.base_url, "--max-new-tokens", "16",
+             "--catalog", str(tmp_path / "cat"), "--out", str(tmp_path / "out"))
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     # writing q81: turn 1 graded 8, turn 2 (multi-turn prompt) 6; math q111: both turns against a reference, 3
     assert s["turn_1"]["score"] == pytest.approx((8 + 3) / 2) and s["turn_2"]["score"] == pytest.approx((6 + 3) / 2)

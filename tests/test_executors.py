@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_here
 
 import xwin_data
 from xwin_data.core.catalog import Catalog
@@ -14,20 +15,20 @@ from xwin_data.core.catalog import Catalog
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def test_plan_shows_where_each_stage_runs(tmp_path, cli) -> None:
+def test_plan_shows_where_each_stage_runs(tmp_path) -> None:
     recipe = PROJECT / "recipes" / "xwin_set.yaml"
-    proc = cli("plan", str(recipe), "-c", str(tmp_path / "cat"), "--json", "--executor", "ray",
-               "--ray-address", "auto", "--set", "xwin_responses.resources.replicas=8",
-               "--set", "xwin_responses.resources.gpus=1")
+    proc = run_here("plan", str(recipe), "-c", str(tmp_path / "cat"), "--json", "--executor", "ray",
+                    "--ray-address", "auto", "--set", "xwin_responses.resources.replicas=8",
+                    "--set", "xwin_responses.resources.gpus=1")
     rows = {r["stage"]: r["runs_on"] for r in json.loads(proc.stdout)}
     assert rows["xwin_responses"] == "ray (auto): actors holding one model each, replicas 8, 1 cpu, 1 gpu each"
     assert rows["xwin_set"].startswith("ray (auto): actors holding one model each, replicas auto")
     assert rows["dpo_pairs"] == rows["bon_curve"] == "driver: DuckDB (set-oriented SQL)"
     local = {r["stage"]: r["runs_on"] for r in json.loads(
-        cli("plan", str(recipe), "-c", str(tmp_path / "cat"), "--json").stdout)}
+        run_here("plan", str(recipe), "-c", str(tmp_path / "cat"), "--json").stdout)}
     assert local["xwin_responses"] == "local: this process (model loaded once)"
     from_recipe = {r["stage"]: r["runs_on"] for r in json.loads(
-        cli("plan", str(recipe), "-c", str(tmp_path / "cat"), "--json", "--set", "executor.name=ray").stdout)}
+        run_here("plan", str(recipe), "-c", str(tmp_path / "cat"), "--json", "--set", "executor.name=ray").stdout)}
     assert from_recipe["xwin_set"].startswith("ray (started for the build): actors holding one model each")
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_here
 
 import xwin_data
 from xwin_data.core.catalog import Catalog
@@ -236,11 +237,11 @@ def test_openrlhf_keys_render_with_chat_template(built: Catalog, tmp_path: Path)
     assert set(ds.column_names) == {"input", "output"} and ds[1]["output"][0]["content"] == "Number 1"
 
 
-def test_hf_export_and_card_through_cli(built: Catalog, tmp_path: Path, cli) -> None:
+def test_hf_export_and_card_through_cli(built: Catalog, tmp_path: Path) -> None:
     import datasets
 
     out = tmp_path / "hf"
-    cli("export", "pairs", str(out), "--format", "hf", "--card", "--catalog", str(built.root))
+    run_here("export", "pairs", str(out), "--format", "hf", "--card", "--catalog", str(built.root))
     ds = datasets.load_from_disk(str(out))
     assert len(ds) == 3 and ds[0]["chosen"] == "Paris."
     card = (out / "README.md").read_text()
@@ -254,5 +255,6 @@ def test_hf_export_and_card_through_cli(built: Catalog, tmp_path: Path, cli) -> 
     assert "| pairs | judge_cost_usd | 0.1250 |" in card and "Total recorded model cost: $0.1250." in card
     assert '"where"' in card  # the recipe parameters of the stages
 
-    bad = cli("export", "pairs", str(tmp_path / "x"), "--format", "nope", "--catalog", str(built.root), check=False)
+    bad = run_here("export", "pairs", str(tmp_path / "x"), "--format", "nope", "--catalog", str(built.root),
+                   check=False)
     assert bad.returncode != 0 and "unknown export format" in bad.stdout + bad.stderr

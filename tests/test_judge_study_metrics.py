@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_here
 
 import xwin_data
 from xwin_data.core.catalog import Catalog
@@ -52,9 +53,9 @@ def test_typed_loading_measures_text_not_json(catalog: Catalog) -> None:
     assert pairs[1]["len_b"] == 2  # the number 42 is the text "42", not a length of 42
 
 
-def test_order_averaged_and_strict_accuracies(catalog: Catalog, tmp_path: Path, cli) -> None:
+def test_order_averaged_and_strict_accuracies(catalog: Catalog, tmp_path: Path) -> None:
     out = tmp_path / "study"
-    cli("study", "judge", "judged", "--catalog", str(catalog.root), "--out", str(out), "--n-boot", "100")
+    run_here("study", "judge", "judged", "--catalog", str(catalog.root), "--out", str(out), "--n-boot", "100")
     m = _metrics(out)
     # AB order: right on p0, p1, p2, p3, p6 of 7 valid; BA: right on p0, p1, p2, p4, p5, p7 of 7 valid.
     assert m["label_accuracy_ab"]["value"] == pytest.approx(5 / 7) and m["label_accuracy_ab"]["n"] == 7

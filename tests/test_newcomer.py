@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import run_here
 
 import xwin_data
 
@@ -44,28 +45,31 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_newcomer_path_from_the_readme(home: Path, cli) -> None:
+    # Each failure a newcomer meets runs as its own process (what a fresh interpreter prints is part of the one
+    # line); the steps that work run the same command's `main` in this process (no TRL import per step).
     run = lambda *a, **k: cli(*a, cwd=home, **k)  # noqa: E731
+    step = lambda *a, **k: run_here(*a, cwd=home, **k)  # noqa: E731
     catalog = home / "xwin-catalog"
 
     # Before anything is built, every next step says what to build (one line, exit 2, nothing generated).
     one_line_error(run("train", "sft", check=False), "no catalog", "xwin-data build recipes/xwin_set.yaml")
     one_line_error(run("show", check=False), "xwin-data build recipes/xwin_set.yaml")
-    plan = run("plan", str(RECIPES / "xwin_set.yaml"), env={"COLUMNS": "120"})
+    plan = step("plan", str(RECIPES / "xwin_set.yaml"), env={"COLUMNS": "120"})
     assert plan.stderr.count("not built yet") + plan.stdout.count("not built yet") == 8  # every stage
 
     # The main job and the recipes the training defaults read.
-    run("build", str(RECIPES / "xwin_set.yaml"), *SET_SMALL, "--quiet")
+    step("build", str(RECIPES / "xwin_set.yaml"), *SET_SMALL, "--quiet")
     one_line_error(run("train", "sft", check=False), "sft_sharegpt_2k", "recipes/sharegpt_sft.yaml")
-    run("build", str(RECIPES / "sharegpt_sft.yaml"), "--quiet")
+    step("build", str(RECIPES / "sharegpt_sft.yaml"), "--quiet")
     one_line_error(run("train", "rm", check=False), "xwin_pair", "xwin-data build recipes/xwin_pair.yaml")
-    run("build", str(RECIPES / "xwin_pair.yaml"), "--set", "max_prompts=4", "--quiet")
+    step("build", str(RECIPES / "xwin_pair.yaml"), "--set", "max_prompts=4", "--quiet")
 
     # Out of order: RS before SFT names the stage that makes its starting model.
     one_line_error(run("train", "rs", check=False), "runs/sft", "xwin-data train sft")
 
     # sft -> rm -> rs -> dpo, wind: the shipped configs (no config argument), small step counts.
     for stage in ("sft", "rm", "rs", "dpo", "wind"):
-        run("train", stage, *TRAIN_SMALL[stage])
+        step("train", stage, *TRAIN_SMALL[stage])
         assert (home / "runs" / stage / "config.json").is_file()
     con = xwin_data.connect(catalog)
     trained = con.sql("SELECT kind, table_name FROM runs ORDER BY created_at").fetchall()
@@ -81,10 +85,10 @@ def test_newcomer_path_from_the_readme(home: Path, cli) -> None:
 
     # The scaling study after the default builds: held-out prompts set aside before the cut; sizes past the
     # data are named and only one of them is trained.
-    proc = run("study", "scaling", str(RECIPES / "scaling.yaml"), "--set", "sizes=[2000,16000,32000]",
-               "--set", "train.overrides.max_steps=1", "--set", "train.overrides.max_rows=32",
-               "--set", "evaluator.max_prompts=3",
-               "--set", "evaluator.max_new_tokens=6", "--set", "evaluator.n_boot=50")
+    proc = step("study", "scaling", str(RECIPES / "scaling.yaml"), "--set", "sizes=[2000,16000,32000]",
+                "--set", "train.overrides.max_steps=1", "--set", "train.overrides.max_rows=32",
+                "--set", "evaluator.max_prompts=3",
+                "--set", "evaluator.max_new_tokens=6", "--set", "evaluator.n_boot=50")
     out = proc.stdout + proc.stderr
     assert "sizes [32000] are larger than the data" in out and "kept sizes [2000, 16000]" in out
     assert "held-out prompts: 3 from sft_sharegpt_heldout" in out
@@ -92,7 +96,7 @@ def test_newcomer_path_from_the_readme(home: Path, cli) -> None:
     assert summary["sizes"] == [2000, 16000] and summary["prompts"] == 3
 
     # study bon: the set's policy, by its model name, not the one-response rs tables.
-    run("study", "bon", "--n-boot", "50")
+    step("study", "bon", "--n-boot", "50")
     bon = json.loads((catalog / "studies" / "bon" / "summary.json").read_text())
     assert bon["tables"] == ["xwin_set"] and bon["policies"] == ["tiny-policy"]
 
@@ -105,14 +109,14 @@ def test_newcomer_path_from_the_readme(home: Path, cli) -> None:
     annotations.write_text(json.dumps([
         {"instruction": f"q{i}", "output_1": "base answer", "output_2": "model answer" + "!" * i,
          "generator_1": "baseline", "generator_2": "runs/sft", "preference": 1 + (i % 3) / 2} for i in range(9)]))
-    rec = json.loads(run("eval", "recorded", str(annotations), "--catalog", str(catalog)).stdout.splitlines()[-1])
+    rec = json.loads(step("eval", "recorded", str(annotations), "--catalog", str(catalog)).stdout.splitlines()[-1])
     assert rec[0]["win_rate"] == pytest.approx(100 * sum((i % 3) / 2 for i in range(9)) / 9)
 
     # Exports of what was built.
-    run("export", "dpo_pairs_worst", "out/trl", "--format", "trl", "--card")
+    step("export", "dpo_pairs_worst", "out/trl", "--format", "trl", "--card")
     card = (home / "out" / "trl" / "README.md").read_text()
     assert "dpo_pairs_worst" in card
-    run("export", "sft_sharegpt_2k", "out/hf", "--format", "hf")
+    step("export", "sft_sharegpt_2k", "out/hf", "--format", "hf")
     from datasets import load_from_disk
 
     assert len(load_from_disk(str(home / "out" / "hf"))) > 0

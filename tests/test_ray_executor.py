@@ -15,7 +15,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import run_here
 
+import xwin_data
 from xwin_data.core.catalog import Catalog
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -104,7 +106,7 @@ def done_units(catalog: Path, stage: str) -> list[Path]:
 def test_sharegpt_sft_on_ray_equals_local(cluster, tmp_path) -> None:
     # Blocks of ~64 KB: the sample file becomes several units, spread over both nodes.
     sets = ["sharegpt_raw.params.block_bytes=65536"]
-    build(SFT, tmp_path / "local", sets)
+    xwin_data.build(SFT, tmp_path / "local", sets, show_progress=False)  # the reference, in this process
     proc = build(SFT, tmp_path / "ray", sets, "--executor", "ray", "--ray-address", cluster.address)
     local, on_ray = tables(tmp_path / "local"), tables(tmp_path / "ray")
     assert local.keys() == on_ray.keys() and len(local) > 10
@@ -115,12 +117,12 @@ def test_sharegpt_sft_on_ray_equals_local(cluster, tmp_path) -> None:
     assert stats["batches_run"] == stats["batches"]
     assert "Dataset" not in proc.stderr  # Ray's own progress lines stay out of the build's display
     # built on Ray is built: the local executor has nothing to do
-    again = build(SFT, tmp_path / "ray", sets)
+    again = run_here("build", str(SFT), "-c", str(tmp_path / "ray"), "-q", *[a for s in sets for a in ("--set", s)])
     assert "nothing to do" in again.stdout + again.stderr
 
 
 def test_xwin_set_on_ray_equals_local_with_a_worker_killed(cluster, tmp_path) -> None:
-    build(XWIN_SET, tmp_path / "local", SMALL_SET)
+    xwin_data.build(XWIN_SET, tmp_path / "local", SMALL_SET, show_progress=False)  # the reference, in this process
     catalog = tmp_path / "ray"
     args = [sys.executable, "-m", "xwin_data.cli", "build", str(XWIN_SET), "-c", str(catalog), "-q",
             "--executor", "ray", "--ray-address", cluster.address]
@@ -240,8 +242,6 @@ def reader_inputs(folder: Path) -> int:
 
 
 def test_parquet_json_and_hf_inputs_on_ray_equal_local(cluster, tmp_path) -> None:
-    import xwin_data
-
     n = reader_inputs(tmp_path / "in")
     recipe = tmp_path / "readers.yaml"
     recipe.write_text(READERS)
@@ -263,8 +263,6 @@ def test_parquet_json_and_hf_inputs_on_ray_equal_local(cluster, tmp_path) -> Non
 
 def test_reward_model_judge_on_ray_equals_local(cluster, tmp_path) -> None:
     import shutil
-
-    import xwin_data
 
     sets = ["max_prompts=4", "k=2", "sampling.max_new_tokens=8", "xwin_pair.params.pairs_per_unit=2"]
     xwin_data.build(XWIN_PAIR, tmp_path / "local", sets, show_progress=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_here
 
 import xwin_data
 from xwin_data.core.catalog import Catalog
@@ -34,18 +35,16 @@ def _runs(catalog: Path) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    from conftest import run_cli
-
     work = tmp_path_factory.mktemp("scaling")
-    run_cli("build", str(PROJECT / "recipes" / "sharegpt_sft.yaml"), "--set", f"subset_sizes={SIZES}",
-            "--set", "near_dedup=false", "--quiet", cwd=work)
+    run_here("build", str(PROJECT / "recipes" / "sharegpt_sft.yaml"), "--set", f"subset_sizes={SIZES}",
+             "--set", "near_dedup=false", "--quiet", cwd=work)
     return work
 
 
-def test_scaling_study_trains_each_size_once_and_evaluates(work: Path, cli, openai_server) -> None:
+def test_scaling_study_trains_each_size_once_and_evaluates(work: Path, openai_server) -> None:
     catalog = work / "xwin-catalog"
     out = work / "study"
-    cli("study", "scaling", str(PROJECT / "recipes" / "scaling.yaml"), "--out", str(out), *FAST, cwd=work)
+    run_here("study", "scaling", str(PROJECT / "recipes" / "scaling.yaml"), "--out", str(out), *FAST, cwd=work)
 
     runs = _runs(catalog)
     assert [r[0] for r in runs] == [f"sft_sharegpt_{s}" for s in SIZES]  # one training per size, in order
@@ -111,11 +110,11 @@ def test_scaling_study_trains_each_size_once_and_evaluates(work: Path, cli, open
         assert r["win"] == expected.count("win") and r["loss"] == expected.count("loss")
 
 
-def test_scaling_config_errors_are_clear(work: Path, cli, tmp_path: Path) -> None:
+def test_scaling_config_errors_are_clear(work: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: s\ntrain:\n  overides: {max_steps: 1}\n")
-    proc = cli("study", "scaling", str(bad), "--catalog", str(work / "xwin-catalog"), check=False)
+    proc = run_here("study", "scaling", str(bad), "--catalog", str(work / "xwin-catalog"), check=False)
     assert proc.returncode == 2 and "unknown key 'train.overides'" in proc.stdout + proc.stderr
-    proc = cli("study", "scaling", str(PROJECT / "recipes" / "scaling.yaml"), "--catalog", str(tmp_path / "empty"),
-               check=False)
+    proc = run_here("study", "scaling", str(PROJECT / "recipes" / "scaling.yaml"), "--catalog",
+                    str(tmp_path / "empty"), check=False)
     assert proc.returncode == 2 and "sft_sharegpt_subsets" in proc.stdout + proc.stderr

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_here
 
 import xwin_data
 
@@ -35,10 +36,8 @@ def table_digest(catalog: Path) -> dict[str, tuple]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """One uninterrupted build of the default recipe (small subset sizes added so several are real)."""
-    from conftest import run_cli
-
     work = tmp_path_factory.mktemp("sft")
-    run_cli("build", str(RECIPE), *SMALL, "--quiet", cwd=work)
+    run_here("build", str(RECIPE), *SMALL, "--quiet", cwd=work)
     return work
 
 
@@ -103,10 +102,10 @@ def test_nested_subsets(built: Path) -> None:
         assert con.execute(f"SELECT count(*) FROM {small}").fetchone()[0] < con.execute(f"SELECT count(*) FROM {large}").fetchone()[0]
 
 
-def test_noop_rebuild_and_export(built: Path, cli, tmp_path: Path) -> None:
-    out = cli("build", str(RECIPE), *SMALL, "--quiet", cwd=built)
+def test_noop_rebuild_and_export(built: Path, tmp_path: Path) -> None:
+    out = run_here("build", str(RECIPE), *SMALL, "--quiet", cwd=built)
     assert "nothing to do" in out.stderr
-    cli("export", "sft_sharegpt_2k", str(tmp_path / "hf"), "--format", "hf", cwd=built)
+    run_here("export", "sft_sharegpt_2k", str(tmp_path / "hf"), "--format", "hf", cwd=built)
     import datasets
 
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
@@ -128,7 +127,5 @@ def test_killed_build_then_clean_rebuild(built: Path, tmp_path: Path) -> None:
     proc.wait()
     assert marker.exists(), "the build did not reach the second stage before the kill"
     assert not (tmp_path / "xwin-catalog" / "tables" / "sft_sharegpt").exists()
-    from conftest import run_cli
-
-    run_cli("build", str(RECIPE), *SMALL, "--quiet", cwd=tmp_path)
+    run_here("build", str(RECIPE), *SMALL, "--quiet", cwd=tmp_path)
     assert table_digest(tmp_path / "xwin-catalog") == table_digest(built / "xwin-catalog")

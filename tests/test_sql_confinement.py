@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from conftest import invoke_in as _invoke
+from conftest import run_here
 
 from xwin_data.core.catalog import Catalog
 from xwin_data.core.recipe import load_recipe
@@ -40,13 +41,11 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    from conftest import run_cli
-
     d = tmp_path_factory.mktemp("sqlconf")
     (d / "conv.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
     (d / "r.yaml").write_text(RECIPE)
     (d / "secret.txt").write_text("top secret\n")
-    run_cli("build", "r.yaml", "-q", cwd=d)
+    run_here("build", "r.yaml", "-q", cwd=d)
     return d
 
 

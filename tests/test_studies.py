@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_here
 
 import xwin_data
 from xwin_data.bon import mean_best_of
@@ -28,7 +29,7 @@ def _metrics(folder: Path) -> dict:
     return {r["metric"]: r for r in pq.read_table(folder / "results.parquet").to_pylist()}
 
 
-def test_judge_study_on_recorded_gpt4_reviews(tmp_path: Path, shared_data: Path, cli) -> None:
+def test_judge_study_on_recorded_gpt4_reviews(tmp_path: Path, shared_data: Path) -> None:
     base = shared_data / VICUNA
     recipe = f"""\
 name: vicuna_reviews
@@ -42,9 +43,9 @@ stages:
               JOIN read_json('{base}/answer/*.jsonl', format='newline_delimited') a2 ON a2.answer_id = r.answer2_id"
 """
     (tmp_path / "r.yaml").write_text(recipe)
-    cli("build", "r.yaml", "--quiet", cwd=tmp_path)
+    run_here("build", "r.yaml", "--quiet", cwd=tmp_path)
     out = tmp_path / "study"
-    res = cli("study", "judge", "vicuna_reviews", "--out", str(out), "--n-boot", "300", cwd=tmp_path)
+    res = run_here("study", "judge", "vicuna_reviews", "--out", str(out), "--n-boot", "300", cwd=tmp_path)
     assert "longer_wins_share" in res.stdout + res.stderr
 
     # Independent computation from the reviews' numeric `score` field (the study parsed the text instead).
@@ -71,7 +72,7 @@ stages:
     _png_ok(out / "judge_rates.png")
 
 
-def test_judge_study_both_orders_labels_and_rewards(tmp_path: Path, cli) -> None:
+def test_judge_study_both_orders_labels_and_rewards(tmp_path: Path) -> None:
     """A planted judge: right on pairs 0-5, always picks the first-shown answer on pairs 6-9, one bad reply."""
     rows = []
     for i in range(10):
@@ -90,7 +91,7 @@ def test_judge_study_both_orders_labels_and_rewards(tmp_path: Path, cli) -> None
                                      "      query: \"SELECT * FROM read_json('${recipe_dir}/pairs.jsonl')\"\n")
     xwin_data.build(tmp_path / "r.yaml", tmp_path / "cat", show_progress=False)
     out = tmp_path / "study"
-    cli("study", "judge", "judged", "--catalog", str(tmp_path / "cat"), "--out", str(out), "--n-boot", "200")
+    run_here("study", "judge", "judged", "--catalog", str(tmp_path / "cat"), "--out", str(out), "--n-boot", "200")
     m = _metrics(out)
     summary = json.loads((out / "summary.json").read_text())
     assert m["invalid_rate"]["value"] == pytest.approx(1 / 20)
@@ -113,7 +114,7 @@ def test_judge_study_both_orders_labels_and_rewards(tmp_path: Path, cli) -> None
         _png_ok(out / png)
 
 
-def test_bon_study_curves_match_enumeration(tmp_path: Path, cli) -> None:
+def test_bon_study_curves_match_enumeration(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     rows = []
     for policy, shift in (("sft", 0.0), ("rs", 0.5)):
@@ -126,7 +127,7 @@ def test_bon_study_curves_match_enumeration(tmp_path: Path, cli) -> None:
                                      "      query: \"SELECT * FROM read_json('${recipe_dir}/set.jsonl')\"\n")
     xwin_data.build(tmp_path / "r.yaml", tmp_path / "cat", show_progress=False)
     out = tmp_path / "bon"
-    cli("study", "bon", "--catalog", str(tmp_path / "cat"), "--out", str(out), "--n-boot", "200")
+    run_here("study", "bon", "--catalog", str(tmp_path / "cat"), "--out", str(out), "--n-boot", "200")
     got = {(r["policy"], r["n"]): r for r in pq.read_table(out / "results.parquet").to_pylist()}
     assert len(got) == 10
     for policy in ("sft", "rs"):
@@ -140,7 +141,7 @@ def test_bon_study_curves_match_enumeration(tmp_path: Path, cli) -> None:
     _png_ok(out / "bon_curves.png")
 
 
-def test_judge_study_and_pair_stats_on_the_xwin_pair_recipe(tmp_path: Path, cli, openai_server) -> None:
+def test_judge_study_and_pair_stats_on_the_xwin_pair_recipe(tmp_path: Path, openai_server) -> None:
     """The Xwin-Pair recipe built with its judge on a local server that is position-biased on some pairs: the study
     reads the judgments table (ties included), and its rates match the ones computed from the judge's rule."""
     from openai_server import judge_answers
@@ -154,7 +155,8 @@ def test_judge_study_and_pair_stats_on_the_xwin_pair_recipe(tmp_path: Path, cli,
                     sets=["max_prompts=5", "judge.kind=openai", "judge.model=test-judge",
                           f"judge.base_url={openai_server.base_url}", "judge.budget_usd=null"])
     out = tmp_path / "study"
-    res = cli("study", "judge", "xwin_pair", "--catalog", str(tmp_path / "cat"), "--out", str(out), "--n-boot", "200")
+    res = run_here("study", "judge", "xwin_pair", "--catalog", str(tmp_path / "cat"), "--out", str(out),
+                   "--n-boot", "200")
     assert "xwin_pair_judgments" in res.stdout + res.stderr
 
     con = xwin_data.connect(tmp_path / "cat")

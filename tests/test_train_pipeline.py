@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_here
 
 import xwin_data
 from xwin_data.training.scripts import run_script
@@ -28,7 +29,7 @@ def _set_recipe_available(project_dir) -> str | None:
 
 
 @pytest.mark.slow
-def test_sft_rm_xwin_set_rs_dpo_wind(tmp_path, shared_data, project_dir, cli):
+def test_sft_rm_xwin_set_rs_dpo_wind(tmp_path, shared_data, project_dir):
     missing = _set_recipe_available(project_dir)
     if missing:
         pytest.skip(f"the Xwin-Set recipe is needed: {missing}")
@@ -52,9 +53,9 @@ def test_sft_rm_xwin_set_rs_dpo_wind(tmp_path, shared_data, project_dir, cli):
     assert con.sql("SELECT count(DISTINCT prompt_id) FROM xwin_set").fetchall()[0][0] == 6
     assert con.sql("SELECT policy FROM xwin_set LIMIT 1").fetchall()[0][0]
 
-    # RS through the console command, the rest in-process
-    cli("train", "rs", cfg("rs"), "-c", str(cat), "table=rs_best_of_8", f"model_name_or_path={runs / 'sft'}",
-        f"output_dir={runs / 'rs'}", "max_steps=6", "num_train_epochs=1", *FAST, *evals, cwd=project_dir)
+    # RS through the console command (its `main`, here: the checkout's train/rs.py), the rest through run_script
+    run_here("train", "rs", cfg("rs"), "-c", str(cat), "table=rs_best_of_8", f"model_name_or_path={runs / 'sft'}",
+             f"output_dir={runs / 'rs'}", "max_steps=6", "num_train_epochs=1", *FAST, *evals, cwd=project_dir)
     run_script("dpo", [cfg("dpo"), f"catalog={cat}", "table=dpo_pairs_worst", f"model_name_or_path={runs / 'rs'}",
                        f"output_dir={runs / 'dpo'}", "max_steps=6", *FAST, *evals])
     wind = run_script("wind", [cfg("wind"), f"catalog={cat}", "table=wind_groups",
@@ -64,8 +65,8 @@ def test_sft_rm_xwin_set_rs_dpo_wind(tmp_path, shared_data, project_dir, cli):
                                "learning_rate=3e-4", "logging_steps=2", *evals])
     assert [it["from_table"] for it in wind["metrics"]["iterations"]] == [True, False]
 
-    out = cli("sql", "-c", str(cat), "--format", "json",
-              "SELECT stage, best_of_1, best_of_64 FROM evals ORDER BY created_at", cwd=project_dir)
+    out = run_here("sql", "-c", str(cat), "--format", "json",
+                   "SELECT stage, best_of_1, best_of_64 FROM evals ORDER BY created_at", cwd=project_dir)
     rows = json.loads(out.stdout)
     assert [r["stage"] for r in rows] == ["sft", "rs", "dpo", "wind"]
     assert all(r["best_of_1"] <= r["best_of_64"] for r in rows)

@@ -74,8 +74,38 @@ def vllm_python() -> Path:
     return python
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def vllm_run(vllm_python, eos_prone_model, tmp_path_factory) -> dict:
+def vllm_server(vllm_python, tmp_path_factory):
+    """vLLM's own OpenAI-compatible server for the tiny policy on 127.0.0.1, started (not waited for) before the
+    in-process engines of `vllm_run`, so that it boots while they work; stopped at the end of the module."""
+    tiny = ensure_tiny_models()
+    work = tmp_path_factory.mktemp("vllm-server")
+    port = _free_port()
+    log = open(work / "server.log", "w")
+    server = subprocess.Popen(
+        [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny.policy),
+         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+         "--max-model-len", "256", "--dtype", "float32"],
+        stdout=log, stderr=subprocess.STDOUT, env=vllm_env(VLLM_ENABLE_V1_MULTIPROCESSING="1"), cwd=work)
+    try:
+        yield {"port": port, "process": server, "log": work / "server.log"}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_run(vllm_python, vllm_server, eos_prone_model, tmp_path_factory) -> dict:
     tiny = ensure_tiny_models()
     work = tmp_path_factory.mktemp("vllm")
     job = {"model": str(tiny.policy), "eos_model": str(eos_prone_model), "prompts": PROMPTS,
@@ -131,45 +161,25 @@ def test_vllm_finish_reasons_and_cache(vllm_run):
     assert cached["first"] == vllm_run["a"]    # the helper draws the same seeds as a plain call
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_openai_backend_against_vllm_server(vllm_python, tmp_path):
+def test_openai_backend_against_vllm_server(vllm_server):
     tiny = ensure_tiny_models()
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny.policy),
-         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-         "--max-model-len", "256", "--dtype", "float32"],
-        stdout=log, stderr=subprocess.STDOUT, env=vllm_env(VLLM_ENABLE_V1_MULTIPROCESSING="1"), cwd=tmp_path)
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError("vLLM server did not start:\n" + (tmp_path / "server.log").read_text()[-4000:])
-                time.sleep(1)
-        spec = GeneratorSpec(backend="openai", model="tiny", base_url=f"http://127.0.0.1:{port}/v1",
-                             extra={"concurrency": 3, "return_token_ids": True})
-        sampling = SamplingConfig(seed=5, max_new_tokens=12)
-        with make_generator(spec) as g:
-            out = g.generate(PROMPTS, 3, sampling)
-            again = g.generate(PROMPTS, 3, sampling)
-            greedy = g.generate(PROMPTS[:1], 1, SamplingConfig(temperature=0, max_new_tokens=10))
-    finally:
-        server.terminate()
+    port, server = vllm_server["port"], vllm_server["process"]
+    deadline = time.time() + 300
+    while True:
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
+            break
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                raise AssertionError("vLLM server did not start:\n" + vllm_server["log"].read_text()[-4000:])
+            time.sleep(1)
+    spec = GeneratorSpec(backend="openai", model="tiny", base_url=f"http://127.0.0.1:{port}/v1",
+                         extra={"concurrency": 3, "return_token_ids": True})
+    sampling = SamplingConfig(seed=5, max_new_tokens=12)
+    with make_generator(spec) as g:
+        out = g.generate(PROMPTS, 3, sampling)
+        again = g.generate(PROMPTS, 3, sampling)
+        greedy = g.generate(PROMPTS[:1], 1, SamplingConfig(temperature=0, max_new_tokens=10))
     assert [len(o) for o in out] == [3, 3, 3]
     assert out == again                                  # vLLM honours the seed
     assert all(len({c.text for c in comps}) == 3 for comps in out)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_here
 from openai_server import ChatRequest, body_key, pairwise_judge, prefer_first, prefer_longer, unparseable
 
 import xwin_data
@@ -67,12 +68,12 @@ def rows(catalog: Path, sql: str) -> list[tuple]:
         con.close()
 
 
-def test_plan_build_show_reparse_and_export(openai_server, workdir: Path, cli) -> None:
+def test_plan_build_show_reparse_and_export(openai_server, workdir: Path) -> None:
     openai_server.reply = serve(pairwise_judge(prefer_longer))
     cat = workdir / "cat"
     sets = sets_for(openai_server, workdir)
     setargs = [a for s in sets for a in ("--set", s)]
-    plan = json.loads(cli("plan", str(RECIPE), "--catalog", str(cat), "--json", *setargs).stdout)
+    plan = json.loads(run_here("plan", str(RECIPE), "--catalog", str(cat), "--json", *setargs).stdout)
     est = {p["stage"]: p["estimate"] for p in plan}
     assert est["xwin_pair"]["pairs"] == 18 and est["xwin_pair"]["calls"] == 36 and est["xwin_pair"]["usd"] > 0
     assert openai_server.total == 0  # planning spends nothing
@@ -94,7 +95,7 @@ def test_plan_build_show_reparse_and_export(openai_server, workdir: Path, cli) -
     assert stats["tie_rate"] == round(ties / 18, 4) and stats["cost_usd"] > 0
     assert stats["not_kept_by_reason"] == ({"tie": ties} if ties else {})
 
-    proc = cli("show", "xwin_pair", "--catalog", str(cat))
+    proc = run_here("show", "xwin_pair", "--catalog", str(cat))
     show = proc.stdout + proc.stderr
     assert "flip_rate" in show and "chosen_longer_share" in show and "cost_usd" in show
 
@@ -106,7 +107,7 @@ def test_plan_build_show_reparse_and_export(openai_server, workdir: Path, cli) -
     assert Catalog(cat).current("xwin_pair").stats["cached_calls"] == 36
 
     out = workdir / "export"
-    cli("export", "xwin_pair", str(out), "--format", "trl", "--catalog", str(cat))
+    run_here("export", "xwin_pair", str(out), "--format", "trl", "--catalog", str(cat))
     records = [json.loads(line) for line in (out / "xwin_pair.jsonl").read_text().splitlines()]
     assert len(records) == len(kept)
     assert records[0]["prompt"][-1]["role"] == "user" and records[0]["chosen"][0]["role"] == "assistant"
