@@ -245,7 +245,7 @@ def test_a_model_that_is_missing_or_does_not_load_is_one_line_naming_it(tmp_path
                               "-q", "-c", str(tmp_path / "a"), "--set", f"policy.model={tmp_path}/no-such-model"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2, missing.stderr[-2000:]
-    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: model {tmp_path}/no-such-model: no such folder")
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: model folder {tmp_path}/no-such-model does not exist")
     assert "Traceback" not in missing.stderr and "╭" not in missing.stderr
     empty = tmp_path / "empty-model"  # there, but not a model: the backend that loads it says so, naming it
     empty.mkdir()

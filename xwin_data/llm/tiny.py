@@ -14,6 +14,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from xwin_data.core.errors import MissingModelError
+from xwin_data.core.origins import looks_local, missing_model_message
 from xwin_data.core.fingerprint import stable_hash
 
 TINY_VERSION = "1"
@@ -125,13 +126,6 @@ def resolve_model(name: str, home: str | Path | None = None) -> str:
         for kind in ("policy", "reward", "tokenizer"):
             if name == f"{size}-{kind}":
                 return str(getattr(ensure_tiny_models(home, size), kind))
-    if _looks_local(name) and not Path(name).expanduser().exists():
-        raise MissingModelError(f"model {name}: no such folder (a model is a local folder, a Hub id such as "
-                                f"org/name, or one of the toolkit's own: tiny-policy, tiny-reward)")
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise MissingModelError(missing_model_message(name))
     return name
-
-
-def _looks_local(name: str) -> bool:
-    """A name only a local folder can have (absolute, or relative to here or home): never a Hub id or a served
-    model's name."""
-    return name.startswith(("/", "./", "../", "~"))
