@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from xwin_data.training.scripts import default_config, run_script
+from xwin_data.training.stage import preflight_argv
 
 NAME = "train"
 STAGES = {
@@ -50,6 +51,8 @@ def _command(stage: str):
         if catalog is not None:
             argv.append(f"catalog={catalog}")
         try:
+            if not (Path.cwd() / "train" / f"{stage}.py").is_file():  # a user's own script checks its own config
+                preflight_argv(argv)
             record = run_script(stage, argv)
         except XwinError:
             raise

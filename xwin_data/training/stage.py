@@ -32,6 +32,32 @@ def split_argv(argv: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
+def preflight_argv(argv: list[str]) -> None:
+    """`preflight` on the config as written (the shared fields' defaults, the YAML, the overrides), before TRL is
+    imported: a missing catalog, table or model folder is reported at once. An override of a field only TRL knows
+    (or a misspelt one) waits for the run's own parsing, which reports a bad key first; the run's own preflight,
+    on the parsed config, follows in any case."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from xwin_data.core.overrides import load_yaml_file
+    from xwin_data.training.fields import StageArgs, parse_overrides
+
+    try:
+        config_path, overrides = split_argv(list(argv))
+        data = {f.name: f.default for f in dataclasses.fields(StageArgs) if f.default is not dataclasses.MISSING}
+        written = load_yaml_file(config_path) if config_path else {}
+        data.update(written if isinstance(written, dict) else {})
+        given = parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - a config that does not read is reported by the run's own parsing
+        return
+    if set(given) - set(data):
+        return
+    data.update(given)
+    if data.get("table"):
+        preflight(SimpleNamespace(**data))
+
+
 def preflight(cfg, tables: tuple[str, ...] = ()) -> None:
     """Before any model is loaded: every table and local model folder the run will read exists, else one error
     that names the recipe or command that makes it (so a run does not train and then fail in its evaluation)."""
