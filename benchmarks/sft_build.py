@@ -222,7 +222,7 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
     def to_messages(ex):
         try:
             turns = [(ROLE_SPELLINGS[t["from"]], t["value"]) for t in ex["conversations"]]
-            msgs = [{"role": r, "content": c} for r, c in check_turns(turns)]
+            msgs = [{"role": r, "content": c} for r, c in check_turns(turns)[0]]
             return {"messages": msgs, "ok": True}
         except (BadRecord, KeyError, TypeError):
             return {"messages": [], "ok": False}

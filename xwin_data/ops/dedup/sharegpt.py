@@ -7,6 +7,8 @@ whose detail names the kept id.
 """
 from __future__ import annotations
 
+import bisect
+import os
 import re
 import time
 from typing import Literal
@@ -244,33 +246,26 @@ class _ShingleSets:
     """Each document's shingle set, read from the file its worker wrote when a pair needs it (one `pread`), so the
     check holds two sets at a time, not those of every candidate."""
 
-    MAX_OPEN = 64
+    MAX_OPEN = 256
 
     def __init__(self, files: list[tuple[str, np.ndarray]]) -> None:
-        from collections import OrderedDict
-
         self.paths = [path for path, _ in files]
         self.offsets = [off for _, off in files]
-        self.starts = np.cumsum([0] + [len(off) - 1 for off in self.offsets])
-        self._open: OrderedDict[int, int] = OrderedDict()
+        self.starts = np.cumsum([0] + [len(off) - 1 for off in self.offsets]).tolist()  # first document of each file
+        self._open: dict[int, int] = {}
 
     def get(self, doc: int) -> np.ndarray:
-        import os
-
-        f = int(np.searchsorted(self.starts, doc, side="right")) - 1
-        off = self.offsets[f]
-        lo, hi = int(off[doc - self.starts[f]]), int(off[doc - self.starts[f] + 1])
-        fd = self._open.pop(f, None)
+        f = bisect.bisect_right(self.starts, doc) - 1
+        i = doc - self.starts[f]
+        lo, hi = self.offsets[f][i:i + 2].tolist()
+        fd = self._open.get(f)
         if fd is None:
-            fd = os.open(self.paths[f], os.O_RDONLY)
-            if len(self._open) >= self.MAX_OPEN:
-                os.close(self._open.popitem(last=False)[1])
-        self._open[f] = fd
+            if len(self._open) >= self.MAX_OPEN:  # the oldest goes (dicts keep insertion order)
+                os.close(self._open.pop(next(iter(self._open))))
+            fd = self._open[f] = os.open(self.paths[f], os.O_RDONLY)
         return np.frombuffer(os.pread(fd, 4 * (hi - lo), 4 * lo), dtype=np.uint32)
 
     def close(self) -> None:
-        import os
-
         for fd in self._open.values():
             os.close(fd)
         self._open.clear()
@@ -291,7 +286,6 @@ class DedupNear(Op):
 
     def run(self, ctx, params: NearParams) -> None:
         import glob
-        import os
         from functools import partial
 
         from xwin_data.ops.dedup.lsh import bucket_pairs, decode
