@@ -230,8 +230,9 @@ class _Signatures:
 
         return pq.read_table(self.folder / "ids.parquet").column(0).combine_chunks()
 
-    def estimates(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """MinHash estimate (share of equal signature entries) of each pair, a block of columns at a time."""
+    def equal_counts(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """How many signature entries each pair has equal (its MinHash estimate times num_perm), a block of columns
+        at a time."""
         equal = np.zeros(len(first), np.uint16)
         for i, (lo, hi) in enumerate(self.blocks):
             block = np.fromfile(self.block_path(i), dtype=np.uint32).reshape(-1, hi - lo)
@@ -239,7 +240,7 @@ class _Signatures:
                 a, b = first[c:c + PAIR_CHUNK], second[c:c + PAIR_CHUNK]
                 equal[c:c + PAIR_CHUNK] += (block[a] == block[b]).sum(axis=1, dtype=np.uint16)
             del block
-        return equal / np.float64(self.blocks[-1][1])
+        return equal
 
 
 class _ShingleSets:
@@ -328,41 +329,61 @@ class DedupNear(Op):
                 pairs = bucket_pairs(store.band(j))
                 found = sorted_unique(np.concatenate([found, pairs])) if len(found) else sorted_unique(pairs)
         n_found = len(found)
-        first, second = decode(found)
+        # ordinals < 2**32 (the codes say so): a candidate pair is 4 + 4 bytes and a 2-byte count of equal entries
+        first, second = (x.astype(np.uint32) for x in decode(found))
         del found
-        estimated = store.estimates(first, second) if len(first) else np.zeros(0)
+        equal = store.equal_counts(first, second) if len(first) else np.zeros(0, np.uint16)
         floor = params.threshold - params.estimate_margin if params.verify else params.threshold
-        sel = estimated >= floor
-        first, second, estimated = first[sel], second[sel], estimated[sel]
+        sel = _estimate_at_least(equal, params.num_perm, floor)
+        first, second, equal = first[sel], second[sel], equal[sel]
         del sel
         seconds["candidates"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        exact = np.full(len(first), np.nan)
-        if params.verify and len(first):
-            exact = _verify(_ShingleSets(set_files), store.rows, params, first, second, estimated)
-        decided = exact if params.verify else estimated
-        ok = decided >= params.threshold
+        if params.verify:
+            checked, exact = _verify(_ShingleSets(set_files), store.rows, params, first, second, equal)
+            n_verified = len(checked)
+            keep_pairs = exact >= params.threshold
+            ok, exact = checked[keep_pairs], exact[keep_pairs]
+            in_order = np.argsort(ok, kind="stable")  # back in candidate order
+            ok, exact = ok[in_order], exact[in_order]
+        else:
+            n_verified = 0
+            ok = np.flatnonzero(_estimate_at_least(equal, params.num_perm, params.threshold))
+            exact = np.full(len(ok), np.nan)
+        estimated = equal[ok] / np.float64(params.num_perm)
         near_file = scratch / "near.parquet"
-        n_dropped = _write_dropped(near_file, first[ok], second[ok], estimated[ok], exact[ok], store)
+        n_dropped = _write_dropped(near_file, first[ok].astype(np.int64), second[ok].astype(np.int64), estimated,
+                                   exact, store)
         seconds["verify"] = time.perf_counter() - clock
         clock = time.perf_counter()
         ctx.con.execute(f"CREATE TEMP VIEW __near AS SELECT * FROM read_parquet({sql_str(str(near_file))})")
         _write_except(ctx, "__near")
         ctx.drop_sql("SELECT id AS source_id, 'near_duplicate' AS reason, detail FROM __near")
         seconds["write"] = time.perf_counter() - clock
-        ctx.stats.update({"candidate_pairs": int(n_found), "verified_pairs": int(np.sum(~np.isnan(exact))),
+        ctx.stats.update({"candidate_pairs": int(n_found), "verified_pairs": int(n_verified),
                           "near_duplicates": n_dropped,
                           "seconds": {k: round(v, 2) for k, v in seconds.items()}})
 
 
-def _verify(sets: _ShingleSets, n_docs: int, params: NearParams, first: np.ndarray, second: np.ndarray,
-            estimated: np.ndarray) -> np.ndarray:
-    """Exact shingle Jaccard of the candidate pairs that decide the clusters (NaN for the others).
+def _estimate_at_least(equal: np.ndarray, num_perm: int, floor: float) -> np.ndarray:
+    """Which pairs' MinHash estimate (equal entries / num_perm, as a float) reaches `floor`, a chunk at a time."""
+    out = np.empty(len(equal), bool)
+    for c in range(0, len(equal), PAIR_CHUNK):
+        out[c:c + PAIR_CHUNK] = equal[c:c + PAIR_CHUNK] / np.float64(num_perm) >= floor
+    return out
 
-    Pairs are taken by estimate, highest first; a pair whose two members are already joined by verified pairs
-    is not checked (it cannot change a cluster), so a dump full of copies costs about one check per copy. Each
-    checked pair reads its two shingle sets from the workers' files; beyond one batch this step holds the
-    candidate pairs (a few arrays of one number each) and one union-find entry per document."""
+
+def _verify(sets: _ShingleSets, n_docs: int, params: NearParams, first: np.ndarray, second: np.ndarray,
+            equal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, exact shingle Jaccard) of the candidate pairs that decide the clusters.
+
+    Pairs are taken by estimate, highest first (candidates come in (first, second) order, which a stable sort
+    keeps among equal estimates); a pair whose two members are already joined by verified pairs is not checked
+    (it cannot change a cluster), so a dump full of copies costs about one check per copy. Each checked pair reads
+    its two shingle sets from the workers' files; beyond one batch this step holds the candidate pairs (10 bytes
+    each and a 4-byte place in the order) and one union-find entry per document."""
+    from array import array
+
     from xwin_data.text.minhash import jaccard
 
     parent = list(range(n_docs))
@@ -373,21 +394,24 @@ def _verify(sets: _ShingleSets, n_docs: int, params: NearParams, first: np.ndarr
             x = parent[x]
         return x
 
-    exact = np.full(len(first), np.nan)
-    order = np.lexsort((second, first, -estimated))
+    order = np.argsort(np.uint16(params.num_perm) - equal, kind="stable")
+    order = order.astype(np.int32) if len(order) < 2**31 else order
+    positions, values = array("q"), array("d")
     try:
         for c in range(0, len(order), PAIR_CHUNK):
-            for p in order[c:c + PAIR_CHUNK].tolist():
-                a, b = int(first[p]), int(second[p])
+            chunk = order[c:c + PAIR_CHUNK]
+            for p, a, b in zip(chunk.tolist(), first[chunk].tolist(), second[chunk].tolist()):
                 x, y = find(a), find(b)
                 if x == y:
                     continue
-                exact[p] = jaccard(sets.get(a), sets.get(b))
-                if exact[p] >= params.threshold:
+                value = jaccard(sets.get(a), sets.get(b))
+                positions.append(p)
+                values.append(value)
+                if value >= params.threshold:
                     parent[max(x, y)] = min(x, y)
     finally:
         sets.close()
-    return exact
+    return np.frombuffer(positions, dtype=np.int64), np.frombuffer(values, dtype=np.float64)
 
 
 def _write_dropped(path, first, second, estimated, exact, store: _Signatures) -> int:
