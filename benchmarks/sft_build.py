@@ -9,8 +9,8 @@ The input is real conversations from ../shared/data (FastChat, LLaMA-Factory dem
 perturbations up to --n: every copy gets a changed first question, some gain HTML answers or mojibake, ~5% are
 exact copies. Both pipelines then do the same work: normalise roles, clean (same `clean_value` semantics: HTML to
 markdown, ftfy repair, whitespace), count turns, characters and approximate tokens, identify the language, filter
-(English, ≥1 turn, no message over 8192 tokens, no "As an AI language model" answers), exact dedup on normalised
-text, split over 2048 tokens. Near-duplicate removal is off for parity (the baseline has none); `--only ours-near`
+(English, ≥1 turn, no message over 8192 tokens, no refusal boilerplate in an answer: the recipe's own patterns,
+`xwin_data.text.refusals`), exact dedup on normalised text, split over 2048 tokens. Near-duplicate removal is off for parity (the baseline has none); `--only ours-near`
 runs the recipe with it on.
 
 The baseline is written the way such scripts usually are: `load_dataset("json")`, then per-example `map`/`filter`
@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -213,6 +214,7 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
     from xwin_data.text.language import detect, sample_py
     from xwin_data.conversation import ROLE_SPELLINGS
     from xwin_data.text.records import BadRecord, check_turns
+    from xwin_data.text.refusals import refusal_regex
     from xwin_data.text.tokens import approx_count
 
     datasets.disable_progress_bars()
@@ -249,9 +251,9 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
                 "language": detect(sample_py(ex["messages"][:4], 4, 400))}
 
     ds = ds.map(stats)
+    refusal = re.compile(refusal_regex())  # the recipe's patterns (RE2 there, Python's re here)
     ds = ds.filter(lambda ex: ex["language"] == "en" and ex["n_turns"] >= 1 and max(ex["turn_tokens"]) <= 8192
-                   and not any(m["role"] == "assistant" and m["content"].lower().startswith("as an ai language model")
-                               for m in ex["messages"]))
+                   and not any(m["role"] == "assistant" and refusal.search(m["content"]) for m in ex["messages"]))
     seen: set[bytes] = set()
 
     def first_seen(ex):

@@ -165,9 +165,11 @@ class NearParams(Params):
 
 def minhash_batch(batch: pa.RecordBatch, params: NearParams, a: np.ndarray, b: np.ndarray,
                   scratch: str) -> tuple[None, tuple]:
-    """One batch's (ids, signatures, band keys, file of its shingle sets, offsets in that file); runs in the stage's
-    worker processes, which also write the shingle sets (each document's sorted 32-bit hashes, one after another)
-    to a scratch file of their own, for the exact check to read back one document at a time."""
+    """One batch's (ids, file of its signatures and band keys, file of its shingle sets, offsets in that file); runs
+    in the stage's worker processes. The arrays go to scratch files of the worker's own rather than back in the
+    result, which the executor keeps for every batch until the stage ends: signatures and band keys (.npz) for
+    the calling process to collect, and the shingle sets (each document's sorted 32-bit hashes, one after another)
+    for the exact check to read back one document at a time."""
     import uuid
 
     from xwin_data.text.minhash import band_keys, conversation_text, shingle_sets, shingles, signatures, word_hashes
@@ -175,13 +177,18 @@ def minhash_batch(batch: pa.RecordBatch, params: NearParams, a: np.ndarray, b: n
     words, offsets = word_hashes(conversation_text(batch.column("messages"), params.on), params.max_words)
     hashes, sh_off = shingles(words, offsets, params.shingle_words)
     sig = signatures(hashes, sh_off, a, b)
+    name = uuid.uuid4().hex
+    sig_file = f"{scratch}/sig-{name}.npy"
+    with open(sig_file, "wb") as fh:
+        np.save(fh, sig)
+        np.save(fh, band_keys(sig, params.bands, params.seed))
     sets_file, set_off = None, None
     if params.verify:
         flat, set_off = shingle_sets(hashes, sh_off)
-        sets_file = f"{scratch}/sets-{uuid.uuid4().hex}.u32"
+        sets_file = f"{scratch}/sets-{name}.u32"
         flat.tofile(sets_file)
         set_off = np.asarray(set_off, dtype=np.int64)
-    return None, (batch.column("id"), sig, band_keys(sig, params.bands, params.seed), sets_file, set_off)
+    return None, (batch.column("id"), sig_file, sets_file, set_off)
 
 
 SIG_BLOCK = 16  # signature columns per file: the estimate reads one block of every document's signature at a time
@@ -304,9 +311,11 @@ class DedupNear(Op):
         set_files: list[tuple[str, np.ndarray]] = []
 
         def keep(extra: tuple) -> None:  # in the calling process, in input order: row i of the files is ordinal i
-            ids, sig, keys, sets_file, set_off = extra
+            ids, sig_file, sets_file, set_off = extra
             set_files.append((sets_file, set_off))
-            store.add(ids, sig, keys)
+            with open(sig_file, "rb") as fh:
+                sig, keys = np.load(fh), np.load(fh)
+            store.add(ids, sig, keys)  # the file stays with the committed batch (a resumed build reads it again)
 
         clock = time.perf_counter()
         a, b = permutations(params.num_perm, params.seed)
