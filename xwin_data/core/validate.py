@@ -141,7 +141,7 @@ class _Validator:
                "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
         code = f"from xwin_data.core.validate import serve; serve({theirs.fileno()})"
         self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(theirs.fileno(),), env=env,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # results: the socket
         theirs.close()
         self.conn = Connection(ours.detach())
         self.lock = threading.Lock()
