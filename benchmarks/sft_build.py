@@ -9,8 +9,8 @@ The input is real conversations from ../shared/data (FastChat, LLaMA-Factory dem
 perturbations up to --n: every copy gets a changed first question, some gain HTML answers or mojibake, ~5% are
 exact copies. Both pipelines then do the same work: normalise roles, clean (same `clean_value` semantics: HTML to
 markdown, ftfy repair, whitespace), count turns, characters and approximate tokens, identify the language, filter
-(English, ≥1 turn, no message over 8192 tokens, no "As an AI language model" answers), exact dedup on normalised
-text, split over 2048 tokens. Near-duplicate removal is off for parity (the baseline has none); `--only ours-near`
+(English, ≥1 turn, no message over 8192 tokens, no refusal boilerplate in an answer: the recipe's own patterns,
+`xwin_data.text.refusals`), exact dedup on normalised text, split over 2048 tokens. Near-duplicate removal is off for parity (the baseline has none); `--only ours-near`
 runs the recipe with it on.
 
 The baseline is written the way such scripts usually are: `load_dataset("json")`, then per-example `map`/`filter`
@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -213,6 +214,7 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
     from xwin_data.text.language import detect, sample_py
     from xwin_data.conversation import ROLE_SPELLINGS
     from xwin_data.text.records import BadRecord, check_turns
+    from xwin_data.text.refusals import refusal_regex
     from xwin_data.text.tokens import approx_count
 
     datasets.disable_progress_bars()
@@ -222,7 +224,7 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
     def to_messages(ex):
         try:
             turns = [(ROLE_SPELLINGS[t["from"]], t["value"]) for t in ex["conversations"]]
-            msgs = [{"role": r, "content": c} for r, c in check_turns(turns)]
+            msgs = [{"role": r, "content": c} for r, c in check_turns(turns)[0]]
             return {"messages": msgs, "ok": True}
         except (BadRecord, KeyError, TypeError):
             return {"messages": [], "ok": False}
@@ -249,9 +251,9 @@ def run_baseline(input_path: str, out_dir: str, variant: str = "same") -> tuple[
                 "language": detect(sample_py(ex["messages"][:4], 4, 400))}
 
     ds = ds.map(stats)
+    refusal = re.compile(refusal_regex())  # the recipe's patterns (RE2 there, Python's re here)
     ds = ds.filter(lambda ex: ex["language"] == "en" and ex["n_turns"] >= 1 and max(ex["turn_tokens"]) <= 8192
-                   and not any(m["role"] == "assistant" and m["content"].lower().startswith("as an ai language model")
-                               for m in ex["messages"]))
+                   and not any(m["role"] == "assistant" and refusal.search(m["content"]) for m in ex["messages"]))
     seen: set[bytes] = set()
 
     def first_seen(ex):
@@ -337,9 +339,15 @@ class TreeMemory:
         return self.peak
 
 
-def measure(which: str, input_path: str, n: int) -> dict:
-    """Run one pipeline in a fresh subprocess; wall time, CPU time and peak memory of that process tree."""
-    out_dir = tempfile.mkdtemp(prefix=f"sftbench-{which}-")
+def measure(which: str, input_path: str, n: int, keep: Path | None = None) -> dict:
+    """Run one pipeline in a fresh subprocess; wall time, CPU time and peak memory of that process tree. With
+    `keep`, the recipe's catalog stays in a folder there and a later run resumes it (only stages whose code or
+    input changed run again: for working on one stage at scale)."""
+    if keep is not None and which.startswith("ours"):
+        out_dir = str(keep / which)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    else:
+        out_dir = tempfile.mkdtemp(prefix=f"sftbench-{which}-")
     result = Path(out_dir) / "rows.txt"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if which == "datatrove":
@@ -366,7 +374,8 @@ def measure(which: str, input_path: str, n: int) -> dict:
     rows = int(rows)
     stages_file = Path(out_dir) / "stage_memory.json"
     stages = json.loads(stages_file.read_text()) if stages_file.exists() else {}
-    shutil.rmtree(out_dir, ignore_errors=True)
+    if keep is None or not which.startswith("ours"):
+        shutil.rmtree(out_dir, ignore_errors=True)
     return {"which": which, "ids": digest, "seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "rows_out": rows,
             "conv_per_s": n / wall, "peak_rss_gb": usage.ru_maxrss / 2**20, "peak_pss_gb": pss, "stages": stages}
 
@@ -380,6 +389,8 @@ def main() -> None:
     ap.add_argument("--peer", choices=["datatrove"], help="datatrove (in its own venv) against the recipe with "
                                                           "near-dedup on: the same as --only ours-near,datatrove")
     ap.add_argument("--rounds", type=int, default=1, help="run the pipelines this many times, alternating")
+    ap.add_argument("--keep", help="keep the generated input and the recipe's catalog in this folder and reuse them "
+                                   "(a rerun builds only the stages whose code changed)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -388,11 +399,16 @@ def main() -> None:
             run_baseline(input_path, out_dir, which.split("-", 1)[1])
         Path(result).write_text(f"{rows} {digest}")
         return
-    work = Path(tempfile.mkdtemp(prefix="sftbench-"))
+    keep = Path(args.keep).resolve() if args.keep else None
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    work = keep or Path(tempfile.mkdtemp(prefix="sftbench-"))
     try:
         input_path = args.input
-        if not input_path:
-            input_path = str(work / "input.jsonl")
+        if not input_path and keep is not None and (keep / f"input-{args.n}.jsonl").exists():
+            input_path = str(keep / f"input-{args.n}.jsonl")
+        elif not input_path:
+            input_path = str(work / (f"input-{args.n}.jsonl" if keep else "input.jsonl"))
             t = time.monotonic()
             write_input(Path(input_path), args.n)
             size = Path(input_path).stat().st_size / 2**20
@@ -404,10 +420,11 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown pipeline(s): {', '.join(sorted(unknown))}")
         for round_ in range(args.rounds):
-            results = [measure(w, input_path, n) for w in which]
+            results = [measure(w, input_path, n, keep) for w in which]
             report(results, f"round {round_ + 1} of {args.rounds}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def report(results: list[dict], title: str) -> None:

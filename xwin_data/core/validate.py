@@ -1,11 +1,17 @@
 """Table contracts: column types checked in DuckDB, per-row invariants computed in DuckDB, and a
 great-expectations suite run over the narrow invariant frame in chunks (bounded memory). A failed suite blocks
 publishing and reports the failed expectation with example rows.
+
+A build validates in a child process of its own (`validate_source` on a `read_parquet(...)` source): the
+validation library and pandas take ~0.2 GB once loaded and cannot be unloaded, so the long-lived build process
+never imports them. The child starts while the first stage runs (`warm_up`) and ends with its parent.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -111,9 +117,108 @@ _ge_lock = threading.Lock()
 
 
 def warm_up() -> None:
-    """Import great-expectations and set up its context ahead of the first validation (~3 s of imports), e.g. in
-    a background thread while a build's first stage runs (`xwin_data.core.workers.warm_up_after_fork`)."""
-    _ge_context()
+    """Start the validation process ahead of the first validation (it spends ~3 s importing great-expectations),
+    e.g. in a background thread while a build's first stage runs (`xwin_data.core.workers.warm_up_after_fork`)."""
+    _validator()
+
+
+class _Validator:
+    """A child process running `validate_source` for this one, one request at a time, over a socket pair.
+
+    It is a fresh interpreter (not a fork), so it holds only what validation needs; it exits when this process
+    closes its end, and is waited for at exit, so its CPU time counts with this process's children."""
+
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+        from multiprocessing.connection import Connection
+
+        import xwin_data
+
+        ours, theirs = socket.socketpair()
+        package_root = str(Path(xwin_data.__file__).resolve().parents[1])  # the same xwin_data as this process
+        env = {**os.environ, "GX_ANALYTICS_ENABLED": "False",
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        code = f"from xwin_data.core.validate import serve; serve({theirs.fileno()})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(theirs.fileno(),), env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # results: the socket
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.lock = threading.Lock()
+
+    def validate(self, source: str, schema_name: str, table: str) -> ValidationResult:
+        with self.lock:
+            self.conn.send((source, schema_name, table))
+            kind, value = self.conn.recv()
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001 - a child that does not exit is killed rather than left behind
+            self.proc.kill()
+            self.proc.wait()
+
+
+_validator_lock = threading.Lock()
+_validators: list[_Validator] = []
+_broken = False
+
+
+def _validator() -> _Validator | None:
+    """This process's validation child, started on first use (None where it cannot run: validation then runs
+    here)."""
+    global _broken
+    with _validator_lock:
+        if _broken:
+            return None
+        if not _validators:
+            try:
+                _validators.append(_Validator())
+            except OSError:
+                _broken = True
+                return None
+            atexit.register(_close_validator)
+        return _validators[0]
+
+
+def _close_validator() -> None:
+    with _validator_lock:
+        for v in _validators:
+            v.close()
+        _validators.clear()
+
+
+def serve(fd: int) -> None:
+    """The validation child's loop: (source, schema, table) in, ("ok", result) or ("error", exception) out."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    try:
+        _ge_context()  # imported now, while the parent's first stage runs
+    except Exception:  # noqa: BLE001 - the first request reports it
+        pass
+    while True:
+        try:
+            source, schema_name, table = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            con = duckdb.connect(":memory:")
+            try:
+                reply = ("ok", _validate_here(con, source, schema_name, table))
+            finally:
+                con.close()
+        except Exception as err:  # noqa: BLE001 - raised again in the parent
+            reply = ("error", err)
+        try:
+            conn.send(reply)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle is sent as text
+            conn.send(("error", SchemaError(f"validation failed: {type(reply[1]).__name__}: {reply[1]}")))
 
 
 def _ge_context():
@@ -139,7 +244,20 @@ def _new_ge_context():
 
 
 def validate_source(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str) -> ValidationResult:
-    """Validate a relation (`read_parquet(...)` or a view) against a schema."""
+    """Validate a relation (`read_parquet(...)` or a view) against a schema: a `read_parquet(...)` source in the
+    validation child, unless this process has the validation library loaded already; a view of `con` here."""
+    global _broken
+    if source.startswith("read_parquet(") and "great_expectations" not in sys.modules:
+        validator = _validator()
+        if validator is not None:
+            try:
+                return validator.validate(source, schema_name, table)
+            except (EOFError, OSError):  # the child is gone: validate here from now on
+                _broken = True
+    return _validate_here(con, source, schema_name, table)
+
+
+def _validate_here(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str) -> ValidationResult:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     schema = load_schema(schema_name)
     checks = _check_columns(con, source, schema)
@@ -199,6 +317,6 @@ def _preview(row: Any, limit: int = 300) -> str:
 def validate_parquet(glob: str, schema_name: str, table: str) -> ValidationResult:
     con = duckdb.connect(":memory:")
     try:
-        return validate_source(con, f"read_parquet('{glob}')", schema_name, table)
+        return _validate_here(con, f"read_parquet('{glob}')", schema_name, table)  # one-off: no child
     finally:
         con.close()

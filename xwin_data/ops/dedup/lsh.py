@@ -42,12 +42,12 @@ def decode(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes >> 32, codes & 0xFFFFFFFF
 
 
-def clusters(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
-    """Union-find over verified pairs: {member: the cluster's smallest ordinal} for every member but that one."""
-    parent: dict[int, int] = {}
+def cluster_roots(a: np.ndarray, b: np.ndarray, n_docs: int) -> np.ndarray:
+    """Union-find over verified pairs (a[i], b[i]) of ordinals below `n_docs`: each document's cluster's smallest
+    ordinal (itself where it is in no pair). One list entry per document, no dictionaries."""
+    parent = list(range(n_docs))
 
     def find(x: int) -> int:
-        parent.setdefault(x, x)
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
@@ -57,4 +57,4 @@ def clusters(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
         rx, ry = find(x), find(y)
         if rx != ry:
             parent[max(rx, ry)] = min(rx, ry)
-    return {x: r for x in list(parent) if (r := find(x)) != x}
+    return np.fromiter((find(x) for x in range(n_docs)), dtype=np.int64, count=n_docs)

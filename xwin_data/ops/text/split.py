@@ -60,6 +60,7 @@ class SplitLong(Op):
 
     def run(self, ctx, params: SplitParams) -> None:
         src, budget = ctx.input(), params.max_tokens
+        ctx.con.execute("SET threads = 1")  # copying whole conversations: one thread holds one row group of them
         have = {r[0] for r in ctx.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         if not {"turn_tokens", "n_tokens"} <= have:
             raise ValueError(f"{ctx.stage_id}: the input needs turn_tokens and n_tokens; put a conversation_stats "

@@ -71,6 +71,7 @@ class NestedSubsets(Op):
 
     def run(self, ctx, params: SubsetParams) -> None:
         con, src = ctx.con, ctx.input()
+        con.execute("SET threads = 1")  # copying whole conversations: one thread holds one row group of them
         have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         turns_sql = "n_turns" if "n_turns" in have else "len(list_filter(messages, lambda m: m.role = 'assistant'))"
         split = "conversation_id" in have
