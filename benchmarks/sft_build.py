@@ -168,6 +168,13 @@ class StageMemory:
 
     def _sample(self) -> None:
         me = os.getpid()
+        try:
+            self._sample_until_stopped(me)
+        finally:
+            # what reading /proc cost this thread: the build's CPU is reported without it
+            self.cpu_seconds = time.thread_time()
+
+    def _sample_until_stopped(self, me: int) -> None:
         while not self._stop.wait(0.1):
             kids = self._children(me)
             driver = self._kb(me, "Rss:")
@@ -192,6 +199,7 @@ def run_ours(input_path: str, out_dir: str, near: bool = False) -> tuple[int, st
     con = xwin_data.connect(Path(out_dir) / "catalog")
     ids = [r[0] for r in con.execute("SELECT id FROM sft_sharegpt").fetchall()]
     (Path(out_dir) / "stage_memory.json").write_text(json.dumps(monitor.stop()))
+    (Path(out_dir) / "sampler_cpu.txt").write_text(str(monitor.cpu_seconds))
     return len(ids), ids_digest(ids)
 
 
@@ -374,9 +382,12 @@ def measure(which: str, input_path: str, n: int, keep: Path | None = None) -> di
     rows = int(rows)
     stages_file = Path(out_dir) / "stage_memory.json"
     stages = json.loads(stages_file.read_text()) if stages_file.exists() else {}
+    sampler = Path(out_dir) / "sampler_cpu.txt"  # the per-stage memory sampler's own CPU, in the recipe's process
+    sampler_cpu = float(sampler.read_text()) if sampler.exists() else 0.0
     if keep is None or not which.startswith("ours"):
         shutil.rmtree(out_dir, ignore_errors=True)
-    return {"which": which, "ids": digest, "seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "rows_out": rows,
+    return {"which": which, "ids": digest, "seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime - sampler_cpu,
+            "sampler_cpu_seconds": sampler_cpu, "rows_out": rows,
             "conv_per_s": n / wall, "peak_rss_gb": usage.ru_maxrss / 2**20, "peak_pss_gb": pss, "stages": stages}
 
 
@@ -433,6 +444,9 @@ def report(results: list[dict], title: str) -> None:
     for r in results:
         print(f"{r['which']:<16} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} {r['conv_per_s']:>9,.0f} "
               f"{r['rows_out']:>10,} {r['ids']:>13} {r['peak_rss_gb']:>7.2f} GB {r['peak_pss_gb']:>7.2f} GB")
+    for r in (r for r in results if r.get("sampler_cpu_seconds")):
+        print(f"{r['which']}: CPU s leaves out the per-stage memory sampler's own {r['sampler_cpu_seconds']:.1f} CPU-s "
+              f"(a thread in the recipe's process reading /proc every 0.1 s)")
     for r in (r for r in results if r.get("stages")):
         print(f"\n{r['which']}: peak memory by stage (GB): driver RSS, largest worker RSS, all processes' PSS")
         for stage, (driver, worker, total) in r["stages"].items():
