@@ -15,8 +15,7 @@ from typing import Any, Optional, TypeVar
 
 from trl import DPOConfig, RewardConfig, SFTConfig, TrlParser
 
-from xwin_data.core.overrides import load_yaml_file
-from xwin_data.training.fields import ConfigError, StageArgs, parse_overrides  # noqa: F401 - re-exported
+from xwin_data.training.fields import ConfigError, StageArgs, parse_overrides, read_config  # noqa: F401 - re-exported
 
 T = TypeVar("T")
 _WORDS = {"yes": True, "on": True, "no": False, "off": False}
@@ -90,11 +89,7 @@ def config_class(kind: str) -> type:
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
     """Read a YAML config into `cls`; unknown keys fail with their names and the file."""
-    data: dict = {}
-    if path is not None:
-        data = load_yaml_file(path) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a training config is a YAML mapping of field: value")
+    data = read_config(path)
     data.update(parse_overrides(overrides))
     if data.get("report_to") == []:
         data["report_to"] = "none"

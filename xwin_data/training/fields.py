@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from xwin_data.core.errors import XwinError
-from xwin_data.core.overrides import parse_override
+from xwin_data.core.overrides import load_yaml_file, parse_override
 
 
 class ConfigError(XwinError, ValueError):
@@ -49,3 +49,13 @@ def parse_overrides(overrides: list[str] | None) -> dict:
         parts, value = parse_override(item.lstrip("-"))
         out[".".join(parts).replace("-", "_")] = value
     return out
+
+
+def read_config(path) -> dict:
+    """A training config file's mapping of field: value ({} without a file)."""
+    if path is None:
+        return {}
+    data = load_yaml_file(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a training config is a YAML mapping of field: value")
+    return data

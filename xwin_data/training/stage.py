@@ -40,14 +40,12 @@ def preflight_argv(argv: list[str]) -> None:
     import dataclasses
     from types import SimpleNamespace
 
-    from xwin_data.core.overrides import load_yaml_file
-    from xwin_data.training.fields import StageArgs, parse_overrides
+    from xwin_data.training.fields import StageArgs, parse_overrides, read_config
 
     try:
         config_path, overrides = split_argv(list(argv))
         data = {f.name: f.default for f in dataclasses.fields(StageArgs) if f.default is not dataclasses.MISSING}
-        written = load_yaml_file(config_path) if config_path else {}
-        data.update(written if isinstance(written, dict) else {})
+        data.update(read_config(config_path))
         given = parse_overrides(overrides)
     except Exception:  # noqa: BLE001 - a config that does not read is reported by the run's own parsing
         return
