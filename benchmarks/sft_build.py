@@ -169,20 +169,17 @@ class StageMemory:
     def _sample(self) -> None:
         me = os.getpid()
         try:
-            self._sample_until_stopped(me)
+            while not self._stop.wait(0.1):
+                kids = self._children(me)
+                driver = self._kb(me, "Rss:")
+                workers = max((self._kb(k, "Rss:") for k in kids), default=0.0)
+                total = self._kb(me, "Pss:") + sum(self._kb(k, "Pss:") for k in kids)
+                peak = self.peaks.setdefault(self.stage, [0.0, 0.0, 0.0])
+                for i, v in enumerate((driver, workers, total)):
+                    peak[i] = max(peak[i], v)
         finally:
             # what reading /proc cost this thread: the build's CPU is reported without it
             self.cpu_seconds = time.thread_time()
-
-    def _sample_until_stopped(self, me: int) -> None:
-        while not self._stop.wait(0.1):
-            kids = self._children(me)
-            driver = self._kb(me, "Rss:")
-            workers = max((self._kb(k, "Rss:") for k in kids), default=0.0)
-            total = self._kb(me, "Pss:") + sum(self._kb(k, "Pss:") for k in kids)
-            peak = self.peaks.setdefault(self.stage, [0.0, 0.0, 0.0])
-            for i, v in enumerate((driver, workers, total)):
-                peak[i] = max(peak[i], v)
 
     def stop(self) -> dict[str, list[float]]:
         self._stop.set()
