@@ -132,19 +132,20 @@ def test_xwin_set_on_ray_equals_local_with_a_worker_killed(cluster, tmp_path) ->
     killed = None
     deadline = time.monotonic() + 300
     try:
-        # Once the first unit of the sampling stage is committed, kill a policy replica that is still working.
+        # Kill a policy replica in the middle of a unit (Ray titles it `ray::ModelReplica.run` while it runs one).
+        # Waiting for a first committed unit instead would race the others: with two units per replica submitted
+        # at once, the rest can finish before the next look.
         while proc.poll() is None and time.monotonic() < deadline and killed is None:
-            if done_units(catalog, "xwin_responses"):
-                replicas = ray_processes("ModelReplica")
-                if replicas:
-                    killed = replicas[0]
-                    os.kill(killed, signal.SIGKILL)
+            replicas = ray_processes("ModelReplica.run")
+            if replicas:
+                killed = replicas[0]
+                os.kill(killed, signal.SIGKILL)
             time.sleep(0.1)
         out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert killed is not None, "no replica was running when the first unit was committed"
+    assert killed is not None, "no replica was seen running a unit"
     assert proc.returncode == 0, out[-4000:]
     local, on_ray = tables(tmp_path / "local"), tables(catalog)
     for name in local:
