@@ -166,3 +166,33 @@ def test_library_build_and_connect(workdir: Path, monkeypatch) -> None:
     lineage = con.execute("SELECT inputs, library_versions FROM table_versions WHERE name = 'kept'").fetchone()
     assert json.loads(lineage[0])[0]["name"] == "raw"
     assert "duckdb" in json.loads(lineage[1])
+
+
+def test_target_builds_a_stage_and_what_it_needs_only(workdir: Path) -> None:
+    recipe = RECIPE + """\
+  - id: counted
+    op: sql
+    inputs: [kept]
+    params:
+      query: "SELECT count(*) AS n FROM kept"
+"""
+    (workdir / "r.yaml").write_text(recipe)
+    out = run_here("build", "r.yaml", "--target", "kept", cwd=workdir)
+    cat = Catalog(workdir / "xwin-catalog")
+    assert cat.current("kept").rows == 1 and cat.current("counted") is None
+    assert "counted" not in out.stderr
+
+    # Each dropped row is filed with the first predicate it fails, paired with its own id.
+    con = xwin_data.connect(workdir / "xwin-catalog")
+    assert dict(con.execute("SELECT source_id, reason FROM drops").fetchall()) == {"a": "short_content",
+                                                                                    "c": "too_short"}
+    con.close()
+
+    kept_version = cat.current("kept").version
+    out = run_here("build", "r.yaml", cwd=workdir)  # the whole recipe: only the stage left out runs now
+    assert "▶ counted" in out.stderr and "▶ kept" not in out.stderr and "▶ raw" not in out.stderr
+    assert cat.current("kept").version == kept_version and cat.current("counted").rows == 1
+
+    bad = run_here("build", "r.yaml", "--target", "nope", cwd=workdir, check=False)
+    assert bad.returncode != 0
+    assert "--target names no stage or table of recipe smoke: nope (stages: raw, kept, counted)" in bad.stderr

@@ -58,6 +58,8 @@ ExecutorOpt = typer.Option(None, "--executor", "-x", help="Where batch and model
 RayAddressOpt = typer.Option(None, "--ray-address", envvar="XWIN_DATA_RAY_ADDRESS",
                              help="Ray cluster to run on (auto, ray://host:10001, host:6379); without it "
                                   "--executor ray starts a Ray for the build.")
+TargetOpt = typer.Option(None, "--target", "-t", help="Only this stage or table and the stages it needs, e.g. -t "
+                         "sft_sharegpt; the others are left as they are. Repeatable.")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe field: key=value (a variable such as "
                       "input=path.jsonl, or stage.params.key=value). Repeatable.")
 
@@ -86,6 +88,7 @@ def build(
                                 "relies on (sizes are always checked); damaged outputs are rebuilt."),
     executor: Optional[str] = ExecutorOpt,
     ray_address: Optional[str] = RayAddressOpt,
+    target: Optional[List[str]] = TargetOpt,
 ) -> None:
     """Build a recipe: run every stage whose fingerprint is not yet in the catalog, validate, publish."""
     from xwin_data.core.catalog import Catalog, CatalogBusy
@@ -97,7 +100,7 @@ def build(
     try:
         report = run_build(rec, cat, wait=wait, force=True if force_all else (force or []), overrides=sets or [],
                            memory_limit=memory_limit, show_progress=not quiet, verify=verify,
-                           executor=executor, ray_address=ray_address)
+                           executor=executor, ray_address=ray_address, targets=target or None)
     except (RecipeError, CatalogBusy) as err:
         fail_on(err)
     except BuildError as err:
@@ -138,17 +141,19 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     executor: Optional[str] = ExecutorOpt,
     ray_address: Optional[str] = RayAddressOpt,
+    target: Optional[List[str]] = TargetOpt,
 ) -> None:
     """Show the stages of a recipe, which are already built (same fingerprint) and which would run, with
     estimates of model calls, tokens and cost where a stage can tell."""
     from xwin_data.core.catalog import Catalog
     from xwin_data.core.errors import BuildError
-    from xwin_data.core.plan import choose_executor, describe_plan, plan as make_plan
+    from xwin_data.core.plan import choose_executor, describe_plan, plan as make_plan, select_stages
     from xwin_data.core.yaml_lines import RecipeError
 
     rec = _load(recipe, sets or [])
     try:
-        rows = describe_plan(make_plan(rec, Catalog(catalog)), choose_executor(rec, executor, ray_address))
+        stages = select_stages(make_plan(rec, Catalog(catalog)), target or None, rec)
+        rows = describe_plan(stages, choose_executor(rec, executor, ray_address))
     except RecipeError as err:
         fail_on(err)
     except BuildError as err:

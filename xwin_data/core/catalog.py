@@ -123,6 +123,10 @@ class Catalog:
         self.work_dir = self.root / "work"
         self.tmp_dir = self.root / "tmp"
         self._verified: set[tuple[str, int]] = set()
+        # Metadata reads while this process holds the build lock: no other process can write the metadata then,
+        # so a read is repeated from here until this process writes (a build reads the same versions many times,
+        # and each read opens the metadata file).
+        self._read_cache: dict[tuple, list[dict]] | None = None
 
     # ------------------------------------------------------------------------------------- setup & locking
     def exists(self) -> bool:
@@ -138,6 +142,8 @@ class Catalog:
     @contextmanager
     def meta(self, write: bool = False, wait: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection to the metadata file; retries while another process has it open."""
+        if write and self._read_cache is not None:
+            self._read_cache.clear()
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -185,8 +191,10 @@ class Catalog:
             console.print(f"catalog lock taken after waiting {time.monotonic() - started:.1f} s", highlight=False)
         try:
             info_path.write_text(json.dumps({**(info or {}), "pid": os.getpid()}, default=str))
+            self._read_cache = {}
             yield
         finally:
+            self._read_cache = None
             try:
                 info_path.unlink()
             except OSError:
@@ -197,10 +205,16 @@ class Catalog:
     def _rows(self, sql: str, params: list | None = None) -> list[dict]:
         if not self.exists():
             return []
+        cache, key = self._read_cache, (sql, tuple(params or ()))
+        if cache is not None and key in cache:
+            return [dict(r) for r in cache[key]]
         with self.meta() as con:
             cur = con.execute(sql, params or [])
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+            rows = [dict(zip(cols, row)) for row in cur.fetchall()]
+        if cache is not None:
+            cache[key] = [dict(r) for r in rows]
+        return rows
 
     @staticmethod
     def _to_version(row: dict) -> TableVersion:

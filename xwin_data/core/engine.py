@@ -25,7 +25,7 @@ from xwin_data.core.records import PublishEntry, StageStats, TableInput, Validat
 from xwin_data.core.validate import ValidationResult, validate_source
 from xwin_data.core.validate import warm_up as warm_up_validation
 from xwin_data.core.workers import cancel_warm_ups, warm_up_after_fork
-from xwin_data.core.plan import PlannedStage, _columns_of, _sql_access, choose_executor, plan
+from xwin_data.core.plan import PlannedStage, _columns_of, _sql_access, choose_executor, plan, select_stages
 
 
 @dataclass
@@ -102,7 +102,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     ctx = StageContext(stage_id=ps.stage_id, table=ps.outputs[0], outputs=ps.outputs, inputs=inputs, staging=staging,
                        work_dir=work_dir, cache_dir=catalog.cache_dir, tmp_dir=catalog.tmp_dir / build_id,
                        build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit,
-                       units=_output_units(ps, catalog), executor=executor, resources=ps.resources)
+                       units=_output_units(ps, catalog), executor=executor, resources=ps.resources,
+                       threads=type(ps.op).duckdb_threads)
     if type(ps.op).sql_params:
         ctx.allowed = _sql_access(ps, catalog, inputs, [staging, work_dir, catalog.tmp_dir / build_id])
     try:
@@ -193,13 +194,15 @@ def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, tab
 
 def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[str] | bool = False,
           overrides: list[str] | None = None, memory_limit: str = "4GB", show_progress: bool = True,
-          verify: bool = False, executor: str | None = None, ray_address: str | None = None) -> BuildReport:
+          verify: bool = False, executor: str | None = None, ray_address: str | None = None,
+          targets: list[str] | None = None) -> BuildReport:
     """Build every stage that is not already built; publish stage by stage. `verify` checks the checksums of
     the parts a build relies on, not only their sizes. The executor decides where batch work runs; it is not part
-    of any fingerprint, so a table built on one executor is built for every other."""
+    of any fingerprint, so a table built on one executor is built for every other. `targets` (stage ids or table
+    names) builds only those and the stages they need."""
     catalog.init()
     runner = choose_executor(recipe, executor, ray_address)
-    stages = plan(recipe, catalog, force, verify)  # fails on any recipe problem before work or spend
+    stages = select_stages(plan(recipe, catalog, force, verify), targets, recipe)  # recipe problems fail here
     for ps in stages:
         if ps.status == "run":
             ps.op.preflight(ps.params)  # e.g. no judge to call: one line before any model is loaded or paid
@@ -208,7 +211,8 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
     with catalog.build_lock(wait=wait, info=info):
         catalog.mark_abandoned_builds()
         catalog.clean_staging()
-        stages = plan(recipe, catalog, force, verify)  # again under the lock: another build may have finished meanwhile
+        stages = select_stages(plan(recipe, catalog, force, verify), targets, recipe)  # again under the lock:
+        # another build may have finished meanwhile
         _clean_leftovers(catalog, stages)
         build_id = catalog.start_build(recipe.name, recipe.source or "", recipe_sha(recipe), overrides)
         info["build_id"] = build_id

@@ -304,3 +304,25 @@ def where_it_runs(ps: PlannedStage, executor: Executor) -> str:
     if runs == "driver":
         return "driver: DuckDB (set-oriented SQL)" if ps.op.runs == "driver" else "driver"
     return executor.describe(Resources.of(ps.resources), runs == "model", ps.resources.get("ray_data_llm"))
+
+
+def select_stages(stages: list[PlannedStage], targets: list[str] | None, recipe: Recipe) -> list[PlannedStage]:
+    """The planned stages that `targets` (stage ids or table names) need: the targets and every stage upstream of
+    them, in build order; all stages when there are no targets. The others are left as they are, so a later build
+    of the whole recipe reuses what this one built."""
+    if not targets:
+        return stages
+    by_stage = {ps.stage_id: ps for ps in stages}
+    by_table = {t: ps.stage_id for ps in stages for t in ps.outputs}
+    unknown = [t for t in targets if t not in by_stage and t not in by_table]
+    if unknown:
+        raise RecipeError(f"--target names no stage or table of recipe {recipe.name}: {', '.join(unknown)} (stages: "
+                          f"{', '.join(by_stage)})", file=recipe.source)
+    needed: set[str] = set()
+    todo = [t if t in by_stage else by_table[t] for t in targets]
+    while todo:
+        stage_id = todo.pop()
+        if stage_id not in needed:
+            needed.add(stage_id)
+            todo.extend(r.producer for r in by_stage[stage_id].inputs if r.producer)
+    return [ps for ps in stages if ps.stage_id in needed]

@@ -202,17 +202,14 @@ def serve(fd: int) -> None:
         _ge_context()  # imported now, while the parent's first stage runs
     except Exception:  # noqa: BLE001 - the first request reports it
         pass
+    con = duckdb.connect(":memory:")  # one connection for every request: its threads and their memory stay
     while True:
         try:
             source, schema_name, table = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            con = duckdb.connect(":memory:")
-            try:
-                reply = ("ok", _validate_here(con, source, schema_name, table))
-            finally:
-                con.close()
+            reply = ("ok", _validate_here(con.cursor(), source, schema_name, table))
         except Exception as err:  # noqa: BLE001 - raised again in the parent
             reply = ("error", err)
         try:

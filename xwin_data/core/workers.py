@@ -10,6 +10,7 @@ next pool's workers exist, and every fork waits for running warm-ups to finish f
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import sys
@@ -78,8 +79,14 @@ def pool(n: int) -> Iterator[ProcessPoolExecutor]:
     """`n` forked worker processes for the duration of the block; queued warm-ups start once they exist."""
     wait_for_warm_ups()
     executor = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
+    # The parent's objects go to the collector's permanent generation while the workers fork, so no worker's
+    # collections write to their headers (which would copy every page holding one, in each worker).
+    gc.freeze()
     try:
-        executor.submit(os.getpid).result()  # forks every worker now, before any thread of ours starts
+        try:
+            executor.submit(os.getpid).result()  # forks every worker now, before any thread of ours starts
+        finally:
+            gc.unfreeze()
         start_warm_ups()
         yield executor
     finally:
