@@ -90,3 +90,53 @@ def test_disabled_near_dedup_publishes_its_input_unchanged_and_validated(tmp_pat
     assert con.execute("SELECT count(*) FROM near").fetchone()[0] == 5
     assert con.execute("SELECT count(*) FROM (SELECT * FROM near EXCEPT SELECT * FROM raw)").fetchone()[0] == 0
     assert con.execute("SELECT success FROM validations WHERE table_name = 'near'").fetchall() == [(True,)]
+
+
+def test_conversation_text_and_its_keys_match_their_sql_definition() -> None:
+    import hashlib
+
+    import duckdb
+
+    from xwin_data.ops.dedup.sharegpt import CONVERSATION_SQL, conversation_text, md5_keys, normalise_column
+
+    rng = random.Random(3)
+    roles = ["user", "assistant", "system", None]
+    rows = [[], None, [None], [{"role": None, "content": "z"}], [{"role": "user", "content": None}]]
+    for _ in range(3000):
+        rows.append(None if rng.random() < 0.02 else [
+            None if rng.random() < 0.02 else {"role": rng.choice(roles), "content": None if rng.random() < 0.03 else
+                                              "".join(rng.choice(CHARS) for _ in range(rng.randint(0, 30)))}
+            for _ in range(rng.randint(0, 5))])
+    messages = pa.array(rows, type=pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))
+    convs = pa.table({"messages": messages})  # noqa: F841 - read by DuckDB below
+    con = duckdb.connect()
+    expected = [r[0] for r in con.execute(f"SELECT {CONVERSATION_SQL} FROM convs").fetchall()]
+    assert conversation_text(messages).to_pylist() == expected
+    assert conversation_text(messages.slice(7, 2000)).to_pylist() == expected[7:2007]  # a sliced array too
+    norm = normalise_column(conversation_text(messages))
+    digests = [bytes(k) for k in md5_keys(norm).to_pylist()]
+    assert digests == [hashlib.md5((t or "").encode()).digest() for t in norm.to_pylist()]
+
+
+def test_derived_arrays_are_stored_once_and_mapped_after(tmp_path, monkeypatch) -> None:
+    import numpy as np
+
+    from xwin_data.text.derived import cached_arrays
+
+    calls = []
+
+    def derive():
+        calls.append(1)
+        return {"a": np.arange(10, dtype=np.int32), "b": np.array(["en", "zh"])}
+
+    monkeypatch.setenv("XWIN_DATA_HOME", str(tmp_path / "home"))
+    first = cached_arrays("thing", {"lib": "1.0"}, derive)
+    again = cached_arrays("thing", {"lib": "1.0"}, derive)
+    assert len(calls) == 1 and isinstance(again["a"], np.memmap)
+    assert again["a"].tolist() == first["a"].tolist() and again["b"].tolist() == ["en", "zh"]
+    cached_arrays("thing", {"lib": "2.0"}, derive)  # what it depends on changed: derived again
+    assert len(calls) == 2
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XWIN_DATA_HOME", str(tmp_path / "file"))  # cannot be a folder: derived, not stored
+    assert cached_arrays("thing", {"lib": "1.0"}, derive)["a"].tolist() == list(range(10)) and len(calls) == 3

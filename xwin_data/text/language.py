@@ -19,26 +19,39 @@ from functools import lru_cache
 
 import numpy as np
 
+from xwin_data.text.derived import cached_arrays
+
 UNDETERMINED = "und"
 
 
 @lru_cache(maxsize=1)
 def _model():
     """(DFA next-move table, pre-shifted row offsets, feature per state, per-class log-probabilities per feature,
-    class priors, labels, alias pairs) as compact numpy arrays. py3langid's own identifier (Python lists and a
-    float64 copy of the table, ~150 MB more) is dropped once they are built: the build's main process and every
-    worker forked from it hold only these."""
+    class priors, labels, alias pairs) as compact numpy arrays, derived from py3langid's model once per machine
+    (`xwin_data.text.derived`) and memory-mapped: the build's processes share their pages. py3langid's own
+    identifier (Python lists and a float64 copy of the table, ~150 MB more) is never held by a build."""
+    from importlib.metadata import version
+
+    a = cached_arrays("py3langid-model", {"py3langid": version("py3langid")}, _derive_model)
+    return (a["nextmove"], a["rowbase"], a["output"], a["nb_ptc"], a["nb_pc"], np.asarray(a["classes"], dtype=object),
+            [tuple(p) for p in a["alias_pairs"].tolist()])
+
+
+def _derive_model() -> dict[str, np.ndarray]:
     import gc
 
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     ident = LanguageIdentifier.from_model_file(MODEL_FILE)
-    model = (np.asarray(ident.tk_nextmove, dtype=np.int32), np.asarray(ident.tk_row, dtype=np.int32) << 8,
-             np.asarray(ident.tk_output, dtype=np.int32), np.asarray(ident.nb_ptc, dtype=np.float32),
-             np.asarray(ident.nb_pc), np.asarray(ident.nb_classes, dtype=object), list(ident._alias_pairs))
+    arrays = {"nextmove": np.asarray(ident.tk_nextmove, dtype=np.int32),
+              "rowbase": np.asarray(ident.tk_row, dtype=np.int32) << 8,
+              "output": np.asarray(ident.tk_output, dtype=np.int32),
+              "nb_ptc": np.asarray(ident.nb_ptc, dtype=np.float32), "nb_pc": np.asarray(ident.nb_pc),
+              "classes": np.asarray(ident.nb_classes, dtype=str),
+              "alias_pairs": np.asarray(list(ident._alias_pairs), dtype=np.int64).reshape(-1, 2)}
     del ident
     gc.collect()
-    return model
+    return arrays
 
 
 @lru_cache(maxsize=None)

@@ -39,7 +39,17 @@ def _char_classes():
     """Piece class of every code point, decided by RE2 itself on each character, so the numpy count below gives
     the pattern's own answers: SPACE (RE2's \\s), WORD ([\\pL\\pN\\pM_]), CJK_WORD (a Han/Hiragana/Katakana
     character that is also a word character: a piece of its own, unless a word run already started before it),
-    SINGLE (anything else, a piece of its own). Built once per process (~0.3 s)."""
+    SINGLE (anything else, a piece of its own). Computed once per machine and Arrow version (~0.3 s), then
+    memory-mapped (`xwin_data.text.derived`)."""
+    import pyarrow as pa
+
+    from xwin_data.text.derived import cached_arrays
+
+    return cached_arrays("char-classes", {"pyarrow": pa.__version__, "pattern": PIECE_PATTERN},
+                         lambda: {"classes": _derive_char_classes()})["classes"]
+
+
+def _derive_char_classes():
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
