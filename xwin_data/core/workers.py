@@ -74,10 +74,20 @@ def _run_quietly(fn: Callable[[], None]) -> None:
         pass
 
 
+def _load_what_workers_would_each_load() -> None:
+    """pyarrow imports pandas (~0.3 CPU-s, ~90 MB) the first time a process builds an array from Python objects;
+    done here, before the fork, every worker shares the parent's copy instead of importing its own. (The build
+    process imports it anyway in a later stage.)"""
+    import pyarrow as pa
+
+    pa.array([0])
+
+
 @contextmanager
 def pool(n: int) -> Iterator[ProcessPoolExecutor]:
     """`n` forked worker processes for the duration of the block; queued warm-ups start once they exist."""
     wait_for_warm_ups()
+    _load_what_workers_would_each_load()
     executor = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork"))
     # The parent's objects go to the collector's permanent generation while the workers fork, so no worker's
     # collections write to their headers (which would copy every page holding one, in each worker).
