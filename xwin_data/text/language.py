@@ -137,9 +137,12 @@ def _feature_counts(slots: np.ndarray, lens: np.ndarray, n_feat: int):
     return counts
 
 
+DETECT_CHUNK = 2048  # texts scored together: bounds the per-chunk arrays (a few MB) and the padding
+
+
 def detect_batch(texts: list[str]) -> list[str]:
-    """Language codes of many texts, vectorised over the batch."""
-    nextmove, rowbase, output, nb_ptc, nb_pc, classes, alias_pairs = _model()
+    """Language codes of many texts, vectorised: the texts are sorted by length and scored in chunks of similar
+    lengths, so a chunk's byte matrix is barely wider than its texts."""
     out = [UNDETERMINED] * len(texts)
     keep = [i for i, t in enumerate(texts) if t and _has_letters(t)]
     if not keep:
@@ -147,14 +150,23 @@ def detect_batch(texts: list[str]) -> list[str]:
     encoded = [_encode(texts[i]) for i in keep]
     lens = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
     order = np.argsort(-lens, kind="stable")  # longest first: the texts still walking are always a prefix
-    lens_sorted = lens[order]
-    width = int(lens_sorted[0])
-    padded = b"".join(encoded[i].ljust(width, b"\0") for i in order)  # zero bytes past a text's end are never read
+    for lo in range(0, len(order), DETECT_CHUNK):
+        chunk = order[lo:lo + DETECT_CHUNK]
+        for pos, label in zip(chunk, _labels([encoded[i] for i in chunk], lens[chunk])):
+            out[keep[pos]] = str(label)
+    return out
+
+
+def _labels(encoded: list[bytes], lens: np.ndarray) -> np.ndarray:
+    """py3langid's labels of texts already encoded, longest first."""
+    nextmove, rowbase, output, nb_ptc, nb_pc, classes, alias_pairs = _model()
+    width = int(lens[0])
+    padded = b"".join(b.ljust(width, b"\0") for b in encoded)  # zero bytes past a text's end are never read
     columns = np.frombuffer(padded, dtype=np.uint8).reshape(len(encoded), width).T.copy()  # byte j of every text
-    active_until = np.searchsorted(-lens_sorted, -np.arange(1, width + 1), side="right")  # texts longer than j
+    active_until = np.searchsorted(-lens, -np.arange(1, width + 1), side="right")  # texts longer than j
     state = np.zeros(len(encoded), dtype=np.int32)
     starts = np.zeros(len(encoded), dtype=np.int64)  # where each text's bytes begin in `slots`
-    np.cumsum(lens_sorted[:-1], out=starts[1:])
+    np.cumsum(lens[:-1], out=starts[1:])
     slots = np.empty(int(lens.sum()), dtype=np.int32)  # the feature ending at each byte of each text, or -1
     for j in range(width):
         k = int(active_until[j])
@@ -164,7 +176,7 @@ def detect_batch(texts: list[str]) -> list[str]:
     n_feat, n_cls = nb_ptc.shape
     scores = np.full((len(encoded), n_cls), np.finfo(np.float32).min, dtype=np.float32)
     if (slots >= 0).any():
-        counts = _feature_counts(slots, lens_sorted, n_feat)
+        counts = _feature_counts(slots, lens, n_feat)
         counts.data = np.log1p(counts.data)
         has = np.bincount(counts.indices, minlength=len(encoded)) > 0
         dense = np.asarray(counts @ nb_ptc, dtype=np.float32) + nb_pc
@@ -172,10 +184,7 @@ def detect_batch(texts: list[str]) -> list[str]:
     for i, j in alias_pairs:
         scores[:, i] = np.maximum(scores[:, i], scores[:, j])
         scores[:, j] = np.finfo(np.float32).min
-    labels = classes[scores.argmax(axis=1)]
-    for pos, label in zip(order, labels):
-        out[keep[pos]] = str(label)
-    return out
+    return classes[scores.argmax(axis=1)]
 
 
 def sample_column(messages, n_messages: int = 4, chars: int = 400):
