@@ -41,7 +41,9 @@ def test_approx_count_column_matches_the_re2_pattern_on_any_script() -> None:
     assert approx_count_column(arr).to_pylist() == expected.to_pylist()
 
 
-def test_detect_batch_matches_py3langid() -> None:
+def test_detect_batch_matches_py3langid(monkeypatch) -> None:
+    import xwin_data.text.language as language
+
     texts = ["The quick brown fox jumps over the lazy dog, again and again.",
              "Le renard brun rapide saute par-dessus le chien paresseux.",
              "Der schnelle braune Fuchs springt über den faulen Hund.",
@@ -51,6 +53,8 @@ def test_detect_batch_matches_py3langid() -> None:
     for text, label in zip(texts, got):
         has_letters = any(ch.isalpha() for ch in text[:200])
         assert label == (py3langid.classify(text)[0] if has_letters else "und"), text
+    monkeypatch.setattr(language, "DETECT_CHUNK", 3)  # texts scored in chunks of similar lengths: the same labels
+    assert detect_batch(texts) == got
 
 
 def test_language_sample_column_matches_its_sql_definition() -> None:
