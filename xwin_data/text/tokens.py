@@ -102,12 +102,16 @@ def _byte_classes(data):
     return cls
 
 
+COUNT_CHUNK_BYTES = 1 << 20  # text counted at once: the per-byte arrays stay a few MB (and in the CPU caches)
+
+
 def approx_count_column(content):
     """Approximate token counts (int32) of an Arrow string column; the same numbers as the RE2 pattern.
 
     Every byte gets its character's class; a piece starts at each SINGLE character, at each CJK_WORD character
     outside a word run, and where a word run starts (a WORD character after a byte outside any run). A run is a
     WORD character, or a CJK_WORD character whose nearest non-CJK character before it (in the same value) is WORD.
+    The column is counted in slices of whole values of about `COUNT_CHUNK_BYTES` each.
     """
     import numpy as np
     import pyarrow as pa
@@ -117,6 +121,18 @@ def approx_count_column(content):
     if content.type != pa.string() or content.null_count or len(content) == 0:
         return pc.count_substring_regex(content, PIECE_PATTERN).cast(pa.int32())
     offsets = np.frombuffer(content.buffers()[1], dtype=np.int32)[content.offset:content.offset + len(content) + 1]
+    total = int(offsets[-1] - offsets[0])
+    if total <= COUNT_CHUNK_BYTES:
+        return _approx_count(content, offsets)
+    cuts = np.unique(np.searchsorted(offsets - offsets[0], np.arange(COUNT_CHUNK_BYTES, total, COUNT_CHUNK_BYTES)))
+    cuts = [0, *(int(c) for c in cuts if 0 < c < len(content)), len(content)]
+    return pa.concat_arrays([_approx_count(content.slice(a, b - a), offsets[a:b + 1]) for a, b in zip(cuts, cuts[1:])])
+
+
+def _approx_count(content, offsets):
+    import numpy as np
+    import pyarrow as pa
+
     data = np.frombuffer(content.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
     offsets = offsets - offsets[0]
     if len(data) == 0:
