@@ -123,9 +123,9 @@ class Catalog:
         self.work_dir = self.root / "work"
         self.tmp_dir = self.root / "tmp"
         self._verified: set[tuple[str, int]] = set()
-        # Metadata reads while this process holds the build lock: no other process can write the metadata then,
-        # so a read is repeated from here until this process writes (a build reads the same versions many times,
-        # and each read opens the metadata file).
+        # Metadata reads inside `reads_cached()` (a build holding its lock, where no other process can write the
+        # metadata; a plan): a read is repeated from here until this process writes. A build reads the same
+        # versions many times, and each read opens the metadata file.
         self._read_cache: dict[tuple, list[dict]] | None = None
 
     # ------------------------------------------------------------------------------------- setup & locking
@@ -191,10 +191,9 @@ class Catalog:
             console.print(f"catalog lock taken after waiting {time.monotonic() - started:.1f} s", highlight=False)
         try:
             info_path.write_text(json.dumps({**(info or {}), "pid": os.getpid()}, default=str))
-            self._read_cache = {}
-            yield
+            with self.reads_cached():
+                yield
         finally:
-            self._read_cache = None
             try:
                 info_path.unlink()
             except OSError:
@@ -202,6 +201,16 @@ class Catalog:
             lock.release()
 
     # ------------------------------------------------------------------------------------- reading metadata
+    @contextmanager
+    def reads_cached(self) -> Iterator[None]:
+        """Repeat metadata reads from memory within the block (until this process writes the metadata)."""
+        outer = self._read_cache
+        self._read_cache = {} if outer is None else outer
+        try:
+            yield
+        finally:
+            self._read_cache = outer
+
     def _rows(self, sql: str, params: list | None = None) -> list[dict]:
         if not self.exists():
             return []

@@ -202,7 +202,8 @@ def build(recipe: Recipe, catalog: Catalog, *, wait: float = 0.0, force: list[st
     names) builds only those and the stages they need."""
     catalog.init()
     runner = choose_executor(recipe, executor, ray_address)
-    stages = select_stages(plan(recipe, catalog, force, verify), targets, recipe)  # recipe problems fail here
+    with catalog.reads_cached():  # one plan reads each version a few times
+        stages = select_stages(plan(recipe, catalog, force, verify), targets, recipe)  # recipe problems fail here
     for ps in stages:
         if ps.status == "run":
             ps.op.preflight(ps.params)  # e.g. no judge to call: one line before any model is loaded or paid

@@ -32,7 +32,8 @@ def cached_arrays(name: str, depends_on: dict, derive: Callable[[], dict[str, np
     manifest = folder / "arrays.json"
     try:
         names = json.loads(manifest.read_text())
-        return {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
+        # plain arrays over the mapped pages (a memmap's indexing runs Python code on every call)
+        return {n: np.load(folder / f"{n}.npy", mmap_mode="r").view(np.ndarray) for n in names}
     except (OSError, ValueError):
         pass
     arrays = derive()
