@@ -195,14 +195,15 @@ def run_ours(input_path: str, out_dir: str, near: bool = False, whole: bool = Tr
     """The recipe: all of it, or (`whole` false) up to the table the baseline makes, `sft_sharegpt`."""
     import xwin_data
 
-    monitor = StageMemory()
+    monitor = StageMemory() if os.environ.get("SFT_BUILD_SAMPLERS", "1") == "1" else None
     sets = [f"input={input_path}", f"near_dedup={str(near).lower()}", "file_type=jsonl"]
     xwin_data.build(RECIPE, Path(out_dir) / "catalog", sets, show_progress=False, memory_limit=MEMORY_LIMIT,
                     targets=None if whole else ["sft_sharegpt"])
     con = xwin_data.connect(Path(out_dir) / "catalog")
     ids = [r[0] for r in con.execute("SELECT id FROM sft_sharegpt").fetchall()]
-    (Path(out_dir) / "stage_memory.json").write_text(json.dumps(monitor.stop()))
-    (Path(out_dir) / "sampler_cpu.txt").write_text(str(monitor.cpu_seconds))
+    if monitor is not None:
+        (Path(out_dir) / "stage_memory.json").write_text(json.dumps(monitor.stop()))
+        (Path(out_dir) / "sampler_cpu.txt").write_text(str(monitor.cpu_seconds))
     return len(ids), ids_digest(ids)
 
 
@@ -350,7 +351,7 @@ class TreeMemory:
         return self.peak
 
 
-def measure(which: str, input_path: str, n: int, keep: Path | None = None) -> dict:
+def measure(which: str, input_path: str, n: int, keep: Path | None = None, samplers: bool = True) -> dict:
     """Run one pipeline in a fresh subprocess; wall time, CPU time and peak memory of that process tree. With
     `keep`, the recipe's catalog stays in a folder there and a later run resumes it (only stages whose code or
     input changed run again: for working on one stage at scale)."""
@@ -360,7 +361,7 @@ def measure(which: str, input_path: str, n: int, keep: Path | None = None) -> di
     else:
         out_dir = tempfile.mkdtemp(prefix=f"sftbench-{which}-")
     result = Path(out_dir) / "rows.txt"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SFT_BUILD_SAMPLERS": "1" if samplers else "0"}
     if which == "datatrove":
         python, lid_model = datatrove_python()
         workers = len(os.sched_getaffinity(0))
@@ -369,12 +370,14 @@ def measure(which: str, input_path: str, n: int, keep: Path | None = None) -> di
                str(Path(out_dir) / "work"), str(workers), lid_model, str(result)]
     else:
         cmd = [sys.executable, __file__, "--child", which, input_path, out_dir, str(result)]
+    for stale in ("stage_memory.json", "sampler_cpu.txt"):  # from an earlier run kept in the same folder
+        (Path(out_dir) / stale).unlink(missing_ok=True)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if which == "datatrove" else None)
-    tree = TreeMemory(proc.pid)
+    tree = TreeMemory(proc.pid) if samplers else None
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - start
-    pss = tree.stop()
+    pss = tree.stop() if tree is not None else float("nan")
     if status != 0:
         raise SystemExit(f"{which} failed with status {status}")
     if which == "datatrove":
@@ -404,6 +407,10 @@ def main() -> None:
     ap.add_argument("--peer", choices=["datatrove"], help="datatrove (in its own venv) against the recipe with "
                                                           "near-dedup on: the same as --only ours-near,datatrove")
     ap.add_argument("--rounds", type=int, default=1, help="run the pipelines this many times, alternating")
+    ap.add_argument("--no-samplers", action="store_true",
+                    help="leave out the memory samplers (peak PSS, the recipe's peaks per stage): their /proc reads "
+                         "slow the processes they read, by ~1.5 CPU-s for the recipe at 100K, so CPU and wall "
+                         "figures are cleaner without them; peak RSS (from wait4) is still reported")
     ap.add_argument("--keep", help="keep the generated input and the recipe's catalog in this folder and reuse them "
                                    "(a rerun builds only the stages whose code changed)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -435,7 +442,7 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown pipeline(s): {', '.join(sorted(unknown))}")
         for round_ in range(args.rounds):
-            results = [measure(w, input_path, n, keep) for w in which]
+            results = [measure(w, input_path, n, keep, samplers=not args.no_samplers) for w in which]
             report(results, f"round {round_ + 1} of {args.rounds}")
     finally:
         if keep is None:
