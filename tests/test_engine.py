@@ -177,6 +177,8 @@ def test_target_builds_a_stage_and_what_it_needs_only(workdir: Path) -> None:
       query: "SELECT count(*) AS n FROM kept"
 """
     (workdir / "r.yaml").write_text(recipe)
+    planned = run_here("plan", "r.yaml", "--target", "kept", "--json", cwd=workdir)
+    assert [r["stage"] for r in json.loads(planned.stdout)] == ["raw", "kept"]
     out = run_here("build", "r.yaml", "--target", "kept", cwd=workdir)
     cat = Catalog(workdir / "xwin-catalog")
     assert cat.current("kept").rows == 1 and cat.current("counted") is None
