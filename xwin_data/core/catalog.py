@@ -123,9 +123,10 @@ class Catalog:
         self.work_dir = self.root / "work"
         self.tmp_dir = self.root / "tmp"
         self._verified: set[tuple[str, int]] = set()
-        # Metadata reads inside `reads_cached()` (a build holding its lock, where no other process can write the
-        # metadata; a plan): a read is repeated from here until this process writes. A build reads the same
-        # versions many times, and each read opens the metadata file.
+        # Metadata reads inside `reads_cached()` (a plan; a build holding its lock, where no other build can
+        # publish): a read is repeated from here until this process writes. A build reads the same versions many
+        # times, and each read opens the metadata file; a run record another process appends meanwhile (training,
+        # evals) is seen after this process's next write, or by the next build.
         self._read_cache: dict[tuple, list[dict]] | None = None
 
     # ------------------------------------------------------------------------------------- setup & locking
