@@ -102,8 +102,7 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
     ctx = StageContext(stage_id=ps.stage_id, table=ps.outputs[0], outputs=ps.outputs, inputs=inputs, staging=staging,
                        work_dir=work_dir, cache_dir=catalog.cache_dir, tmp_dir=catalog.tmp_dir / build_id,
                        build_id=build_id, fingerprint=ps.fingerprint, progress=progress, memory_limit=memory_limit,
-                       units=_output_units(ps, catalog), executor=executor, resources=ps.resources,
-                       threads=type(ps.op).duckdb_threads)
+                       units=_output_units(ps, catalog), executor=executor, resources=ps.resources)
     if type(ps.op).sql_params:
         ctx.allowed = _sql_access(ps, catalog, inputs, [staging, work_dir, catalog.tmp_dir / build_id])
     try:

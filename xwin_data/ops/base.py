@@ -56,9 +56,6 @@ class Op:
     # SQL expression, or a mapping of them). Their `${var}`s become typed literals, they are parsed before any
     # work, and the stage's DuckDB connection is confined to its inputs, the catalog's tables and named files.
     sql_params: ClassVar[dict[str, str]] = {}
-    # DuckDB threads of the stage's connection (None: DuckDB's default); set before the connection opens, since a
-    # connection confined for recipe SQL cannot change its settings later.
-    duckdb_threads: ClassVar[int | None] = None
     # Where the op's work runs: "driver" (SQL in DuckDB on the build's machine), "batches" (row batches through an
     # executor) or "model" (units on replicas that each hold a model). Only the plan reads it: the executor is chosen
     # by the build, never by the op.

@@ -40,7 +40,6 @@ class FilterOp(Op):
     min_inputs = max_inputs = 1
     keeps, adds = True, set()
     summary = "SQL predicates, one per drop reason"
-    duckdb_threads = 1  # the verdicts are paired with the input rows by position: both read in order, by one thread
 
     def output_schema(self, table, main, params):
         return None
@@ -49,19 +48,11 @@ class FilterOp(Op):
         return {params.id_column}
 
     def run(self, ctx, params: FilterParams) -> None:
-        """The predicates are evaluated once per row, into a column of verdicts (the first failed reason, or NULL)
-        in input order; the kept rows and the drops are then the input rows paired with it by position. A
-        predicate can be costly (a regular expression over every answer), and would otherwise run for both."""
         checks = [(reason, f"coalesce(({pred}), false)") for reason, pred in params.where.items()]
+        keep = " AND ".join(c for _, c in checks) or "true"
         first_fail = "CASE " + " ".join(f"WHEN NOT {c} THEN '{r.replace(chr(39), chr(39) * 2)}'" for r, c in checks) + " END"
         detail = params.detail or "to_json(t)::VARCHAR"
         src = ctx.input()
-        if not checks:
-            ctx.write_sql(f"SELECT * FROM {src} t")
-            return
-        con = ctx.con
-        con.execute(f"CREATE TEMP TABLE __verdict AS SELECT {first_fail} AS reason FROM {src} t")
-        ctx.write_sql(f"SELECT t.* FROM {src} t POSITIONAL JOIN __verdict v WHERE v.reason IS NULL")
-        ctx.drop_sql(f"SELECT t.{params.id_column} AS source_id, v.reason AS reason, {detail} AS detail "
-                     f"FROM {src} t POSITIONAL JOIN __verdict v WHERE v.reason IS NOT NULL")
-        con.execute("DROP TABLE __verdict")
+        ctx.write_sql(f"SELECT * FROM {src} t WHERE {keep}")
+        ctx.drop_sql(f"SELECT t.{params.id_column} AS source_id, {first_fail} AS reason, {detail} AS detail "
+                     f"FROM {src} t WHERE NOT ({keep})")

@@ -55,7 +55,6 @@ class ConversationFilter(Op):
     schema = "conversations"
     min_inputs = max_inputs = 1
     summary = "language list, refusal boilerplate, excluded answering models, SQL predicates (one drop reason each)"
-    duckdb_threads = FilterOp.duckdb_threads
 
     def external_fingerprint(self, params: ConversationFilterParams) -> dict:
         from xwin_data.text.refusals import patterns
