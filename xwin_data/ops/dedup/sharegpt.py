@@ -84,7 +84,8 @@ def md5_keys(text: pa.Array) -> pa.Array:
 
     text = pc.fill_null(text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text, "")
     wide = pa.types.is_large_string(text.type) or pa.types.is_large_binary(text.type)
-    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64 if wide else np.int32)[text.offset:text.offset + len(text) + 1]
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64 if wide else np.int32)
+    offsets = offsets[text.offset:text.offset + len(text) + 1]
     data = memoryview(text.buffers()[2] or b"")
     md5 = hashlib.md5
     digests = b"".join([md5(data[a:b]).digest() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())])
