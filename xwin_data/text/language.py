@@ -29,7 +29,7 @@ def _model():
     """(DFA next-move table, pre-shifted row offsets, feature per state, per-class log-probabilities per feature,
     class priors, labels, alias pairs) as compact numpy arrays, derived from py3langid's model once per machine
     (`xwin_data.text.derived`) and memory-mapped: the build's processes share their pages. py3langid's own
-    identifier (Python lists and a float64 copy of the table, ~150 MB more) is never held by a build."""
+    identifier (Python lists and a float64 copy of the table, ~150 MB more) is held only while they are derived."""
     from importlib.metadata import version
 
     a = cached_arrays("py3langid-model", {"py3langid": version("py3langid")}, _derive_model)
