@@ -7,7 +7,6 @@ cache folder once and loaded like any other model, with `from_pretrained(path)`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from filelock import FileLock
 from xwin_data.core.errors import MissingModelError
 from xwin_data.core.origins import looks_local, missing_model_message
 from xwin_data.core.fingerprint import stable_hash
+from xwin_data.core.home import xwin_home
 
 TINY_VERSION = "1"
 
@@ -46,10 +46,6 @@ class TinyModels:
     tokenizer: Path
     policy: Path
     reward: Path
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("XWIN_DATA_HOME", Path.home() / ".cache" / "xwin-data"))
 
 
 def _corpus() -> list[str]:
@@ -102,7 +98,7 @@ def ensure_tiny_models(home: str | Path | None = None, size: str = "tiny") -> Ti
     """Create (once) and return the paths of the tiny tokenizer, policy and reward model."""
     if size not in SIZES:
         raise ValueError(f"unknown tiny model size {size!r} (sizes: {', '.join(SIZES)})")
-    root = Path(home) if home else default_home()
+    root = Path(home) if home else xwin_home()
     base = root / "tiny-models" / f"v{TINY_VERSION}-{size}-{stable_hash(SIZES[size], length=8)}"
     paths = TinyModels(base / "tokenizer", base / "policy", base / "reward")
     done = base / ".complete"

@@ -12,23 +12,20 @@ import json
 import os
 import shutil
 import uuid
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from xwin_data.core.home import xwin_home
+
 FORMAT = 1
-
-
-def derived_home() -> Path:
-    return Path(os.environ.get("XWIN_DATA_HOME", Path.home() / ".cache" / "xwin-data")) / "derived"
 
 
 def cached_arrays(name: str, depends_on: dict, derive: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The arrays `derive` makes, from the folder of a previous call with the same `name` and `depends_on`
     (memory-mapped, read-only), or derived now and stored for the next call."""
     key = hashlib.sha256(json.dumps({"format": FORMAT, **depends_on}, sort_keys=True).encode()).hexdigest()[:16]
-    folder = derived_home() / f"{name}-{key}"
+    folder = xwin_home() / "derived" / f"{name}-{key}"
     manifest = folder / "arrays.json"
     try:
         names = json.loads(manifest.read_text())
