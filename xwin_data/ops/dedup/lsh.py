@@ -42,19 +42,35 @@ def decode(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes >> 32, codes & 0xFFFFFFFF
 
 
-def cluster_roots(a: np.ndarray, b: np.ndarray, n_docs: int) -> np.ndarray:
-    """Union-find over verified pairs (a[i], b[i]) of ordinals below `n_docs`: each document's cluster's smallest
-    ordinal (itself where it is in no pair). One list entry per document, no dictionaries."""
-    parent = list(range(n_docs))
+class Clusters:
+    """Union-find over the ordinals below `n_docs`, each cluster rooted at its smallest ordinal. One list entry per
+    document, no dictionaries."""
 
-    def find(x: int) -> int:
+    def __init__(self, n_docs: int) -> None:
+        self.parent = list(range(n_docs))
+
+    def find(self, x: int) -> int:
+        parent = self.parent
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
+    def join_roots(self, rx: int, ry: int) -> None:
+        """Join two different clusters, given their roots."""
+        self.parent[max(rx, ry)] = min(rx, ry)
+
+    def roots(self) -> np.ndarray:
+        return np.fromiter((self.find(x) for x in range(len(self.parent))), dtype=np.int64, count=len(self.parent))
+
+
+def cluster_roots(a: np.ndarray, b: np.ndarray, n_docs: int) -> np.ndarray:
+    """Union-find over verified pairs (a[i], b[i]) of ordinals below `n_docs`: each document's cluster's smallest
+    ordinal (itself where it is in no pair)."""
+    clusters = Clusters(n_docs)
+    find = clusters.find
     for x, y in zip(a.tolist(), b.tolist()):
         rx, ry = find(x), find(y)
         if rx != ry:
-            parent[max(rx, ry)] = min(rx, ry)
-    return np.fromiter((find(x) for x in range(n_docs)), dtype=np.int64, count=n_docs)
+            clusters.join_roots(rx, ry)
+    return clusters.roots()

@@ -272,16 +272,11 @@ def _verify(sets: _ShingleSets, n_docs: int, params: NearParams, first: np.ndarr
     each and a 4-byte place in the order) and one union-find entry per document."""
     from array import array
 
+    from xwin_data.ops.dedup.lsh import Clusters
     from xwin_data.text.minhash import jaccard
 
-    parent = list(range(n_docs))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    clusters = Clusters(n_docs)
+    find = clusters.find
     order = np.argsort(np.uint16(params.num_perm) - equal, kind="stable")
     order = order.astype(np.int32) if len(order) < 2**31 else order
     positions, values = array("q"), array("d")
@@ -296,7 +291,7 @@ def _verify(sets: _ShingleSets, n_docs: int, params: NearParams, first: np.ndarr
                 positions.append(p)
                 values.append(value)
                 if value >= params.threshold:
-                    parent[max(x, y)] = min(x, y)
+                    clusters.join_roots(x, y)
     finally:
         sets.close()
     return np.frombuffer(positions, dtype=np.int64), np.frombuffer(values, dtype=np.float64)
