@@ -175,7 +175,7 @@ class DedupNear(Op):
         import glob
         from functools import partial
 
-        from xwin_data.ops.dedup.lsh import bucket_pairs, decode
+        from xwin_data.ops.dedup.lsh import bucket_pairs, cluster_roots, decode
         from xwin_data.text.minhash import permutations
 
         if not params.enabled:
@@ -228,7 +228,7 @@ class DedupNear(Op):
         seconds["candidates"] = time.perf_counter() - clock
         clock = time.perf_counter()
         if params.verify:
-            checked, exact = _verify(_ShingleSets(set_files), store.rows, params, first, second, equal)
+            checked, exact, root = _verify(_ShingleSets(set_files), store.rows, params, first, second, equal)
             n_verified = len(checked)
             keep_pairs = exact >= params.threshold
             ok, exact = checked[keep_pairs], exact[keep_pairs]
@@ -238,10 +238,11 @@ class DedupNear(Op):
             n_verified = 0
             ok = np.flatnonzero(_estimate_at_least(equal, params.num_perm, params.threshold))
             exact = np.full(len(ok), np.nan)
+            root = cluster_roots(first[ok], second[ok], store.rows) if len(ok) else np.zeros(0, np.int64)
         estimated = equal[ok] / np.float64(params.num_perm)
         near_file = scratch / "near.parquet"
         n_dropped = _write_dropped(near_file, first[ok].astype(np.int64), second[ok].astype(np.int64), estimated,
-                                   exact, store)
+                                   exact, root, store)
         seconds["verify"] = time.perf_counter() - clock
         clock = time.perf_counter()
         ctx.con.execute(f"CREATE TEMP VIEW __near AS SELECT * FROM read_parquet({sql_str(str(near_file))})")
@@ -262,8 +263,9 @@ def _estimate_at_least(equal: np.ndarray, num_perm: int, floor: float) -> np.nda
 
 
 def _verify(sets: _ShingleSets, n_docs: int, params: NearParams, first: np.ndarray, second: np.ndarray,
-            equal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, exact shingle Jaccard) of the candidate pairs that decide the clusters.
+            equal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions, exact shingle Jaccard) of the candidate pairs that decide the clusters, and each document's
+    cluster root (the smallest ordinal joined to it by a checked pair at the threshold).
 
     Pairs are taken by estimate, highest first (candidates come in (first, second) order, which a stable sort
     keeps among equal estimates); a pair whose two members are already joined by verified pairs is not checked
@@ -294,18 +296,16 @@ def _verify(sets: _ShingleSets, n_docs: int, params: NearParams, first: np.ndarr
                     clusters.join_roots(x, y)
     finally:
         sets.close()
-    return np.frombuffer(positions, dtype=np.int64), np.frombuffer(values, dtype=np.float64)
+    return np.frombuffer(positions, dtype=np.int64), np.frombuffer(values, dtype=np.float64), clusters.roots()
 
 
-def _write_dropped(path, first, second, estimated, exact, store: _Signatures) -> int:
-    """Write id, kept id and detail of every dropped member of a cluster to `path`: its pair with the kept one when
-    that pair was found, else its closest found pair (the first of equals, named with 'via'). Returns the count."""
+def _write_dropped(path, first, second, estimated, exact, root: np.ndarray, store: _Signatures) -> int:
+    """Write id, kept id and detail of every dropped member of a cluster (`root`: each document's cluster root) to
+    `path`: its pair with the kept one when that pair was found, else its closest found pair (the first of equals,
+    named with 'via'). Returns the count."""
     import pyarrow.parquet as pq
 
     schema = pa.schema([("id", pa.string()), ("kept", pa.string()), ("detail", pa.string())])
-    from xwin_data.ops.dedup.lsh import cluster_roots
-
-    root = cluster_roots(first, second, store.rows) if len(first) else np.zeros(0, np.int64)
     n_pairs = len(first)
     me, other = np.concatenate([first, second]), np.concatenate([second, first])
     score = np.where(np.isnan(exact), estimated, exact)
