@@ -62,3 +62,23 @@ def test_build_validates_in_a_child_process(tmp_path: Path) -> None:
     # the failed suite blocked the second build and names the broken invariant with the offending row
     assert "validation failed" in result["failed"] and "last_turn_assistant" in result["failed"]
     assert "unanswered" in result["failed"]
+
+
+DEFERRED = """\
+import json, sys
+from xwin_data.core import validate
+validate._ge_context()
+before = "scipy.stats._stats_py" in sys.modules
+import scipy.stats
+half = float(scipy.stats.norm.cdf(0.0))
+print(json.dumps({"before": before, "after": "scipy.stats._stats_py" in sys.modules, "half": half}))
+"""
+
+
+def test_the_validation_library_loads_without_the_modules_no_contract_uses() -> None:
+    out = subprocess.run([sys.executable, "-c", DEFERRED], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "GX_ANALYTICS_ENABLED": "False"})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # scipy.stats was not run while great-expectations loaded, and runs whole on first use
+    assert result == {"before": False, "after": True, "half": 0.5}
