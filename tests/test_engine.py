@@ -198,3 +198,46 @@ def test_target_builds_a_stage_and_what_it_needs_only(workdir: Path) -> None:
     bad = run_here("build", "r.yaml", "--target", "nope", cwd=workdir, check=False)
     assert bad.returncode != 0
     assert "--target names no stage or table of recipe smoke: nope (stages: raw, kept, counted)" in bad.stderr
+
+
+NUMBERS = """\
+name: numbers
+stages:
+  - id: raw
+    op: sql
+    schema: conversations
+    params:
+      query: >
+        SELECT 'n' || i AS id, [{'role': 'user', 'content': 'q' || i}, {'role': 'assistant', 'content': 'a' || i}]
+        AS messages, i FROM range(200) t(i) ORDER BY i
+  - id: kept
+    op: filter
+    inputs: [raw]
+    schema: conversations
+    params:
+      where: {odd: "i % 2 = 1", small: "i < 150"}
+  - id: repeated
+    op: sql
+    params:
+      query: "SELECT i % 10 AS id, i FROM range(40) t(i) ORDER BY i"
+  - id: repeated_kept
+    op: filter
+    inputs: [repeated]
+    params:
+      where: {big: "i >= 25"}
+"""
+
+
+def test_filter_keeps_the_input_order_and_drops_each_reject_once(tmp_path: Path) -> None:
+    (tmp_path / "n.yaml").write_text(NUMBERS)
+    xwin_data.build(tmp_path / "n.yaml", tmp_path / "cat", show_progress=False)
+    con = xwin_data.connect(tmp_path / "cat")
+    assert [r[0] for r in con.execute("SELECT i FROM kept").fetchall()] == list(range(1, 150, 2))
+    reasons = dict(con.execute("SELECT reason, count(*) FROM drops WHERE table_name = 'kept' GROUP BY 1").fetchall())
+    assert reasons == {"odd": 100, "small": 25}  # the first failed predicate names each reject
+    # the kept rows are the validated input's, unchanged: its row checks carry over, with a note saying so
+    results = con.execute("SELECT success, results FROM validations WHERE table_name = 'kept'").fetchone()
+    assert results[0] and "rows_of_validated_input" in results[1] and "last_turn_assistant" in results[1]
+    # ids that repeat cannot tell rows apart: the predicates decide each row
+    assert [r[0] for r in con.execute("SELECT i FROM repeated_kept").fetchall()] == list(range(25, 40))
+    assert con.execute("SELECT count(*) FROM drops WHERE table_name = 'repeated_kept'").fetchone()[0] == 25

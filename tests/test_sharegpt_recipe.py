@@ -20,7 +20,7 @@ SMALL = ["--set", "subset_sizes=[500,1000,2000,4000,100000]"]
 MALFORMED = {"broken_json", "invalid_utf8", "missing_field", "unknown_role", "non_alternating_roles", "empty_content",
              "non_string_content", "first_turn_not_user", "misplaced_system", "no_assistant_turn",
              "empty_conversation", "not_an_object"}
-TABLES = ["sharegpt_raw", "sharegpt_clean", "sharegpt_stats", "sharegpt_filtered", "sharegpt_dedup",
+TABLES = ["sharegpt_raw", "sharegpt_clean", "sharegpt_filtered", "sharegpt_dedup",
           "sharegpt_neardedup", "sft_sharegpt", "sft_sharegpt_500", "sft_sharegpt_1k", "sft_sharegpt_2k",
           "sft_sharegpt_4k", "sft_sharegpt_100k"]
 

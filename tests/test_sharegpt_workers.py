@@ -86,9 +86,30 @@ def test_workers_give_the_same_tables_and_drops(tmp_path, small_blocks, monkeypa
     con = xwin_data.connect(tmp_path / "forked")
     stats = con.execute("SELECT stats FROM table_versions WHERE name = 'raw' AND is_current").fetchone()[0]
     assert '"renamed_duplicate_ids"' in str(stats)
-    # the switched-off near-dedup stage reuses its input's validation and says so
+    # the switched-off near-dedup stage reuses its input's validation and says so; exact dedup keeps rows of its
+    # validated input unchanged, so its row checks carry over
     checks = con.execute("SELECT results FROM validations WHERE table_name = 'near'").fetchone()[0]
     assert "same_files_as_validated_input" in str(checks)
+    checks = con.execute("SELECT results FROM validations WHERE table_name = 'exact'").fetchone()[0]
+    assert "rows_of_validated_input" in str(checks)
+
+
+def test_cleaning_with_stats_in_one_pass_gives_the_stats_stage_table(tmp_path, small_blocks) -> None:
+    data = tmp_path / "in.jsonl"
+    _write_input(data)
+    (tmp_path / "two.yaml").write_text(RECIPE)
+    one_pass = RECIPE.replace("params: {batch_size: 7}}\n  - {id: stats, op: conversation_stats, inputs: [clean], "
+                              "params: {batch_size: 7}}", "params: {batch_size: 7, stats: {}}}")
+    (tmp_path / "one.yaml").write_text(one_pass.replace("inputs: [stats]", "inputs: [clean]"))
+    assert "conversation_stats" not in (tmp_path / "one.yaml").read_text()
+    xwin_data.build(tmp_path / "two.yaml", tmp_path / "two", [f"input={data}"], show_progress=False)
+    xwin_data.build(tmp_path / "one.yaml", tmp_path / "one", [f"input={data}"], show_progress=False)
+    two, one = xwin_data.connect(tmp_path / "two"), xwin_data.connect(tmp_path / "one")
+    assert one.execute("SELECT * FROM clean").fetchall() == two.execute("SELECT * FROM stats").fetchall()
+    columns = one.execute("DESCRIBE clean").fetchall()
+    assert columns == two.execute("DESCRIBE stats").fetchall() and "n_tokens" in {c[0] for c in columns}
+    drops = "SELECT stage, source_id, reason, detail FROM drops ORDER BY ALL"
+    assert one.execute(drops).fetchall() == two.execute(drops).fetchall()
 
 
 def test_worker_parts_keep_the_input_order(tmp_path, small_blocks) -> None:

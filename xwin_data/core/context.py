@@ -65,6 +65,8 @@ class StageContext:
     stats: dict[str, Any] = field(default_factory=dict)
     _con: duckdb.DuckDBPyConnection | None = None
     passed_through: dict[str, InputTable] = field(default_factory=dict)  # output -> the input published as it is
+    # output -> (the input whose rows it holds, unchanged, and how many of them were written so)
+    rows_copied_from: dict[str, tuple[InputTable, int]] = field(default_factory=dict)
     allowed: tuple[list[str], list[str]] | None = None  # (folders, files) the connection is confined to, if set
     _rows: dict[str, int] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)  # output -> what one of its rows is (conversations, pairs…)

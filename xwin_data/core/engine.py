@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from xwin_data.core.catalog import Catalog
 from xwin_data.core.context import InputTable, StageContext, sql_str
@@ -22,7 +23,7 @@ from xwin_data.core.progress import console, make_progress
 from xwin_data.core.recipe import Recipe
 from xwin_data.core.secrets import redact
 from xwin_data.core.records import PublishEntry, StageStats, TableInput, ValidationRecord
-from xwin_data.core.validate import ValidationResult, validate_source
+from xwin_data.core.validate import ValidationResult, check_columns, holds_for_subsets, load_schema, validate_source
 from xwin_data.core.validate import warm_up as warm_up_validation
 from xwin_data.core.workers import cancel_warm_ups, warm_up_after_fork
 from xwin_data.core.plan import PlannedStage, _columns_of, _sql_access, choose_executor, plan, select_stages
@@ -114,6 +115,7 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
                          f"files its params name: {str(err).strip().splitlines()[0]}") from None
     finally:
         ctx.close()
+        pa.default_memory_pool().release_unused()  # what the stage's Arrow buffers left cached goes back to the system
     seconds = round(time.monotonic() - start, 3)
 
     con = duckdb.connect(":memory:")
@@ -134,7 +136,8 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
                                  "`output_columns` is wrong")
             schema_name = ps.schemas.get(table)
             if schema_name:
-                res = _validate(con, source, schema_name, table, ctx.passed_through.get(table), validated)
+                res = _validate(con, source, schema_name, table, rows, ctx.passed_through.get(table),
+                                ctx.rows_copied_from.get(table), validated)
                 validated[ps.table_fingerprints[table]] = res
                 results.append(res)
                 validations.append(ValidationRecord(build_id, table, schema_name, ps.table_fingerprints[table],
@@ -179,15 +182,34 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
                        ctx.stats)
 
 
-def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str,
-              same_as: InputTable | None, validated: dict[str, ValidationResult]) -> ValidationResult:
-    """Validate a staged table; one whose files are those of an input that passed the same schema earlier in this
-    build (a switched-off stage passing its input through) has that input's result, with a note saying so."""
+_NOT_ROW_CHECKS = {"column_type", "column_exists", "same_files_as_validated_input", "rows_of_validated_input"}
+
+
+def _validate(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str, rows: int,
+              same_as: InputTable | None, copied: tuple[InputTable, int] | None,
+              validated: dict[str, ValidationResult]) -> ValidationResult:
+    """Validate a staged table. One whose files are those of an input that passed the same schema earlier in this
+    build (a switched-off stage passing its input through) has that input's result, with a note saying so. One
+    whose every row was copied unchanged from such an input (a filter, a deduplication), under a contract that holds
+    for any subset of a table's rows, has its column types checked and the input's row checks, with a note."""
     prior = validated.get(same_as.fingerprint) if same_as is not None else None
     if prior is not None and prior.success and prior.schema == schema_name:
         note = {"expectation": "same_files_as_validated_input", "column": None, "success": True,
                 "message": f"the files of {same_as.name} (version {same_as.version}), validated in this build"}
         return ValidationResult(table, schema_name, True, prior.rows, prior.checks + [note])
+    origin, copied_rows = copied if copied is not None else (None, -1)
+    prior = validated.get(origin.fingerprint) if origin is not None else None
+    schema = load_schema(schema_name)
+    if (prior is not None and prior.success and prior.schema == schema_name and copied_rows == rows
+            and holds_for_subsets(schema)):
+        columns = check_columns(con, source, schema)
+        if all(c["success"] for c in columns):
+            note = {"expectation": "rows_of_validated_input", "column": None, "success": True,
+                    "message": f"{rows} of the {prior.rows} rows of {origin.name} (version {origin.version}), "
+                               "copied unchanged; that table passed this contract in this build, and its checks "
+                               "hold for any subset of its rows"}
+            row_checks = [c for c in prior.checks if c["expectation"] not in _NOT_ROW_CHECKS]
+            return ValidationResult(table, schema_name, True, rows, columns + row_checks + [note])
     return validate_source(con, source, schema_name, table)
 
 

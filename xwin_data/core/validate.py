@@ -12,6 +12,7 @@ import atexit
 import importlib.util
 import logging
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -75,6 +76,22 @@ def load_schema(name: str) -> TableSchema:
     )
 
 
+# Expectations that hold on every subset of the rows of a table they hold on.
+_SUBSET_CLOSED = {"expect_column_values_to_be_in_set", "expect_column_values_to_not_be_null",
+                  "expect_column_values_to_be_null", "expect_column_values_to_be_unique",
+                  "expect_column_values_to_be_between", "expect_column_values_to_match_regex",
+                  "expect_column_values_to_not_match_regex", "expect_column_values_to_not_be_in_set",
+                  "expect_column_value_lengths_to_be_between"}
+_ACROSS_ROWS = re.compile(r"\b(over|select)\b", re.IGNORECASE)  # a window or a subquery: not a per-row check
+
+
+def holds_for_subsets(schema: TableSchema) -> bool:
+    """Whether every check of a contract that a table passes also passes on any subset of its rows (the same rows,
+    unchanged): invariants that read one row each, the key's uniqueness, value expectations."""
+    return (not any(_ACROSS_ROWS.search(expr) for expr in schema.invariants.values())
+            and all(spec["type"] in _SUBSET_CLOSED for spec in schema.expectations))
+
+
 def list_schemas() -> list[str]:
     return sorted(p.stem for p in SCHEMAS_DIR.glob("*.yaml"))
 
@@ -83,7 +100,7 @@ def _normalise_type(t: str) -> str:
     return " ".join(t.upper().replace('"', "").split())
 
 
-def _check_columns(con: duckdb.DuckDBPyConnection, source: str, schema: TableSchema) -> list[dict]:
+def check_columns(con: duckdb.DuckDBPyConnection, source: str, schema: TableSchema) -> list[dict]:
     actual = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
     checks = []
     for col, typ in schema.columns.items():
@@ -286,7 +303,7 @@ def validate_source(con: duckdb.DuckDBPyConnection, source: str, schema_name: st
 def _validate_here(con: duckdb.DuckDBPyConnection, source: str, schema_name: str, table: str) -> ValidationResult:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     schema = load_schema(schema_name)
-    checks = _check_columns(con, source, schema)
+    checks = check_columns(con, source, schema)
     rows = con.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
     if not all(c["success"] for c in checks):
         return ValidationResult(table, schema_name, False, rows, checks)

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from xwin_data.core.context import sql_str
 from xwin_data.ops.base import Op, Params, register
-from xwin_data.ops.dedup.sharegpt import write_except
+from xwin_data.text.batches import write_input_except
 from xwin_data.text.minhash import sorted_unique
 
 
@@ -246,7 +246,7 @@ class DedupNear(Op):
         seconds["verify"] = time.perf_counter() - clock
         clock = time.perf_counter()
         ctx.con.execute(f"CREATE TEMP VIEW __near AS SELECT * FROM read_parquet({sql_str(str(near_file))})")
-        write_except(ctx, "__near")
+        write_input_except(ctx, "SELECT id FROM __near")
         ctx.drop_sql("SELECT id AS source_id, 'near_duplicate' AS reason, detail FROM __near")
         seconds["write"] = time.perf_counter() - clock
         ctx.stats.update({"candidate_pairs": int(n_found), "verified_pairs": int(n_verified),

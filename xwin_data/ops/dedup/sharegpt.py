@@ -16,6 +16,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from xwin_data.ops.base import Op, Params, register
+from xwin_data.text.batches import write_input_except
 
 _ASCII_WS = re.compile(r"[ \t\n\v\f\r]+")
 # The text a key is taken from, as SQL over the input: the whole conversation is built from the messages column in
@@ -92,25 +93,6 @@ def md5_keys(text: pa.Array) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(text), [None, pa.py_buffer(digests)])
 
 
-def write_except(ctx, dropped: str) -> None:
-    """Write the input rows whose id is not in table `dropped`, in input order: the input's row groups read, filtered
-    and written by threads (Arrow releases the GIL), rather than an anti-join, whose parallel probe loses the order."""
-    from functools import partial
-
-    from xwin_data.text.batches import map_input_parallel
-
-    ids = ctx.con.sql(f"SELECT id FROM {dropped}").to_arrow_table().column(0).combine_chunks()
-    schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-    map_input_parallel(ctx, partial(_without_ids, ids=ids), schema, batch_size=5_000, threads=2,
-                       description=f"{ctx.stage_id}: writing the kept rows")
-
-
-def _without_ids(batch: pa.RecordBatch, ids: pa.Array) -> tuple[pa.Table, None]:
-    import pyarrow.compute as pc
-
-    return pa.Table.from_batches([batch]).filter(pc.invert(pc.is_in(batch.column("id"), value_set=ids))), None
-
-
 def normalise_text(text: str) -> str:
     """`normalise_column` for one string."""
     return " ".join(w for w in _ASCII_WS.split(text.lower()) if w)
@@ -171,6 +153,6 @@ class DedupExact(Op):
         con.execute("CREATE TEMP TABLE __dups AS SELECT id, kept FROM "
                     "(SELECT id, ord, arg_min(id, ord) OVER (PARTITION BY k) AS kept, min(ord) OVER (PARTITION BY k) AS first "
                     "FROM __keys) WHERE ord <> first")
-        write_except(ctx, "__dups")
+        write_input_except(ctx, "SELECT id FROM __dups")
         ctx.drop_sql("SELECT id AS source_id, 'exact_duplicate' AS reason, 'duplicate of ' || kept AS detail FROM __dups")
         ctx.stats["duplicates"] = con.execute("SELECT count(*) FROM __dups").fetchone()[0]

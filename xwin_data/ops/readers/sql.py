@@ -48,11 +48,21 @@ class FilterOp(Op):
         return {params.id_column}
 
     def run(self, ctx, params: FilterParams) -> None:
+        from xwin_data.core.context import DETAIL_MAX, quote_ident
+        from xwin_data.text.batches import write_input_except
+
         checks = [(reason, f"coalesce(({pred}), false)") for reason, pred in params.where.items()]
         keep = " AND ".join(c for _, c in checks) or "true"
         first_fail = "CASE " + " ".join(f"WHEN NOT {c} THEN '{r.replace(chr(39), chr(39) * 2)}'" for r, c in checks) + " END"
         detail = params.detail or "to_json(t)::VARCHAR"
-        src = ctx.input()
-        ctx.write_sql(f"SELECT * FROM {src} t WHERE {keep}")
-        ctx.drop_sql(f"SELECT t.{params.id_column} AS source_id, {first_fail} AS reason, {detail} AS detail "
-                     f"FROM {src} t WHERE NOT ({keep})")
+        src, key = ctx.input(), quote_ident(params.id_column)
+        drops = (f"SELECT t.{key} AS source_id, {first_fail} AS reason, left(CAST({detail} AS VARCHAR), {DETAIL_MAX}) "
+                 f"AS detail FROM {src} t WHERE NOT ({keep})")
+        if not ctx.con.execute(f"SELECT count(DISTINCT {key}) = count(*) FROM {src}").fetchone()[0]:
+            ctx.write_sql(f"SELECT * FROM {src} t WHERE {keep}")  # rows can only be told apart by the predicates
+            ctx.drop_sql(drops)
+            return
+        # The predicates run once: the rejects, with their reasons, first; then the rows not among them are written.
+        ctx.con.execute(f"CREATE TEMP TABLE __rejects AS {drops}")
+        write_input_except(ctx, "SELECT source_id FROM __rejects", params.id_column)
+        ctx.drop_sql("SELECT * FROM __rejects")

@@ -13,19 +13,8 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from xwin_data.ops.base import Op, Params, register
-
-
-def flat_messages(messages: pa.ListArray) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
-    """(role, content, parent row index, offsets starting at 0) of a list<struct<role, content>> column."""
-    flat = pc.list_flatten(messages)
-    parents = pc.list_parent_indices(messages)
-    offsets = pc.subtract(messages.offsets, messages.offsets[0])
-    return flat.field("role"), flat.field("content"), parents, offsets
-
-
-def rebuild_messages(role: pa.Array, content: pa.Array, offsets: pa.Array) -> pa.ListArray:
-    struct = pa.StructArray.from_arrays([role, content], names=["role", "content"])
-    return pa.ListArray.from_arrays(offsets, struct)
+from xwin_data.ops.text import stats as stats_op
+from xwin_data.text.message_arrays import flat_messages, rebuild_messages  # noqa: F401 - re-exported
 
 
 class CleanParams(Params):
@@ -39,6 +28,10 @@ class CleanParams(Params):
                                 "an assistant turn (the cut is a drops row, unit cuts); drop_conversation drops "
                                 "the conversation")
     batch_size: int = Field(10_000, ge=1)
+    stats: stats_op.StatsParams | None = Field(
+        None, description="also add conversation_stats' columns (n_turns, n_chars, turn_tokens, n_tokens, language) "
+                          "to the cleaned rows, in the same pass: the table is read and written once instead of "
+                          "twice. Its options as conversation_stats' ({} for the defaults); batch_size is this op's")
 
 
 @register
@@ -51,7 +44,16 @@ class CleanConversations(Op):
     schema = "conversations"
     min_inputs = max_inputs = 1
     runs = "batches"
-    summary = "HTML→markdown, unicode repair (ftfy, fast path), whitespace normalisation"
+    summary = "HTML→markdown, unicode repair (ftfy, fast path), whitespace normalisation; with stats: {}, " \
+              "conversation_stats' columns in the same pass"
+
+    def output_columns(self, table, main, params: CleanParams, input_columns):
+        if params.stats is None:
+            return super().output_columns(table, main, params, input_columns)
+        return None if input_columns is None else set(input_columns) | {n for n, _ in stats_op.STAT_FIELDS}
+
+    def external_fingerprint(self, params: CleanParams) -> dict:
+        return {} if params.stats is None else stats_op.ConversationStats().external_fingerprint(params.stats)
 
     def run(self, ctx, params: CleanParams) -> None:
         totals = {"html_values": 0, "unicode_values": 0, "empty_after_cleaning": 0, "truncated_after_cleaning": 0}
@@ -66,8 +68,14 @@ class CleanConversations(Op):
 
         _prepare(params)
         schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
+        stats, forks = params.stats, params.stats is None or params.stats.forks()
+        if stats is not None:
+            schema = stats_op.with_stat_fields(schema)
         ctx.executor.map_input(ctx, partial(clean_batch, params=params), schema, record, batch_size=params.batch_size,
-                               description=f"{ctx.stage_id}: cleaning", processes=True)
+                               description=f"{ctx.stage_id}: cleaning" + (" + stats + language" if stats else ""),
+                               threads=None if forks else 1, processes=forks)
+        if stats is not None:
+            stats_op.release_stats(stats)
         ctx.stats.update(totals)
 
 
@@ -79,6 +87,8 @@ def _prepare(params: CleanParams) -> None:
         import markdownify  # noqa: F401
     if params.unicode != "off":
         import ftfy  # noqa: F401
+    if params.stats is not None:
+        stats_op.prepare_stats(params.stats)
 
 
 def clean_batch(batch: pa.RecordBatch, params: CleanParams) -> tuple[pa.Table, tuple[dict, list]]:
@@ -97,6 +107,8 @@ def clean_batch(batch: pa.RecordBatch, params: CleanParams) -> tuple[pa.Table, t
     if pc.any(empty).as_py():
         bad_rows = pc.unique(pc.filter(parents, empty)).to_pylist()
         table, drops = _cut_at_empty(table, bad_rows, params.on_bad_turn)
+    if params.stats is not None:
+        table = stats_op.add_stats_to_table(table, params.stats)
     return table, (counts, drops)
 
 

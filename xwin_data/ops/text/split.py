@@ -1,12 +1,14 @@
 """Splitting of conversations longer than a token budget at turn boundaries.
 
-Conversations within the budget pass through in SQL. Longer ones are cut greedily into pieces of whole
+Conversations within the budget pass through (Arrow threads, in input order). Longer ones are cut greedily into pieces of whole
 user→assistant pairs, each piece starting with a user turn and repeating the system prompt, with ids `orig#0`,
 `orig#1`, ... and `conversation_id = orig` on every row (pieces and whole conversations alike), so later stages
 keep a conversation's pieces together; a single pair that alone exceeds the budget cannot be kept whole and is dropped (a drops row per
 pair, `pair_over_token_budget`, counted in turn pairs). Stat columns are recomputed for the pieces from the per-message token counts.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import pyarrow as pa
 from pydantic import Field
@@ -59,17 +61,21 @@ class SplitLong(Op):
         return "pieces"
 
     def run(self, ctx, params: SplitParams) -> None:
+        from xwin_data.text.batches import map_input_parallel
+
         src, budget = ctx.input(), params.max_tokens
-        ctx.con.execute("SET threads = 1")  # copying whole conversations: one thread holds one row group of them
         have = {r[0] for r in ctx.con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         if not {"turn_tokens", "n_tokens"} <= have:
             raise ValueError(f"{ctx.stage_id}: the input needs turn_tokens and n_tokens; put a conversation_stats "
                              "stage before it")
         rows = (f"(SELECT * REPLACE (coalesce(conversation_id, id) AS conversation_id) FROM {src})"
                 if "conversation_id" in have else f"(SELECT *, id AS conversation_id FROM {src})")
-        ctx.write_sql(f"SELECT * FROM {rows} WHERE n_tokens <= {budget}")
         long_sql = f"SELECT * FROM {rows} WHERE n_tokens > {budget}"
         schema = ctx.con.sql(f"{long_sql} LIMIT 0").to_arrow_table().schema
+        # The conversations within budget are copied by Arrow threads, in input order; the pieces follow them.
+        map_input_parallel(ctx, partial(_within_budget, budget=budget, schema=schema), schema, batch_size=5_000,
+                           threads=2, description=f"{ctx.stage_id}: copying conversations within the budget")
+        ctx.con.execute("SET threads = 1")  # finding the long ones: one thread holds one row group of conversations
         stats = {"split_conversations": 0, "pieces": 0, "oversize_pairs": 0}
 
         def split(batch: pa.RecordBatch) -> pa.Table:
@@ -91,3 +97,18 @@ class SplitLong(Op):
 
         ctx.map_batches(long_sql, split, schema, batch_size=2_000, description=f"{ctx.stage_id}: splitting")
         ctx.stats.update(stats)
+
+
+def _within_budget(batch: pa.RecordBatch, budget: int, schema: pa.Schema) -> tuple[pa.Table, None]:
+    """The batch's conversations of at most `budget` tokens, each its own `conversation_id` unless it has one."""
+    import pyarrow.compute as pc
+
+    table = pa.Table.from_batches([batch])
+    table = table.filter(pc.less_equal(table.column("n_tokens"), budget))
+    ids = table.column("id")
+    if "conversation_id" in table.column_names:
+        at = table.column_names.index("conversation_id")
+        table = table.set_column(at, schema.field("conversation_id"), pc.coalesce(table.column(at), ids))
+    else:
+        table = table.append_column(schema.field("conversation_id"), ids)
+    return table.cast(schema), None

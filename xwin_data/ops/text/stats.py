@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from xwin_data.ops.base import Op, Params, register
-from xwin_data.ops.text.clean import flat_messages
+from xwin_data.text.message_arrays import flat_messages
 
 STAT_FIELDS = [("n_turns", pa.int32()), ("n_chars", pa.int64()), ("turn_tokens", pa.list_(pa.int32())),
                ("n_tokens", pa.int64()), ("language", pa.string()),
@@ -29,6 +29,17 @@ class StatsParams(Params):
     language: bool = Field(True, description="identify the language (py3langid, model inside the package)")
     language_chars: int = Field(400, ge=20, description="characters of the first messages used to decide the language")
     batch_size: int = Field(10_000, ge=1)
+
+    def forks(self) -> bool:
+        """Whether batches run in forked workers: the approximate counter does; a HF tokenizer runs in one thread
+        (it has threads of its own)."""
+        return self.tokenizer == "approx"
+
+
+def with_stat_fields(schema: pa.Schema) -> pa.Schema:
+    """A conversation table's schema with the stat columns (replacing any it had)."""
+    names = {n for n, _ in STAT_FIELDS}
+    return pa.schema([f for f in schema if f.name not in names] + [pa.field(n, t) for n, t in STAT_FIELDS])
 
 
 def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -90,23 +101,25 @@ class ConversationStats(Op):
                 "iso639-lang": version("iso639-lang")}
 
     def run(self, ctx, params: StatsParams) -> None:
-        stat_names = {n for n, _ in STAT_FIELDS}
-        schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-        schema = pa.schema([f for f in schema if f.name not in stat_names] + [pa.field(n, t) for n, t in STAT_FIELDS])
-        approx = params.tokenizer == "approx"
-        if approx:
-            _prepare(params)
+        schema = with_stat_fields(ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema)
+        prepare_stats(params)
         ctx.executor.map_input(ctx, partial(stats_batch, params=params), schema, batch_size=params.batch_size,
-                               description=f"{ctx.stage_id}: stats + language", threads=None if approx else 1,
-                               processes=approx)
-        if params.language:
-            from xwin_data.text.language import release_model
-
-            release_model()  # the workers had it; later stages of the build need not carry it
+                               description=f"{ctx.stage_id}: stats + language", threads=None if params.forks() else 1,
+                               processes=params.forks())
+        release_stats(params)
 
 
-def _prepare(params: StatsParams) -> None:
+def release_stats(params: StatsParams) -> None:
+    if params.language:
+        from xwin_data.text.language import release_model
+
+        release_model()  # the workers had it; later stages of the build need not carry it
+
+
+def prepare_stats(params: StatsParams) -> None:
     """Load the language model and the token classes here, once, so forked workers start with them."""
+    if not params.forks():
+        return
     from xwin_data.text.tokens import _char_classes
 
     _char_classes()
@@ -118,8 +131,11 @@ def _prepare(params: StatsParams) -> None:
 
 
 def stats_batch(batch: pa.RecordBatch, params: StatsParams) -> tuple[pa.Table, None]:
+    return add_stats_to_table(pa.Table.from_batches([batch]), params), None
+
+
+def add_stats_to_table(table: pa.Table, params: StatsParams) -> pa.Table:
     from xwin_data.text.language import sample_column
 
-    table = pa.Table.from_batches([batch])
     text = sample_column(table.column("messages"), 4, params.language_chars) if params.language else None
-    return add_stats(table, params.tokenizer, params.language, text), None
+    return add_stats(table, params.tokenizer, params.language, text)
