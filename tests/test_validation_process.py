@@ -82,3 +82,12 @@ def test_the_validation_library_loads_without_the_modules_no_contract_uses() -> 
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # scipy.stats was not run while great-expectations loaded, and runs whole on first use
     assert result == {"before": False, "after": True, "half": 0.5}
+
+
+def test_only_contracts_of_per_row_checks_carry_over_to_a_subset_of_rows() -> None:
+    from xwin_data.core.validate import holds_for_subsets, load_schema
+
+    assert holds_for_subsets(load_schema("conversations"))  # per-row invariants and a unique key
+    # windows over a prompt's rows (group sizes, ranks, a mean) can break when rows are left out
+    assert not holds_for_subsets(load_schema("xwin_set"))
+    assert not holds_for_subsets(load_schema("wind_groups"))

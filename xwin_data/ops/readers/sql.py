@@ -58,7 +58,7 @@ class FilterOp(Op):
         src, key = ctx.input(), quote_ident(params.id_column)
         drops = (f"SELECT t.{key} AS source_id, {first_fail} AS reason, left(CAST({detail} AS VARCHAR), {DETAIL_MAX}) "
                  f"AS detail FROM {src} t WHERE NOT ({keep})")
-        if not ctx.con.execute(f"SELECT count(DISTINCT {key}) = count(*) FROM {src}").fetchone()[0]:
+        if not ctx.con.execute(f"SELECT count(DISTINCT {key}) = count(*) FROM {src}").fetchall()[0][0]:
             ctx.write_sql(f"SELECT * FROM {src} t WHERE {keep}")  # rows can only be told apart by the predicates
             ctx.drop_sql(drops)
             return
