@@ -237,22 +237,38 @@ class Catalog:
             columns=load(row.get("columns")),
         )
 
+    def _cached_versions(self, keep) -> list[dict] | None:
+        """Inside `reads_cached()`, the rows of `table_versions` that `keep` selects (by name, then version), from
+        one read of the whole table: a build looks up several tables' versions for each stage, and every read
+        opens the metadata file. None outside it (a single lookup reads only what it asks for)."""
+        if self._read_cache is None:
+            return None
+        return [r for r in self._rows("SELECT * FROM table_versions ORDER BY name, version") if keep(r)]
+
     def current(self, name: str) -> TableVersion | None:
-        rows = self._rows("SELECT * FROM table_versions WHERE name = ? AND is_current", [name])
+        rows = self._cached_versions(lambda r: r["name"] == name and r["is_current"])
+        if rows is None:
+            rows = self._rows("SELECT * FROM table_versions WHERE name = ? AND is_current", [name])
         return self._to_version(rows[0]) if rows else None
 
     def current_tables(self) -> list[TableVersion]:
-        return [self._to_version(r) for r in self._rows("SELECT * FROM table_versions WHERE is_current ORDER BY name")]
+        rows = self._cached_versions(lambda r: r["is_current"])
+        if rows is None:
+            rows = self._rows("SELECT * FROM table_versions WHERE is_current ORDER BY name")
+        return [self._to_version(r) for r in rows]
 
     def versions(self, name: str) -> list[TableVersion]:
-        rows = self._rows("SELECT * FROM table_versions WHERE name = ? ORDER BY version", [name])
+        rows = self._cached_versions(lambda r: r["name"] == name)
+        if rows is None:
+            rows = self._rows("SELECT * FROM table_versions WHERE name = ? ORDER BY version", [name])
         return [self._to_version(r) for r in rows]
 
     def find_version(self, name: str, fingerprint: str) -> TableVersion | None:
-        rows = self._rows(
-            "SELECT * FROM table_versions WHERE name = ? AND fingerprint = ? ORDER BY version DESC LIMIT 1",
-            [name, fingerprint],
-        )
+        rows = self._cached_versions(lambda r: r["name"] == name and r["fingerprint"] == fingerprint)
+        if rows is None:
+            rows = self._rows("SELECT * FROM table_versions WHERE name = ? AND fingerprint = ? "
+                              "ORDER BY version DESC LIMIT 1", [name, fingerprint])
+        rows = rows[-1:]  # the latest such version
         if not rows:
             return None
         tv = self._to_version(rows[0])

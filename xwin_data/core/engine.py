@@ -23,6 +23,7 @@ from xwin_data.core.progress import console, make_progress
 from xwin_data.core.recipe import Recipe
 from xwin_data.core.secrets import redact
 from xwin_data.core.records import PublishEntry, StageStats, TableInput, ValidationRecord
+from xwin_data.core.scratch import scratch
 from xwin_data.core.validate import ValidationResult, check_columns, holds_for_subsets, load_schema, validate_source
 from xwin_data.core.validate import warm_up as warm_up_validation
 from xwin_data.core.workers import cancel_warm_ups, warm_up_after_fork
@@ -118,7 +119,7 @@ def _run_stage(ps: PlannedStage, recipe: Recipe, catalog: Catalog, build_id: str
         pa.default_memory_pool().release_unused()  # what the stage's Arrow buffers left cached goes back to the system
     seconds = round(time.monotonic() - start, 3)
 
-    con = duckdb.connect(":memory:")
+    con = scratch()
     entries: list[PublishEntry] = []
     validations: list[ValidationRecord] = []
     results: list[ValidationResult] = []

@@ -19,6 +19,7 @@ from xwin_data.core.errors import BuildError, RecipeError, SchemaError
 from xwin_data.core.executors import Executor, Resources, make_executor
 from xwin_data.core.fingerprint import stable_hash
 from xwin_data.core.recipe import Recipe, validate_params
+from xwin_data.core.scratch import scratch
 from xwin_data.core.secrets import redact
 from xwin_data.core.registry import all_ops, get_op
 from xwin_data.core.sql_guard import SqlRefused, access_for, check_expression, check_select, named_paths
@@ -226,7 +227,7 @@ def _names(needs: list[str | tuple[str, ...]]) -> str:
 
 def _columns_of(glob: str) -> set[str] | None:
     """The columns of a table's Parquet files; None when there are none to read."""
-    with duckdb.connect(":memory:") as con:
+    with scratch() as con:
         try:
             return {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_str(glob)})").fetchall()}
         except duckdb.IOException:
