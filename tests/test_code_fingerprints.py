@@ -96,3 +96,32 @@ def test_helper_edit_rebuilds_exactly_its_users(pkg_copy: Path, cli) -> None:
     filt.write_text(filt.read_text() + "\n_UNUSED_MARKER = 1\n")
     cli("build", "r.yaml", cwd=work, env=env)
     assert versions(cat) == {"raw": first["raw"] + 1, "cleaned": first["cleaned"] + 2, "kept": first["kept"] + 1}
+
+
+def test_module_summaries_are_kept_on_disk_by_content(tmp_path: Path, monkeypatch) -> None:
+    from xwin_data.core import fingerprint
+
+    monkeypatch.setenv("XWIN_DATA_HOME", str(tmp_path / "home"))
+    module = tmp_path / "m.py"
+    module.write_text("import os\nfrom xwin_data.text import cleaning\nx = 1\n")
+
+    def summary():
+        st = module.stat()
+        fingerprint._module_summary.cache_clear()  # as a new process would: only the disk remembers
+        return fingerprint._module_summary(str(module), st.st_size, st.st_mtime_ns, "xwin_data.m")
+
+    first = summary()
+    assert "xwin_data.text.cleaning" in first[1]
+    stored = list((tmp_path / "home" / "derived" / "code").rglob("*.json"))
+    assert len(stored) == 1
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(fingerprint.ast, "parse", no_parsing)
+        assert summary() == first  # read back, not parsed
+    module.write_text("import os\nfrom xwin_data.text import tokens\nx = 2\n")
+    changed = summary()  # other bytes: parsed, and kept beside the first
+    assert changed[0] != first[0] and "xwin_data.text.tokens" in changed[1]
+    assert len(list((tmp_path / "home" / "derived" / "code").rglob("*.json"))) == 2

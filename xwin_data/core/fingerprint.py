@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import platform
 import sys
 from functools import lru_cache
@@ -136,12 +137,54 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> tuple[set[s
 
 @lru_cache(maxsize=1024)
 def _module_summary(path: str, size: int, mtime_ns: int, module: str) -> tuple[str, frozenset[str], frozenset[str]]:
-    """(hash of the docstring-free syntax tree, names imported at module level, all names imported) of one file."""
-    source = Path(path).read_text(encoding="utf-8")
-    tree = ast.parse(source, filename=path)
+    """(hash of the docstring-free syntax tree, names imported at module level, all names imported) of one file.
+
+    Parsing is most of the cost (~6 ms a module, ~0.3 CPU-s a build), so the summary is also kept on disk under
+    `XWIN_DATA_HOME/derived/code/`, named by a hash of the file's bytes and the module's name: any change to the
+    file names another entry."""
+    source_bytes = Path(path).read_bytes()
+    key = hashlib.sha256(source_bytes + b"\0" + module.encode() + b"\0" + str(SUMMARY_FORMAT).encode()).hexdigest()
+    stored = _stored_summary(key)
+    if stored is not None:
+        return stored
+    tree = ast.parse(source_bytes.decode("utf-8"), filename=path)
     top, every = _imported_names(tree, module, Path(path).name == "__init__.py")
     digest = hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest()
-    return digest, frozenset(top), frozenset(every)
+    summary = digest, frozenset(top), frozenset(every)
+    _store_summary(key, summary)
+    return summary
+
+
+SUMMARY_FORMAT = 1
+
+
+def _summary_path(key: str) -> Path:
+    from xwin_data.core.home import xwin_home
+
+    return xwin_home() / "derived" / "code" / key[:2] / f"{key}.json"
+
+
+def _stored_summary(key: str) -> tuple[str, frozenset[str], frozenset[str]] | None:
+    try:
+        data = json.loads(_summary_path(key).read_text())
+        return data["digest"], frozenset(data["top"]), frozenset(data["every"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store_summary(key: str, summary: tuple[str, frozenset[str], frozenset[str]]) -> None:
+    digest, top, every = summary
+    path = _summary_path(key)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"digest": digest, "top": sorted(top), "every": sorted(every)}))
+        os.replace(tmp, path)  # whole or absent
+    except OSError:  # a folder that cannot be written: parsed again next time
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def _parents(name: str) -> list[str]:
