@@ -100,6 +100,10 @@ def test_nested_subsets(built: Path) -> None:
     for small, large in zip(names, names[1:]):
         assert con.execute(f"SELECT count(*) FROM {small} WHERE id NOT IN (SELECT id FROM {large})").fetchone()[0] == 0
         assert con.execute(f"SELECT count(*) FROM {small}").fetchone()[0] < con.execute(f"SELECT count(*) FROM {large}").fetchone()[0]
+    # a subset's rows are the validated training set's, unchanged: its row checks carry over, with a note
+    for name in names:
+        ok, checks = con.execute(f"SELECT success, results FROM validations WHERE table_name = '{name}'").fetchone()
+        assert ok and "rows_of_validated_input" in checks and "sft_sharegpt_train" in checks, name
 
 
 def test_noop_rebuild_and_export(built: Path, tmp_path: Path) -> None:

@@ -188,6 +188,13 @@ class StageContext:
         self.passed_through[key] = self.inputs[index]
         return self.inputs[index].rows
 
+    def rows_are_copies(self, table: str | None = None, index: int = 0) -> None:
+        """Declare that every row written so far to an output is a row of input `index`, unchanged (a subset of
+        it, in any order): validation then keeps that input's row checks where its contract allows (see
+        `xwin_data.core.engine._validate`). Only an op's own writes may be declared so, never a recipe's SQL."""
+        key = table or self.table
+        self.rows_copied_from[key] = (self.inputs[index], self.rows_written(key))
+
     def part_paths(self, table: str | None = None) -> Iterator[Path]:
         """Fresh Parquet file paths in an output's folder, in the order readers take them, for files that other
         processes write; count their rows with `add_rows`."""

@@ -29,10 +29,9 @@ def write_input_except(ctx, dropped_sql: str, id_column: str = "id") -> int:
         return ctx.pass_through()  # nothing dropped: the input's files are the output's
     ids = ctx.con.sql(dropped_sql).to_arrow_table().column(0).combine_chunks()
     schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
-    before = ctx.rows_written()
     total = map_input_parallel(ctx, partial(_without_ids, ids=ids, id_column=id_column), schema, batch_size=5_000,
                                threads=2, description=f"{ctx.stage_id}: writing the kept rows")
-    ctx.rows_copied_from[ctx.table] = (ctx.inputs[0], total - before)  # lets validation know the rows are the input's
+    ctx.rows_are_copies()
     return total
 
 

@@ -97,6 +97,7 @@ class NestedSubsets(Op):
                 largest = ctx.output_glob(name)
             else:  # the first rows of the largest subset's file, in its order (insertion order is preserved)
                 ctx.write_sql(f"SELECT * FROM read_parquet({sql_str(largest)}) LIMIT {rows}", table=name, total_rows=rows)
+            ctx.rows_are_copies(name)  # the input's rows, each subset in the order of the subsets
             manifest.append({"size": size, "table_name": name, "conversations": convs, "rows": rows,
                              "assistant_turns": turns, "complete": bool(turns >= size)})
         manifest.sort(key=lambda m: m["size"])
