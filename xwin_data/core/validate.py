@@ -242,7 +242,7 @@ def _ge_context():
 
 
 # Modules great-expectations imports at start-up only for expectations no shipped contract uses (the distribution
-# tests' scipy.stats: ~0.7 CPU-s and ~40 MB of a ~2.2 CPU-s import). They load on first use instead.
+# tests' scipy.stats: ~0.7 CPU-s and ~55 MB of a ~2.5 CPU-s import). They load on first use instead.
 DEFERRED_MODULES = ("scipy.stats",)
 
 

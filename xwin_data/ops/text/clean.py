@@ -14,7 +14,7 @@ from pydantic import Field
 
 from xwin_data.ops.base import Op, Params, register
 from xwin_data.ops.text import stats as stats_op
-from xwin_data.text.message_arrays import flat_messages, rebuild_messages  # noqa: F401 - re-exported
+from xwin_data.text.message_arrays import flat_messages, rebuild_messages
 
 
 class CleanParams(Params):

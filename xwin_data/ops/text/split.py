@@ -1,10 +1,11 @@
 """Splitting of conversations longer than a token budget at turn boundaries.
 
-Conversations within the budget pass through (Arrow threads, in input order). Longer ones are cut greedily into pieces of whole
-user→assistant pairs, each piece starting with a user turn and repeating the system prompt, with ids `orig#0`,
-`orig#1`, ... and `conversation_id = orig` on every row (pieces and whole conversations alike), so later stages
-keep a conversation's pieces together; a single pair that alone exceeds the budget cannot be kept whole and is dropped (a drops row per
-pair, `pair_over_token_budget`, counted in turn pairs). Stat columns are recomputed for the pieces from the per-message token counts.
+Conversations within the budget pass through (copied by Arrow threads, in input order). Longer ones are cut
+greedily into pieces of whole user→assistant pairs, each piece starting with a user turn and repeating the system
+prompt, with ids `orig#0`, `orig#1`, ... and `conversation_id = orig` on every row (pieces and whole conversations
+alike), so later stages keep a conversation's pieces together; a single pair that alone exceeds the budget cannot
+be kept whole and is dropped (a drops row per pair, `pair_over_token_budget`, counted in turn pairs). Stat columns
+are recomputed for the pieces from the per-message token counts.
 """
 from __future__ import annotations
 
