@@ -60,6 +60,7 @@ class FilterOp(Op):
                  f"AS detail FROM {src} t WHERE NOT ({keep})")
         if not ctx.con.execute(f"SELECT count(DISTINCT {key}) = count(*) FROM {src}").fetchall()[0][0]:
             ctx.write_sql(f"SELECT * FROM {src} t WHERE {keep}")  # rows can only be told apart by the predicates
+            ctx.rows_are_copies()  # `SELECT *` with a WHERE: input rows, unchanged
             ctx.drop_sql(drops)
             return
         # The predicates run once: the rejects, with their reasons, first; then the rows not among them are written.
