@@ -12,6 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from xwin_data.core.home import xwin_home
+
 SMALL_FILE = 64 * 1024 * 1024  # files above this are identified by size and mtime, not content
 
 
@@ -135,6 +137,9 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> tuple[set[s
     return top, every
 
 
+SUMMARY_FORMAT = 1  # of the summaries kept on disk; part of their names
+
+
 @lru_cache(maxsize=1024)
 def _module_summary(path: str, size: int, mtime_ns: int, module: str) -> tuple[str, frozenset[str], frozenset[str]]:
     """(hash of the docstring-free syntax tree, names imported at module level, all names imported) of one file.
@@ -155,12 +160,7 @@ def _module_summary(path: str, size: int, mtime_ns: int, module: str) -> tuple[s
     return summary
 
 
-SUMMARY_FORMAT = 1
-
-
 def _summary_path(key: str) -> Path:
-    from xwin_data.core.home import xwin_home
-
     return xwin_home() / "derived" / "code" / key[:2] / f"{key}.json"
 
 

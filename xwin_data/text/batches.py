@@ -27,8 +27,8 @@ def write_input_except(ctx, dropped_sql: str, id_column: str = "id") -> int:
     unchanged, so a contract the input passed in this build and that holds for subsets of rows holds here too."""
     if not ctx.con.execute(f"SELECT count(*) FROM ({dropped_sql})").fetchall()[0][0]:
         return ctx.pass_through()  # nothing dropped: the input's files are the output's
-    ids = ctx.con.sql(dropped_sql).to_arrow_table().column(0).combine_chunks()
     schema = ctx.con.sql(f"SELECT * FROM {ctx.input()} LIMIT 0").to_arrow_table().schema
+    ids = ctx.con.sql(dropped_sql).to_arrow_table().column(0).combine_chunks().cast(schema.field(id_column).type)
     total = map_input_parallel(ctx, partial(_without_ids, ids=ids, id_column=id_column), schema, batch_size=5_000,
                                threads=2, description=f"{ctx.stage_id}: writing the kept rows")
     ctx.rows_are_copies()
@@ -38,5 +38,5 @@ def write_input_except(ctx, dropped_sql: str, id_column: str = "id") -> int:
 def _without_ids(batch: pa.RecordBatch, ids: pa.Array, id_column: str) -> tuple[pa.Table, None]:
     import pyarrow.compute as pc
 
-    keep = pc.invert(pc.is_in(batch.column(id_column), value_set=ids.cast(batch.schema.field(id_column).type)))
+    keep = pc.invert(pc.is_in(batch.column(id_column), value_set=ids))
     return pa.Table.from_batches([batch]).filter(keep), None
